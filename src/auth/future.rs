@@ -1,0 +1,251 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use super::Config;
+use crate::cache::Entry;
+use crate::challenge::rejects_token;
+use crate::error::ErrorKind;
+use crate::replay::ReplayPolicy;
+use crate::{BoxError, Error};
+
+type Acquire = Pin<Box<dyn Future<Output = Result<Arc<Entry>, Error>> + Send>>;
+
+pin_project! {
+    /// The response future of [`BearerAuth`](crate::BearerAuth).
+    pub struct ResponseFuture<S, P, B>
+    where
+        S: Service<Request<P::Body>>,
+        P: ReplayPolicy<B>,
+    {
+        #[pin]
+        state: State<S, P, B>,
+        config: Arc<Config>,
+        policy: P,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, P, B>
+    where
+        S: Service<Request<P::Body>>,
+        P: ReplayPolicy<B>,
+    {
+        // No usable token when the request came: waiting for the fetch in flight.
+        Waiting {
+            acquire: Acquire,
+            inner: Option<S>,
+            req: Option<Request<P::Body>>,
+            kept: Option<P::Kept>,
+        },
+        // Sent with the token `id`; `replay` holds what a replay needs, if one is possible.
+        Sent {
+            #[pin]
+            future: S::Future,
+            id: u64,
+            replay: Option<(P::Kept, S)>,
+        },
+        // The token was rejected: waiting for a fresh one to replay with.
+        Reacquiring {
+            acquire: Acquire,
+            inner: Option<S>,
+            req: Option<Request<P::Body>>,
+        },
+        // Waiting for the clone of the inner service to be ready for the replay.
+        ReplayReady {
+            inner: S,
+            req: Option<Request<P::Body>>,
+            id: u64,
+        },
+        // The replay is in flight; whatever it answers is returned.
+        Replaying {
+            #[pin]
+            future: S::Future,
+            id: u64,
+        },
+        Failed {
+            error: Option<Error>,
+        },
+    }
+}
+
+impl<S, P, B> ResponseFuture<S, P, B>
+where
+    S: Service<Request<P::Body>>,
+    P: ReplayPolicy<B>,
+{
+    pub(super) fn sent(
+        future: S::Future,
+        id: u64,
+        replay: Option<(P::Kept, S)>,
+        config: Arc<Config>,
+        policy: P,
+    ) -> Self {
+        Self {
+            state: State::Sent { future, id, replay },
+            config,
+            policy,
+        }
+    }
+
+    pub(super) fn waiting(
+        inner: S,
+        req: Request<P::Body>,
+        kept: Option<P::Kept>,
+        config: Arc<Config>,
+        policy: P,
+    ) -> Self {
+        let cache = config.cache.clone();
+        Self {
+            state: State::Waiting {
+                acquire: Box::pin(async move { cache.acquire().await }),
+                inner: Some(inner),
+                req: Some(req),
+                kept,
+            },
+            config,
+            policy,
+        }
+    }
+
+    pub(super) fn unplaceable(config: Arc<Config>, policy: P) -> Self {
+        Self {
+            state: State::Failed {
+                error: Some(Error::new(ErrorKind::InvalidToken, None)),
+            },
+            config,
+            policy,
+        }
+    }
+}
+
+impl<S, P, B, ResBody> Future for ResponseFuture<S, P, B>
+where
+    S: Service<Request<P::Body>, Response = Response<ResBody>> + Clone,
+    S::Error: Into<BoxError>,
+    P: ReplayPolicy<B>,
+{
+    type Output = Result<Response<ResBody>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Waiting {
+                    acquire,
+                    inner,
+                    req,
+                    kept,
+                } => {
+                    let entry = ready!(acquire.as_mut().poll(cx))?;
+                    let (Some(mut inner), Some(mut req)) = (inner.take(), req.take()) else {
+                        unreachable!("ResponseFuture polled after completion");
+                    };
+                    if !this.config.placement.stamp(&mut req, &entry) {
+                        return Poll::Ready(Err(Error::new(ErrorKind::InvalidToken, None).into()));
+                    }
+                    let replay = kept.take().map(|kept| (kept, inner.clone()));
+                    // `inner` is the service that `poll_ready` reported ready.
+                    let future = inner.call(req);
+                    this.state.set(State::Sent {
+                        future,
+                        id: entry.id,
+                        replay,
+                    });
+                }
+                StateProj::Sent { future, id, replay } => {
+                    let response = ready!(future.poll(cx)).map_err(Into::into)?;
+                    if !rejects_token(&response) {
+                        return Poll::Ready(Ok(response));
+                    }
+                    let cache = &this.config.cache;
+                    cache.count_rejection();
+                    let id = *id;
+                    let replay = replay
+                        .take()
+                        .and_then(|(kept, inner)| Some((this.policy.replay(kept)?, inner)));
+                    let Some((req, inner)) = replay else {
+                        tracing::debug!(token.id = id, "token rejected; request not replayable");
+                        cache.reject(id);
+                        return Poll::Ready(Ok(response));
+                    };
+                    tracing::debug!(token.id = id, "token rejected; replaying with a new token");
+                    let cache = cache.clone();
+                    this.state.set(State::Reacquiring {
+                        acquire: Box::pin(async move { cache.reject_and_acquire(id).await }),
+                        inner: Some(inner),
+                        req: Some(req),
+                    });
+                }
+                StateProj::Reacquiring {
+                    acquire,
+                    inner,
+                    req,
+                } => {
+                    let entry = ready!(acquire.as_mut().poll(cx))?;
+                    let (Some(inner), Some(mut req)) = (inner.take(), req.take()) else {
+                        unreachable!("ResponseFuture polled after completion");
+                    };
+                    if !this.config.placement.stamp(&mut req, &entry) {
+                        return Poll::Ready(Err(Error::new(ErrorKind::InvalidToken, None).into()));
+                    }
+                    this.state.set(State::ReplayReady {
+                        inner,
+                        req: Some(req),
+                        id: entry.id,
+                    });
+                }
+                StateProj::ReplayReady { inner, req, id } => {
+                    ready!(inner.poll_ready(cx)).map_err(Into::into)?;
+                    let Some(req) = req.take() else {
+                        unreachable!("ResponseFuture polled after completion");
+                    };
+                    this.config.cache.count_replay();
+                    let id = *id;
+                    let future = inner.call(req);
+                    this.state.set(State::Replaying { future, id });
+                }
+                StateProj::Replaying { future, id } => {
+                    let response = ready!(future.poll(cx)).map_err(Into::into)?;
+                    if rejects_token(&response) {
+                        // Not replayed again, but the next request should not reuse the token.
+                        this.config.cache.count_rejection();
+                        this.config.cache.reject(*id);
+                    }
+                    return Poll::Ready(Ok(response));
+                }
+                StateProj::Failed { error } => {
+                    let error = error.take().expect("ResponseFuture polled after completion");
+                    return Poll::Ready(Err(error.into()));
+                }
+            }
+        }
+    }
+}
+
+impl<S, P, B> fmt::Debug for ResponseFuture<S, P, B>
+where
+    S: Service<Request<P::Body>>,
+    P: ReplayPolicy<B>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Waiting { .. } => "waiting for a token",
+            State::Sent { .. } => "sent",
+            State::Reacquiring { .. } => "waiting for a token to replay with",
+            State::ReplayReady { .. } => "waiting for the inner service to replay",
+            State::Replaying { .. } => "replayed",
+            State::Failed { .. } => "failed",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,152 @@
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tower_service::Service;
+
+use super::future::ResponseFuture;
+use super::{BearerAuthLayer, Config};
+use crate::replay::{CloneBody, ReplayPolicy};
+use crate::{BoxError, Placement, TokenCache, TokenSource};
+
+/// Middleware that stamps a bearer token on each request and replays a request once when its
+/// token is rejected. Made by [`BearerAuthLayer`].
+///
+/// # Clone
+///
+/// The inner service must be `Clone`: a request that waits for a token takes the ready inner
+/// service with it and leaves a clone behind, and a replay is sent through a clone that is
+/// polled ready again. Cloning should be cheap and clones should share their connection pool, as
+/// hyper-util's `Client` and tonic's `Channel` do. Wrap a service that is not `Clone` in
+/// [`tower::buffer::Buffer`].
+pub struct BearerAuth<S, P = CloneBody> {
+    inner: S,
+    config: Arc<Config>,
+    policy: P,
+}
+
+impl<S> BearerAuth<S> {
+    /// Wraps `inner` with a new [`TokenCache`] (default timing) over `source`.
+    pub fn new(inner: S, source: impl TokenSource) -> Self {
+        BearerAuthLayer::new(source).into_service(inner)
+    }
+
+    /// Wraps `inner`, taking tokens from `cache`.
+    pub fn from_cache(inner: S, cache: TokenCache) -> Self {
+        BearerAuthLayer::from_cache(cache).into_service(inner)
+    }
+
+    /// A layer with a new [`TokenCache`] over `source`; the same as [`BearerAuthLayer::new`].
+    pub fn layer(source: impl TokenSource) -> BearerAuthLayer {
+        BearerAuthLayer::new(source)
+    }
+}
+
+impl BearerAuthLayer {
+    fn into_service<S>(self, inner: S) -> BearerAuth<S> {
+        tower_layer::Layer::layer(&self, inner)
+    }
+}
+
+impl<S, P> BearerAuth<S, P> {
+    pub(crate) fn with_config(inner: S, config: Arc<Config>, policy: P) -> Self {
+        Self {
+            inner,
+            config,
+            policy,
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// The token cache this service shares with its clones and its layer.
+    pub fn cache(&self) -> &TokenCache {
+        &self.config.cache
+    }
+
+    /// Where the token goes on each request.
+    pub fn placement(&self) -> &Placement {
+        &self.config.placement
+    }
+}
+
+impl<S: Clone, P: Clone> Clone for BearerAuth<S, P> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            config: self.config.clone(),
+            policy: self.policy.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, P: fmt::Debug> fmt::Debug for BearerAuth<S, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BearerAuth")
+            .field("inner", &self.inner)
+            .field("cache", &self.config.cache)
+            .field("placement", &self.config.placement)
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+impl<S, P, B, ResBody> Service<Request<B>> for BearerAuth<S, P>
+where
+    S: Service<Request<P::Body>, Response = Response<ResBody>> + Clone,
+    S::Error: Into<BoxError>,
+    P: ReplayPolicy<B> + Clone,
+{
+    type Response = Response<ResBody>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, P, B>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let (mut req, kept) = self.policy.prepare(req);
+        let config = &self.config;
+        let stamped = config
+            .cache
+            .with_current(|entry| config.placement.stamp(&mut req, entry).then_some(entry.id));
+        match stamped {
+            Some(Some(id)) => {
+                let replay = kept.map(|kept| (kept, self.inner.clone()));
+                let future = self.inner.call(req);
+                ResponseFuture::sent(future, id, replay, self.config.clone(), self.policy.clone())
+            }
+            Some(None) => ResponseFuture::unplaceable(self.config.clone(), self.policy.clone()),
+            None => {
+                // This service was polled ready; a clone of it may not be. Take the ready one
+                // into the future, which calls it once the token arrives.
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture::waiting(
+                    inner,
+                    req,
+                    kept,
+                    self.config.clone(),
+                    self.policy.clone(),
+                )
+            }
+        }
+    }
+}

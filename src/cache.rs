@@ -1,0 +1,715 @@
+//! The token state shared by every clone of a layer: single-flight fetches, refresh ahead of
+//! expiry, compare-and-swap invalidation of rejected tokens and failure backoff.
+//!
+//! # How a request finds its token
+//!
+//! The current token lives behind an [`ArcSwapOption`], together with the header values that
+//! carry it, already built. A request loads it without a lock and without reading the clock: a
+//! small timer task per token flips its phase from *fresh* to *due* at the refresh-ahead point and
+//! to *expired* at the end of its usable life. The first request that sees *due* starts one
+//! background fetch and goes on with the current token; only an expired or missing token sends
+//! requests to the slow path, where they wait for the one fetch in flight.
+//!
+//! Fetches run in spawned tasks, so dropping the request that started one cancels nothing.
+
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use bytes::{BufMut, Bytes, BytesMut};
+use http::HeaderValue;
+use tokio::runtime::Handle;
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+use tokio::time::{sleep_until, Instant};
+use tower::ServiceExt;
+
+use crate::error::{Chain, ErrorKind};
+use crate::source::BoxSource;
+use crate::{Error, Expiry, Reason, Token, TokenRequest, TokenSource};
+
+const FRESH: u8 = 0;
+const DUE: u8 = 1;
+const KICKED: u8 = 2;
+const EXPIRED: u8 = 3;
+
+/// Lifetimes are capped so that adding them to an `Instant` can never overflow (Tokio caps its
+/// own timers the same way).
+const MAX_LIFETIME: Duration = Duration::from_secs(86_400 * 365 * 30);
+
+/// A token cache: the shared state behind [`BearerAuthLayer`](crate::BearerAuthLayer).
+///
+/// Every layer made with [`BearerAuthLayer::new`](crate::BearerAuthLayer::new) creates one. Build
+/// one yourself to change its timing, to share it between several layers (two clients with the
+/// same credentials then fetch one token), or to read tokens outside of a tower stack. Clones
+/// share the same state.
+///
+/// A cache needs a Tokio runtime when it fetches: fetches run in spawned tasks.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_bearer::{BearerAuthLayer, StaticToken, TokenCache};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tower_bearer::Error> {
+/// let cache = TokenCache::builder(StaticToken::new("t0k3n"))
+///     .refresh_ahead(Duration::from_secs(60))
+///     .build();
+/// let api = BearerAuthLayer::from_cache(cache.clone());
+/// let uploads = BearerAuthLayer::from_cache(cache.clone());
+/// # drop((api, uploads));
+///
+/// let token = cache.token().await?;
+/// assert_eq!(token.access_token().secret(), "t0k3n");
+/// assert_eq!(cache.stats().fetches, 1);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct TokenCache {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    current: ArcSwapOption<Entry>,
+    slow: Mutex<Slow>,
+    /// The outcome of the last fetch. Waiters subscribe while holding `slow` and the fetch task
+    /// publishes while holding it, so no waiter can miss the outcome it waits for.
+    outcome: watch::Sender<Option<Outcome>>,
+    source: Mutex<BoxSource>,
+    config: Config,
+    counters: Counters,
+    next_id: AtomicU64,
+}
+
+type Outcome = Result<Arc<Entry>, Error>;
+
+#[derive(Default)]
+struct Slow {
+    fetching: bool,
+    failures: u32,
+    retry_at: Option<Instant>,
+    last_error: Option<Error>,
+}
+
+#[derive(Default)]
+struct Counters {
+    fetches: AtomicU64,
+    fetch_failures: AtomicU64,
+    waits: AtomicU64,
+    rejections: AtomicU64,
+    replays: AtomicU64,
+}
+
+/// What a cache has done so far. Read it with [`TokenCache::stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// Calls made to the token source.
+    pub fetches: u64,
+    /// Calls to the token source that failed or timed out, and tokens refused as invalid.
+    pub fetch_failures: u64,
+    /// Requests (and [`TokenCache::token`] calls) that had to wait for a fetch because no valid
+    /// token was cached. Refresh ahead of expiry keeps this at one per token source failure or
+    /// cold start.
+    pub waits: u64,
+    /// Responses that rejected a token (HTTP 401 without `insufficient_scope`).
+    pub rejections: u64,
+    /// Requests sent a second time with a fresh token after a rejection.
+    pub replays: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Config {
+    expiry_skew: Duration,
+    refresh_ahead: Duration,
+    jitter: f64,
+    default_lifetime: Duration,
+    fetch_timeout: Duration,
+    backoff_min: Duration,
+    backoff_max: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            expiry_skew: Duration::from_secs(30),
+            refresh_ahead: Duration::from_secs(300),
+            jitter: 0.25,
+            default_lifetime: Duration::from_secs(3600),
+            fetch_timeout: Duration::from_secs(30),
+            backoff_min: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Configures a [`TokenCache`]. Made by [`TokenCache::builder`].
+///
+/// The timeline of one token, with its lifetime `L` counted from when its request was sent:
+///
+/// ```text
+/// sent ──────────────── refresh ahead ──────── usable end ── stated expiry
+///  0                      U − A·(1+j)             U = L − S        L
+/// ```
+///
+/// where `S` is the [expiry skew](Self::expiry_skew) (at most `L/4`), `A` the
+/// [refresh-ahead](Self::refresh_ahead) window (at most `U/2`) and `j` a random
+/// [jitter](Self::jitter) fraction. A token is always used for at least `3/8` of its usable life
+/// before a refresh starts, so short-lived tokens do not refresh in a loop.
+pub struct TokenCacheBuilder {
+    source: BoxSource,
+    config: Config,
+}
+
+impl TokenCacheBuilder {
+    /// How long before its stated expiry a token stops being used, to absorb clock skew and the
+    /// time a request spends in flight.
+    ///
+    /// Default: 30 seconds, and never more than a quarter of the token's lifetime.
+    pub fn expiry_skew(mut self, skew: Duration) -> Self {
+        self.config.expiry_skew = skew;
+        self
+    }
+
+    /// How long before the end of a token's usable life one background refresh starts, while
+    /// requests keep using the current token.
+    ///
+    /// Default: 5 minutes, and never more than half of the token's usable life.
+    pub fn refresh_ahead(mut self, window: Duration) -> Self {
+        self.config.refresh_ahead = window;
+        self
+    }
+
+    /// How much the refresh-ahead window is randomly widened, as a fraction of it, so that a
+    /// fleet of clients started together does not refresh in lockstep. Clamped to `0.0..=1.0`.
+    ///
+    /// Default: `0.25` (the window grows by 0 to 25 %).
+    pub fn jitter(mut self, fraction: f64) -> Self {
+        self.config.jitter = if fraction.is_nan() {
+            0.0
+        } else {
+            fraction.clamp(0.0, 1.0)
+        };
+        self
+    }
+
+    /// The lifetime of a token whose source states no expiry (an OAuth 2.0 response without
+    /// `expires_in`). After it, the source is asked again.
+    ///
+    /// Default: 1 hour.
+    pub fn default_lifetime(mut self, lifetime: Duration) -> Self {
+        self.config.default_lifetime = lifetime;
+        self
+    }
+
+    /// How long one call to the source may take before it counts as failed with
+    /// [`ErrorKind::Timeout`].
+    ///
+    /// Default: 30 seconds.
+    pub fn fetch_timeout(mut self, timeout: Duration) -> Self {
+        self.config.fetch_timeout = timeout;
+        self
+    }
+
+    /// The delays between failed fetches: the first failure waits about `min`, each further one
+    /// doubles it up to `max`, and each delay is randomly shortened by up to half. During a
+    /// delay, requests keep using a still-valid token; if there is none they fail at once with
+    /// the last error instead of calling the source again.
+    ///
+    /// Default: 1 second to 60 seconds.
+    pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.config.backoff_min = min;
+        self.config.backoff_max = max.max(min);
+        self
+    }
+
+    /// Builds the cache. No token is fetched until one is needed.
+    pub fn build(self) -> TokenCache {
+        let (outcome, _) = watch::channel(None);
+        TokenCache {
+            shared: Arc::new(Shared {
+                current: ArcSwapOption::empty(),
+                slow: Mutex::new(Slow::default()),
+                outcome,
+                source: Mutex::new(self.source),
+                config: self.config,
+                counters: Counters::default(),
+                next_id: AtomicU64::new(1),
+            }),
+        }
+    }
+}
+
+impl fmt::Debug for TokenCacheBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenCacheBuilder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenCache {
+    /// A cache with the default timing (see [`TokenCacheBuilder`]).
+    pub fn new(source: impl TokenSource) -> Self {
+        Self::builder(source).build()
+    }
+
+    /// A builder to configure the cache's timing.
+    pub fn builder(source: impl TokenSource) -> TokenCacheBuilder {
+        TokenCacheBuilder {
+            source: source.into_box(),
+            config: Config::default(),
+        }
+    }
+
+    /// A valid token: the cached one, or the result of the fetch in flight, or of a new fetch.
+    ///
+    /// Use it to authenticate something that is not a tower service (a WebSocket handshake, a
+    /// message to a queue) with the same tokens as the layer.
+    ///
+    /// # Errors
+    ///
+    /// When no valid token is cached and the fetch fails, or when a recent failure is still
+    /// being backed off from; see [`ErrorKind`].
+    pub async fn token(&self) -> Result<Token, Error> {
+        if let Some(token) = self.with_current(|entry| entry.token.clone()) {
+            return Ok(token);
+        }
+        Ok(self.shared.acquire(None).await?.token.clone())
+    }
+
+    /// Drops the cached token, so that the next request waits for a new one.
+    pub fn invalidate(&self) {
+        self.shared.current.store(None);
+    }
+
+    /// Fetches a new token now, replacing the cached one, and returns it. Requests made
+    /// meanwhile wait for it. A fetch already in flight is joined rather than duplicated, and the
+    /// failure backoff is ignored.
+    ///
+    /// # Errors
+    ///
+    /// When the fetch fails.
+    pub async fn refresh(&self) -> Result<Token, Error> {
+        self.invalidate();
+        Ok(self.shared.acquire(Some(Reason::Forced)).await?.token.clone())
+    }
+
+    /// What the cache has done so far.
+    pub fn stats(&self) -> CacheStats {
+        let c = &self.shared.counters;
+        CacheStats {
+            fetches: c.fetches.load(Ordering::Relaxed),
+            fetch_failures: c.fetch_failures.load(Ordering::Relaxed),
+            waits: c.waits.load(Ordering::Relaxed),
+            rejections: c.rejections.load(Ordering::Relaxed),
+            replays: c.replays.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The request path: a lock-free look at the current token. Returns `None` when there is no
+    /// usable token; starts one background refresh when the token is due for one.
+    #[inline]
+    pub(crate) fn with_current<R>(&self, f: impl FnOnce(&Entry) -> R) -> Option<R> {
+        let guard = self.shared.current.load();
+        let entry = guard.as_ref()?;
+        match entry.phase.load(Ordering::Relaxed) {
+            FRESH | KICKED => {}
+            DUE => {
+                if entry
+                    .phase
+                    .compare_exchange(DUE, KICKED, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    self.shared.refresh_ahead(entry);
+                }
+            }
+            _ => return None,
+        }
+        Some(f(entry))
+    }
+
+    /// Waits for a usable token (the slow path of a request).
+    pub(crate) async fn acquire(&self) -> Result<Arc<Entry>, Error> {
+        self.shared.acquire(None).await
+    }
+
+    /// Invalidates the token with this id if it is still the current one, then waits for a
+    /// usable token. If another request already replaced the token, no fetch happens.
+    pub(crate) async fn reject_and_acquire(&self, id: u64) -> Result<Arc<Entry>, Error> {
+        self.shared.reject(id);
+        self.shared.acquire(Some(Reason::Rejected)).await
+    }
+
+    /// Invalidates the token with this id if it is still the current one.
+    pub(crate) fn reject(&self, id: u64) {
+        self.shared.reject(id);
+    }
+
+    pub(crate) fn count_rejection(&self) {
+        self.shared
+            .counters
+            .rejections
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_replay(&self) {
+        self.shared.counters.replays.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let current = self.shared.current.load();
+        f.debug_struct("TokenCache")
+            .field("current", &*current)
+            .field("config", &self.shared.config)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl Shared {
+    fn lock_slow(&self) -> MutexGuard<'_, Slow> {
+        // Nothing that can panic runs under this lock; still, a poisoned lock must not turn
+        // every later request into a panic.
+        self.slow.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn reject(&self, id: u64) {
+        let current = self.current.load();
+        if matches!(&*current, Some(entry) if entry.id == id) {
+            let previous = self.current.compare_and_swap(&current, None);
+            if matches!(&*previous, Some(entry) if entry.id == id) {
+                tracing::debug!(token.id = id, "token rejected by the server; dropped");
+            }
+        }
+    }
+
+    async fn acquire(self: &Arc<Self>, reason: Option<Reason>) -> Result<Arc<Entry>, Error> {
+        let mut outcome = {
+            let mut slow = self.lock_slow();
+            // A fetch may have finished between the caller's lock-free look and this lock.
+            let current = self.current.load_full();
+            if let Some(entry) = &current {
+                if entry.phase.load(Ordering::Relaxed) != EXPIRED {
+                    return Ok(entry.clone());
+                }
+            }
+            if !slow.fetching {
+                let forced = reason == Some(Reason::Forced);
+                if let (Some(retry_at), Some(error), false) =
+                    (slow.retry_at, &slow.last_error, forced)
+                {
+                    if Instant::now() < retry_at {
+                        return Err(error.clone());
+                    }
+                }
+                let reason = reason.unwrap_or(if current.is_some() {
+                    Reason::Expired
+                } else {
+                    Reason::Initial
+                });
+                self.start_fetch(&mut slow, reason)?;
+            }
+            self.counters.waits.fetch_add(1, Ordering::Relaxed);
+            self.outcome.subscribe()
+        };
+        match outcome.changed().await {
+            Ok(()) => match &*outcome.borrow_and_update() {
+                Some(result) => result.clone(),
+                None => Err(Error::new(ErrorKind::Cancelled, None)),
+            },
+            Err(_) => Err(Error::new(ErrorKind::Cancelled, None)),
+        }
+    }
+
+    /// Starts a background refresh for a token that is due for one, unless a fetch is already
+    /// running or the last failure is still being backed off from.
+    fn refresh_ahead(self: &Arc<Self>, entry: &Arc<Entry>) {
+        let mut slow = self.lock_slow();
+        if slow.fetching {
+            return;
+        }
+        if let Some(retry_at) = slow.retry_at {
+            if Instant::now() < retry_at {
+                rearm_at(entry, retry_at);
+                return;
+            }
+        }
+        if let Err(error) = self.start_fetch(&mut slow, Reason::Expiring) {
+            tracing::warn!(error = %Chain(&error), "cannot refresh the token ahead of expiry");
+        }
+    }
+
+    fn start_fetch(self: &Arc<Self>, slow: &mut Slow, reason: Reason) -> Result<(), Error> {
+        let runtime = Handle::try_current().map_err(|_| Error::new(ErrorKind::NoRuntime, None))?;
+        slow.fetching = true;
+        runtime.spawn(Arc::clone(self).fetch(reason));
+        Ok(())
+    }
+
+    async fn fetch(self: Arc<Self>, reason: Reason) {
+        let mut guard = FetchGuard {
+            shared: &self,
+            armed: true,
+        };
+        let sent_at = Instant::now();
+        self.counters.fetches.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(?reason, "fetching a token");
+        let source = self
+            .source
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let request = TokenRequest::new(reason);
+        let timeout = self.config.fetch_timeout;
+        let result = match tokio::time::timeout(timeout, source.oneshot(request)).await {
+            Ok(Ok(token)) => self.prepare(token, sent_at),
+            Ok(Err(error)) => Err(Error::source_failed(error)),
+            Err(_) => Err(Error::timeout(timeout)),
+        };
+        guard.armed = false;
+        if let Some((entry, retry_at)) = self.finish(result, sent_at) {
+            // A background refresh failed while the token is still valid: try again once the
+            // backoff is over, on the next request after it.
+            rearm_at(&entry, retry_at);
+        }
+    }
+
+    /// Publishes the outcome of a fetch. Returns the current entry and the end of the backoff
+    /// when a background refresh failed and must be tried again later.
+    fn finish(&self, result: Outcome, sent_at: Instant) -> Option<(Arc<Entry>, Instant)> {
+        let mut slow = self.lock_slow();
+        slow.fetching = false;
+        let mut rearm = None;
+        match &result {
+            Ok(entry) => {
+                tracing::debug!(
+                    token.id = entry.id,
+                    elapsed = ?sent_at.elapsed(),
+                    usable_for = ?entry.usable_for,
+                    "token fetched"
+                );
+                slow.failures = 0;
+                slow.retry_at = None;
+                slow.last_error = None;
+                self.current.store(Some(entry.clone()));
+            }
+            Err(error) => {
+                self.counters.fetch_failures.fetch_add(1, Ordering::Relaxed);
+                slow.failures = slow.failures.saturating_add(1);
+                let delay = self.backoff(slow.failures);
+                let retry_at = Instant::now() + delay;
+                slow.retry_at = Some(retry_at);
+                slow.last_error = Some(error.clone());
+                tracing::warn!(
+                    error = %Chain(error),
+                    failures = slow.failures,
+                    retry_in = ?delay,
+                    "token fetch failed"
+                );
+                if let Some(entry) = self.current.load_full() {
+                    if entry.phase.load(Ordering::Relaxed) == KICKED {
+                        rearm = Some((entry, retry_at));
+                    }
+                }
+            }
+        }
+        self.outcome.send_replace(Some(result));
+        rearm
+    }
+
+    fn backoff(&self, failures: u32) -> Duration {
+        let Config {
+            backoff_min: min,
+            backoff_max: max,
+            ..
+        } = self.config;
+        let exponent = failures.saturating_sub(1).min(31);
+        let full = min.saturating_mul(1 << exponent).min(max);
+        // "Equal jitter": between half and all of the delay.
+        full / 2 + (full / 2).mul_f64(random_unit())
+    }
+
+    /// Checks a token and builds what requests need from it.
+    fn prepare(&self, token: Token, sent_at: Instant) -> Result<Arc<Entry>, Error> {
+        let secret = token.access_token().secret();
+        let raw = header_value(b"", secret);
+        let bearer = header_value(b"Bearer ", secret);
+        let (Some(raw), Some(bearer)) = (raw, bearer) else {
+            return Err(Error::new(ErrorKind::InvalidToken, None));
+        };
+
+        let config = &self.config;
+        let lifetime = match token.expiry() {
+            None => config.default_lifetime,
+            Some(Expiry::In(lifetime)) => lifetime,
+            Some(Expiry::At(deadline)) => deadline.saturating_duration_since(sent_at),
+        }
+        .min(MAX_LIFETIME);
+        let skew = config.expiry_skew.min(lifetime / 4);
+        let usable_for = lifetime - skew;
+        let window = config.refresh_ahead.min(usable_for / 2);
+        let window = window + window.mul_f64(config.jitter * random_unit());
+        let expires_at = sent_at + usable_for;
+        let refresh_at = expires_at - window;
+
+        let now = Instant::now();
+        let phase = if now >= expires_at {
+            EXPIRED
+        } else if now >= refresh_at {
+            DUE
+        } else {
+            FRESH
+        };
+        let entry = Arc::new(Entry {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            token,
+            raw,
+            bearer,
+            phase: AtomicU8::new(phase),
+            usable_for,
+            timer: OnceLock::new(),
+        });
+        if phase != EXPIRED {
+            arm(&entry, refresh_at, expires_at);
+        }
+        Ok(entry)
+    }
+}
+
+/// Publishes a cancellation if the fetch task is dropped before it finishes (its runtime shut
+/// down, or the source panicked), so that no waiter hangs and later requests can fetch again.
+struct FetchGuard<'a> {
+    shared: &'a Shared,
+    armed: bool,
+}
+
+impl Drop for FetchGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let error = Error::new(ErrorKind::Cancelled, None);
+            self.shared.finish(Err(error), Instant::now());
+        }
+    }
+}
+
+/// One fetched token and what requests need from it.
+pub(crate) struct Entry {
+    pub(crate) id: u64,
+    pub(crate) token: Token,
+    /// The access token alone, as a sensitive header value.
+    pub(crate) raw: HeaderValue,
+    /// `Bearer <access token>`, as a sensitive header value.
+    pub(crate) bearer: HeaderValue,
+    phase: AtomicU8,
+    usable_for: Duration,
+    timer: OnceLock<AbortHandle>,
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        if let Some(timer) = self.timer.get() {
+            timer.abort();
+        }
+    }
+}
+
+impl fmt::Debug for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let phase = match self.phase.load(Ordering::Relaxed) {
+            FRESH => "fresh",
+            DUE | KICKED => "refreshing",
+            _ => "expired",
+        };
+        f.debug_struct("Token")
+            .field("id", &self.id)
+            .field("phase", &phase)
+            .field("usable_for", &self.usable_for)
+            .finish()
+    }
+}
+
+fn header_value(prefix: &[u8], secret: &str) -> Option<HeaderValue> {
+    // RFC 6750 tokens are printable ASCII; anything else (CR, LF, NUL, DEL, non-ASCII) could
+    // split or corrupt the request, so such a token is refused rather than sent.
+    let printable = |b: &u8| (0x20..0x7f).contains(b);
+    if secret.is_empty() || !secret.bytes().all(|b| printable(&b)) {
+        return None;
+    }
+    let mut buf = BytesMut::with_capacity(prefix.len() + secret.len());
+    buf.put_slice(prefix);
+    buf.put_slice(secret.as_bytes());
+    let mut value = HeaderValue::from_maybe_shared(Bytes::from(buf)).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
+/// Starts the timer that moves a token through its phases. It holds only a weak reference, and
+/// the entry aborts it when dropped, so a replaced token leaves no task behind.
+fn arm(entry: &Arc<Entry>, refresh_at: Instant, expires_at: Instant) {
+    let Ok(runtime) = Handle::try_current() else {
+        return;
+    };
+    let weak = Arc::downgrade(entry);
+    let task = runtime.spawn(async move {
+        // If the runtime shuts down, the timer can no longer expire the token: expire it now, so
+        // that a request on another runtime fetches a new one instead of using it forever.
+        let _expire = ExpireOnDrop(weak.clone());
+        sleep_until(refresh_at).await;
+        match weak.upgrade() {
+            Some(entry) => {
+                let _ = entry.phase.compare_exchange(
+                    FRESH,
+                    DUE,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
+            None => return,
+        }
+        sleep_until(expires_at).await;
+    });
+    let _ = entry.timer.set(task.abort_handle());
+}
+
+struct ExpireOnDrop(Weak<Entry>);
+
+impl Drop for ExpireOnDrop {
+    fn drop(&mut self) {
+        if let Some(entry) = self.0.upgrade() {
+            entry.phase.store(EXPIRED, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Makes a token whose background refresh failed due for a refresh again once the backoff is
+/// over.
+fn rearm_at(entry: &Arc<Entry>, at: Instant) {
+    let Ok(runtime) = Handle::try_current() else {
+        return;
+    };
+    let weak = Arc::downgrade(entry);
+    runtime.spawn(async move {
+        sleep_until(at).await;
+        if let Some(entry) = weak.upgrade() {
+            let _ = entry
+                .phase
+                .compare_exchange(KICKED, DUE, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    });
+}
+
+/// A random number in `[0, 1)`, good enough to spread refreshes; not for cryptography.
+fn random_unit() -> f64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = RandomState::new().build_hasher();
+    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
+}

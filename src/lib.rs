@@ -1,0 +1,88 @@
+//! OAuth 2.0 bearer authentication for any [tower] HTTP client.
+//!
+//! [`BearerAuthLayer`] gets tokens from a [`TokenSource`], caches them, refreshes them ahead of
+//! expiry with one fetch however many requests wait, stamps them on outgoing requests
+//! (`Authorization: Bearer …` by default) and, when a server answers 401, drops that token and
+//! replays the request once with a fresh one.
+//!
+//! # The request path
+//!
+//! 1. The current token is read without a lock or a clock read. A fresh token is stamped and the
+//!    request goes on at once. A token inside its refresh-ahead window is stamped too, and the
+//!    first request to see it starts one background refresh. Only an expired or missing token
+//!    makes requests wait, all of them for the same fetch.
+//! 2. If the request can be sent twice (see [`replay`]), a copy is kept.
+//! 3. A 401 response drops the token it carried, and only that token: if another request
+//!    already replaced it, no second fetch happens. The request is then replayed once with a
+//!    fresh token, through a clone of the inner service polled ready again, and whatever the
+//!    replay answers is returned. A 401 whose challenge says `insufficient_scope`, and any 403,
+//!    is returned as it is: a new token would not help.
+//!
+//! Token failures reach callers as [`Error`] (inside the service's [`BoxError`]); a request is
+//! never sent without its token. Errors from the inner service pass through unchanged.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use bytes::Bytes;
+//! use http::{Request, Response, StatusCode};
+//! use http_body_util::Full;
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use tower_bearer::{source_fn, BearerAuthLayer, Token, TokenRequest};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower::BoxError> {
+//! // Any async function that returns a token; the `oauth2` grants are sources too.
+//! let source = source_fn(|_: TokenRequest| async {
+//!     Ok::<_, std::io::Error>(Token::new("t0k3n").expires_in(Duration::from_secs(3600)))
+//! });
+//!
+//! // A stand-in for an HTTP client such as hyper-util's `Client`.
+//! let client = service_fn(|req: Request<Full<Bytes>>| async move {
+//!     let status = match req.headers().get("authorization") {
+//!         Some(value) if value == "Bearer t0k3n" => StatusCode::OK,
+//!         _ => StatusCode::UNAUTHORIZED,
+//!     };
+//!     let mut response = Response::new(Full::<Bytes>::default());
+//!     *response.status_mut() = status;
+//!     Ok::<_, std::convert::Infallible>(response)
+//! });
+//!
+//! let layer = BearerAuthLayer::new(source);
+//! let client = ServiceBuilder::new().layer(layer.clone()).service(client);
+//! let response = client.oneshot(Request::new(Full::default())).await?;
+//! assert_eq!(response.status(), StatusCode::OK);
+//! assert_eq!(layer.cache().stats().fetches, 1);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [tower]: https://docs.rs/tower
+
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rust_2018_idioms
+)]
+
+mod auth;
+pub mod cache;
+pub mod challenge;
+mod error;
+pub mod placement;
+pub mod replay;
+mod source;
+mod token;
+
+pub use auth::{BearerAuth, BearerAuthLayer, ResponseFuture};
+pub use cache::{CacheStats, TokenCache};
+pub use error::{Error, ErrorKind};
+pub use placement::Placement;
+pub use source::{source_fn, SourceFn, StaticToken, TokenSource};
+pub use token::{AccessToken, Expiry, Reason, RefreshToken, Token, TokenRequest};
+
+/// A type-erased error, as tower uses.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

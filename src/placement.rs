@@ -1,0 +1,177 @@
+//! Where a token goes on a request.
+
+use std::fmt;
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::uri::{PathAndQuery, Uri};
+use http::Request;
+
+use crate::cache::Entry;
+
+/// Where the layer puts the token on each request.
+///
+/// The default is `Authorization: Bearer <token>` (RFC 6750 §2.1), with the scheme always
+/// written `Bearer` whatever case the token endpoint used for its `token_type`. Header values
+/// carrying a token are marked [sensitive](HeaderValue::set_sensitive), so HTTP/2 never adds
+/// them to its header compression table; an existing header of the same name is replaced.
+///
+/// ```
+/// use http::header::HeaderName;
+/// use tower_bearer::Placement;
+///
+/// let default = Placement::default();
+/// let raw = Placement::authorization_raw();
+/// let custom = Placement::header(HeaderName::from_static("x-api-token"));
+/// let scheme = Placement::authorization_scheme("Token").unwrap();
+/// let query = Placement::query();
+/// # drop((default, raw, custom, scheme, query));
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct Placement {
+    kind: Kind,
+}
+
+#[derive(Clone, Debug, Default)]
+enum Kind {
+    #[default]
+    Bearer,
+    Header {
+        name: HeaderName,
+        scheme: Option<Box<str>>,
+    },
+    Query,
+}
+
+/// The error for a scheme that is not an HTTP token (RFC 9110 §5.6.2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvalidScheme(());
+
+impl fmt::Display for InvalidScheme {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an authentication scheme must be a non-empty HTTP token")
+    }
+}
+
+impl std::error::Error for InvalidScheme {}
+
+impl Placement {
+    /// `Authorization: Bearer <token>`. The default.
+    pub fn bearer() -> Self {
+        Self::default()
+    }
+
+    /// `Authorization: <token>`, with no scheme, for APIs that want the raw token.
+    pub fn authorization_raw() -> Self {
+        Self::header(header::AUTHORIZATION)
+    }
+
+    /// `Authorization: <scheme> <token>` with another scheme, such as `Token` or `DPoP`.
+    ///
+    /// # Errors
+    ///
+    /// If `scheme` is empty or not an HTTP token.
+    pub fn authorization_scheme(scheme: &str) -> Result<Self, InvalidScheme> {
+        Self::header_with_scheme(header::AUTHORIZATION, scheme)
+    }
+
+    /// The raw token in the header `name`.
+    pub fn header(name: HeaderName) -> Self {
+        Self {
+            kind: Kind::Header { name, scheme: None },
+        }
+    }
+
+    /// `<scheme> <token>` in the header `name`.
+    ///
+    /// # Errors
+    ///
+    /// If `scheme` is empty or not an HTTP token.
+    pub fn header_with_scheme(name: HeaderName, scheme: &str) -> Result<Self, InvalidScheme> {
+        let is_tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        if scheme.is_empty() || !scheme.bytes().all(is_tchar) {
+            return Err(InvalidScheme(()));
+        }
+        if scheme == "Bearer" && name == header::AUTHORIZATION {
+            return Ok(Self::bearer());
+        }
+        Ok(Self {
+            kind: Kind::Header {
+                name,
+                scheme: Some(scheme.into()),
+            },
+        })
+    }
+
+    /// The `access_token` query parameter (RFC 6750 §2.3), replacing any already there, plus
+    /// `Cache-Control: no-store` as the RFC asks. Tokens in URLs end up in server logs: use this
+    /// only for servers that accept nothing else.
+    pub fn query() -> Self {
+        Self { kind: Kind::Query }
+    }
+
+    /// Puts the token of `entry` on `req`. Returns `false`, leaving `req` without a token, in
+    /// the unlikely case that the token cannot be placed.
+    #[inline]
+    pub(crate) fn stamp<B>(&self, req: &mut Request<B>, entry: &Entry) -> bool {
+        match &self.kind {
+            Kind::Bearer => {
+                req.headers_mut()
+                    .insert(header::AUTHORIZATION, entry.bearer.clone());
+                true
+            }
+            Kind::Header { name, scheme: None } => {
+                req.headers_mut().insert(name.clone(), entry.raw.clone());
+                true
+            }
+            Kind::Header {
+                name,
+                scheme: Some(scheme),
+            } => {
+                let mut value = Vec::with_capacity(scheme.len() + 1 + entry.raw.len());
+                value.extend_from_slice(scheme.as_bytes());
+                value.push(b' ');
+                value.extend_from_slice(entry.raw.as_bytes());
+                // Both parts were checked (an HTTP token, and a valid header value).
+                let Ok(mut value) = HeaderValue::from_bytes(&value) else {
+                    return false;
+                };
+                value.set_sensitive(true);
+                req.headers_mut().insert(name.clone(), value);
+                true
+            }
+            Kind::Query => stamp_query(req, entry.token.access_token().secret()),
+        }
+    }
+}
+
+fn stamp_query<B>(req: &mut Request<B>, token: &str) -> bool {
+    let uri = req.uri();
+    let mut path_and_query = String::with_capacity(uri.path().len() + 64);
+    path_and_query.push_str(uri.path());
+    path_and_query.push('?');
+    // Other parameters are kept byte for byte: decoding and re-encoding them could change what
+    // the server sees (`%20` versus `+`).
+    for pair in uri.query().unwrap_or("").split('&') {
+        let name = pair.split('=').next().unwrap_or(pair);
+        if !pair.is_empty() && name != "access_token" {
+            path_and_query.push_str(pair);
+            path_and_query.push('&');
+        }
+    }
+    path_and_query.push_str("access_token=");
+    path_and_query.extend(form_urlencoded::byte_serialize(token.as_bytes()));
+    let Ok(path_and_query) = PathAndQuery::try_from(path_and_query) else {
+        return false;
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(path_and_query);
+    let Ok(uri) = Uri::from_parts(parts) else {
+        return false;
+    };
+    *req.uri_mut() = uri;
+    req.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    true
+}

@@ -1,0 +1,204 @@
+//! Tokens and token requests.
+
+use std::fmt;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// An OAuth 2.0 access token.
+///
+/// The secret is reachable only through [`AccessToken::secret`]: `Debug` prints a placeholder
+/// and there is no `Display`, so a token cannot end up in a log line by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AccessToken(Box<str>);
+
+impl AccessToken {
+    /// Wraps a secret access token.
+    pub fn new(secret: impl Into<String>) -> Self {
+        Self(secret.into().into_boxed_str())
+    }
+
+    /// The token itself. Handle with care: never log it.
+    pub fn secret(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AccessToken(<redacted>)")
+    }
+}
+
+/// An OAuth 2.0 refresh token (RFC 6749 §1.5).
+///
+/// Like [`AccessToken`], its `Debug` output never shows the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RefreshToken(Box<str>);
+
+impl RefreshToken {
+    /// Wraps a secret refresh token.
+    pub fn new(secret: impl Into<String>) -> Self {
+        Self(secret.into().into_boxed_str())
+    }
+
+    /// The token itself. Handle with care: never log it.
+    pub fn secret(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for RefreshToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RefreshToken(<redacted>)")
+    }
+}
+
+/// When a token stops being valid, as its issuer stated it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Expiry {
+    /// Valid for this long, counted from when the token request was sent (the OAuth 2.0
+    /// `expires_in`). Counting from the request rather than the answer means network delay
+    /// can only make the cache refresh early, never late.
+    In(Duration),
+    /// Valid until this instant.
+    At(Instant),
+}
+
+/// A token handed out by a [`TokenSource`](crate::TokenSource).
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_bearer::Token;
+///
+/// let token = Token::new("s3cr3t").expires_in(Duration::from_secs(3600));
+/// assert_eq!(token.access_token().secret(), "s3cr3t");
+/// assert!(!format!("{token:?}").contains("s3cr3t"));
+/// ```
+#[derive(Clone)]
+pub struct Token {
+    access_token: AccessToken,
+    token_type: Option<Box<str>>,
+    expiry: Option<Expiry>,
+    refresh_token: Option<RefreshToken>,
+    scope: Option<Box<str>>,
+}
+
+impl Token {
+    /// A token with no stated expiry; the cache gives it its
+    /// [default lifetime](crate::cache::TokenCacheBuilder::default_lifetime).
+    pub fn new(access_token: impl Into<String>) -> Self {
+        Self {
+            access_token: AccessToken::new(access_token),
+            token_type: None,
+            expiry: None,
+            refresh_token: None,
+            scope: None,
+        }
+    }
+
+    /// Sets the lifetime, counted from when the token request was sent.
+    pub fn expires_in(mut self, lifetime: Duration) -> Self {
+        self.expiry = Some(Expiry::In(lifetime));
+        self
+    }
+
+    /// Sets the instant after which the token is no longer valid.
+    pub fn expires_at(mut self, deadline: Instant) -> Self {
+        self.expiry = Some(Expiry::At(deadline));
+        self
+    }
+
+    /// Sets the `token_type` the issuer reported. It is informational: the default placement
+    /// writes the scheme `Bearer` whatever the case of this value.
+    pub fn with_token_type(mut self, token_type: impl Into<String>) -> Self {
+        self.token_type = Some(token_type.into().into_boxed_str());
+        self
+    }
+
+    /// Attaches a refresh token.
+    pub fn with_refresh_token(mut self, refresh_token: RefreshToken) -> Self {
+        self.refresh_token = Some(refresh_token);
+        self
+    }
+
+    /// Sets the scope granted with the token (space-separated, RFC 6749 §3.3).
+    pub fn with_scope(mut self, scope: impl Into<String>) -> Self {
+        self.scope = Some(scope.into().into_boxed_str());
+        self
+    }
+
+    /// The access token.
+    pub fn access_token(&self) -> &AccessToken {
+        &self.access_token
+    }
+
+    /// The `token_type` the issuer reported, if any.
+    pub fn token_type(&self) -> Option<&str> {
+        self.token_type.as_deref()
+    }
+
+    /// The expiry the issuer stated, if any.
+    pub fn expiry(&self) -> Option<Expiry> {
+        self.expiry
+    }
+
+    /// The refresh token, if one came with the access token.
+    pub fn refresh_token(&self) -> Option<&RefreshToken> {
+        self.refresh_token.as_ref()
+    }
+
+    /// The granted scope, if the issuer stated it.
+    pub fn scope(&self) -> Option<&str> {
+        self.scope.as_deref()
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Token")
+            .field("access_token", &self.access_token)
+            .field("token_type", &self.token_type)
+            .field("expiry", &self.expiry)
+            .field("refresh_token", &self.refresh_token)
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
+/// Why the cache asks its source for a token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Reason {
+    /// No token has been fetched yet (or the last one was dropped with
+    /// [`TokenCache::invalidate`](crate::TokenCache::invalidate)).
+    Initial,
+    /// The current token is still valid but close to its expiry: a refresh ahead of time.
+    Expiring,
+    /// The current token has expired.
+    Expired,
+    /// A server rejected the current token (HTTP 401).
+    Rejected,
+    /// The application asked for a new token with [`TokenCache::refresh`](crate::TokenCache::refresh).
+    Forced,
+}
+
+/// The request a [`TokenSource`](crate::TokenSource) answers with a [`Token`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TokenRequest {
+    reason: Reason,
+}
+
+impl TokenRequest {
+    /// A request for the given reason. The cache builds these; sources and tests may too.
+    pub fn new(reason: Reason) -> Self {
+        Self { reason }
+    }
+
+    /// Why a token is needed.
+    pub fn reason(&self) -> Reason {
+        self.reason
+    }
+}
