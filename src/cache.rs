@@ -297,7 +297,12 @@ impl TokenCache {
     /// When the fetch fails.
     pub async fn refresh(&self) -> Result<Token, Error> {
         self.invalidate();
-        Ok(self.shared.acquire(Some(Reason::Forced)).await?.token.clone())
+        Ok(self
+            .shared
+            .acquire(Some(Reason::Forced))
+            .await?
+            .token
+            .clone())
     }
 
     /// What the cache has done so far.
@@ -665,12 +670,10 @@ fn arm(entry: &Arc<Entry>, refresh_at: Instant, expires_at: Instant) {
         sleep_until(refresh_at).await;
         match weak.upgrade() {
             Some(entry) => {
-                let _ = entry.phase.compare_exchange(
-                    FRESH,
-                    DUE,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                );
+                let _ =
+                    entry
+                        .phase
+                        .compare_exchange(FRESH, DUE, Ordering::Relaxed, Ordering::Relaxed);
             }
             None => return,
         }

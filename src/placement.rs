@@ -169,9 +169,7 @@ fn stamp_query<B>(req: &mut Request<B>, token: &str) -> bool {
         return false;
     };
     *req.uri_mut() = uri;
-    req.headers_mut().insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("no-store"),
-    );
+    req.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     true
 }

@@ -222,7 +222,9 @@ where
                     return Poll::Ready(Ok(response));
                 }
                 StateProj::Failed { error } => {
-                    let error = error.take().expect("ResponseFuture polled after completion");
+                    let error = error
+                        .take()
+                        .expect("ResponseFuture polled after completion");
                     return Poll::Ready(Err(error.into()));
                 }
             }

@@ -139,13 +139,7 @@ where
                 // into the future, which calls it once the token arrives.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::waiting(
-                    inner,
-                    req,
-                    kept,
-                    self.config.clone(),
-                    self.policy.clone(),
-                )
+                ResponseFuture::waiting(inner, req, kept, self.config.clone(), self.policy.clone())
             }
         }
     }
