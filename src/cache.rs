@@ -113,9 +113,9 @@ pub struct CacheStats {
     pub fetches: u64,
     /// Calls to the token source that failed or timed out, and tokens refused as invalid.
     pub fetch_failures: u64,
-    /// Requests (and [`TokenCache::token`] calls) that had to wait for a fetch because no valid
-    /// token was cached. Refresh ahead of expiry keeps this at one per token source failure or
-    /// cold start.
+    /// Requests (and [`TokenCache::token`] calls) that had to wait for a token: none was cached,
+    /// the cached one had expired, or theirs was rejected and they waited for a new one to be
+    /// replayed with. With steady traffic, refresh ahead of expiry keeps the expired case at zero.
     pub waits: u64,
     /// Responses that rejected a token (HTTP 401 without `insufficient_scope`).
     pub rejections: u64,
@@ -178,6 +178,10 @@ impl TokenCacheBuilder {
 
     /// How long before the end of a token's usable life one background refresh starts, while
     /// requests keep using the current token.
+    ///
+    /// The refresh is started by the first request inside this window, not by a timer: an idle
+    /// client does not keep fetching tokens nobody uses, and its first request after the token's
+    /// usable life waits for a new one.
     ///
     /// Default: 5 minutes, and never more than half of the token's usable life.
     pub fn refresh_ahead(mut self, window: Duration) -> Self {
@@ -550,6 +554,16 @@ impl Shared {
         let (Some(raw), Some(bearer)) = (raw, bearer) else {
             return Err(Error::new(ErrorKind::InvalidToken, None));
         };
+
+        if let Some(kind) = token.token_type() {
+            if !kind.eq_ignore_ascii_case("bearer") {
+                tracing::warn!(
+                    token_type = kind,
+                    "the token source returned a token that is not a bearer token; it is sent as \
+                     configured by the placement anyway"
+                );
+            }
+        }
 
         let config = &self.config;
         let lifetime = match token.expiry() {

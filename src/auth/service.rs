@@ -19,7 +19,7 @@ use crate::{BoxError, Placement, TokenCache, TokenSource};
 /// service with it and leaves a clone behind, and a replay is sent through a clone that is
 /// polled ready again. Cloning should be cheap and clones should share their connection pool, as
 /// hyper-util's `Client` and tonic's `Channel` do. Wrap a service that is not `Clone` in
-/// [`tower::buffer::Buffer`].
+/// [`tower::buffer::Buffer`](https://docs.rs/tower/0.5/tower/buffer/struct.Buffer.html).
 pub struct BearerAuth<S, P = CloneBody> {
     inner: S,
     config: Arc<Config>,

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs every check and test of tower-bearer, from a clean clone, with nothing installed by hand
+# beyond Rust and Node.js: it installs the pinned test peers itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+if [[ -f tests/peers/package-lock.json ]]; then
+    step "installing the test peers (npm ci, pinned by tests/peers/package-lock.json)"
+    npm ci --prefix tests/peers --no-audit --no-fund --loglevel=error
+fi
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy (all targets, all features, -D warnings)"
+cargo clippy --all-targets --all-features -- -D warnings
+
+step "cargo doc (-D warnings)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features
+
+step "cargo test (unit, integration, doc tests, examples)"
+cargo test --all-targets --all-features
+cargo test --doc --all-features
+
+step "benchmarks compile and run once each (cargo bench -- --test)"
+if compgen -G "benches/*.rs" >/dev/null; then
+    cargo bench --all-features -- --test
+fi
+
+step "demo"
+cargo run --quiet --example demo
+
+printf '\nall checks passed\n'
