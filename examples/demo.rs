@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{ACCEPT, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -36,9 +36,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::time::{sleep, Instant};
 use tower::{Service, ServiceBuilder, ServiceExt};
-use tower_bearer::{
-    source_fn, BearerAuth, BearerAuthLayer, BoxError, Token, TokenCache, TokenRequest, TokenSource,
-};
+use tower_bearer::oauth2::{self, ClientCredentials};
+use tower_bearer::{BearerAuth, BearerAuthLayer, BoxError, TokenCache};
 
 /// The client credentials the token endpoint knows.
 const CLIENT_ID: &str = "demo-client";
@@ -70,7 +69,7 @@ async fn main() -> Result<(), BoxError> {
 
     // The source is the only place that knows how tokens are obtained. The cache decides when,
     // and the layer stamps them on requests.
-    let source = client_credentials(token_url.clone(), CLIENT_ID, CLIENT_SECRET);
+    let source = client_credentials(&token_url, CLIENT_ID, CLIENT_SECRET)?;
     let cache = TokenCache::builder(source)
         .expiry_skew(EXPIRY_SKEW)
         .refresh_ahead(REFRESH_AHEAD)
@@ -177,57 +176,24 @@ async fn main() -> Result<(), BoxError> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The token source. Swap this function for the crate's `oauth2::ClientCredentials` once it
-// exists: everything else stays as it is.
+// The token source: the crate's client-credentials grant. Nothing else in the demo knows how
+// tokens are obtained.
 // ---------------------------------------------------------------------------------------------
 
 /// A client-credentials grant (RFC 6749 §4.4) against `token_url`, with HTTP Basic client
-/// authentication.
-fn client_credentials(token_url: Uri, client_id: &str, client_secret: &str) -> impl TokenSource {
-    // The token endpoint gets its own client: its requests must not go through the bearer
-    // layer (they would wait for the very token they fetch).
-    let http = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    // RFC 6749 §2.3.1: id and secret are form-encoded before being joined for Basic auth.
-    let credentials = format!("{}:{}", form_encode(client_id), form_encode(client_secret));
-    let basic: Arc<str> = format!("Basic {}", base64(credentials.as_bytes())).into();
-
-    source_fn(move |_: TokenRequest| {
-        let http = http.clone();
-        let token_url = token_url.clone();
-        let basic = basic.clone();
-        async move {
-            let request = Request::post(token_url)
-                .header(AUTHORIZATION, &*basic)
-                .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-                .header(ACCEPT, "application/json")
-                .body(Full::new(Bytes::from_static(
-                    b"grant_type=client_credentials",
-                )))?;
-            let response = http.request(request).await?;
-            let status = response.status();
-            let body = response.into_body().collect().await?.to_bytes();
-            let body = std::str::from_utf8(&body)?;
-            if !status.is_success() {
-                return Err(format!("token endpoint answered {status}: {body}").into());
-            }
-            parse_token(body)
-        }
-    })
-}
-
-/// Reads `access_token`, `token_type` and `expires_in` from a token response (RFC 6749 §5.1).
-fn parse_token(json: &str) -> Result<Token, BoxError> {
-    let access_token =
-        json_field(json, "access_token").ok_or("token response without access_token")?;
-    let mut token = Token::new(access_token);
-    if let Some(token_type) = json_field(json, "token_type") {
-        token = token.with_token_type(token_type);
-    }
-    Ok(match json_field(json, "expires_in") {
-        Some(seconds) => token.expires_in(Duration::from_secs(seconds.parse()?)),
-        // Without `expires_in` the cache applies its default lifetime.
-        None => token,
-    })
+/// authentication (the default). The grant has its own HTTP client: token requests must not go
+/// through the bearer layer (they would wait for the very token they fetch).
+fn client_credentials(
+    token_url: &Uri,
+    client_id: &str,
+    client_secret: &str,
+) -> Result<ClientCredentials, BoxError> {
+    // Plain http is accepted because the token endpoint is on loopback; any other host would
+    // need https.
+    let client = oauth2::Client::builder(token_url.to_string(), client_id)
+        .client_secret(client_secret)
+        .build()?;
+    Ok(ClientCredentials::new(client))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -494,47 +460,8 @@ fn check(holds: bool, claim: &str) -> Result<(), BoxError> {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Small encoders, to keep the demo free of extra dependencies.
-// ---------------------------------------------------------------------------------------------
-
-/// `application/x-www-form-urlencoded` encoding of one value.
-fn form_encode(value: &str) -> String {
-    form_urlencoded::byte_serialize(value.as_bytes()).collect()
-}
-
 /// Standard base64 with padding (RFC 4648 §4), as HTTP Basic authentication uses.
 fn base64(input: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// The raw value of a top-level string or number field of a flat JSON object. Enough for a
-/// token response whose values contain no escapes; a real client would use `serde_json`.
-fn json_field<'a>(json: &'a str, name: &str) -> Option<&'a str> {
-    let key = format!("\"{name}\"");
-    let rest = json[json.find(&key)? + key.len()..].trim_start();
-    let rest = rest.strip_prefix(':')?.trim_start();
-    if let Some(string) = rest.strip_prefix('"') {
-        string.split('"').next()
-    } else {
-        let end = rest.find([',', '}']).unwrap_or(rest.len());
-        Some(rest[..end].trim_end())
-    }
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(input)
 }

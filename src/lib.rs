@@ -72,6 +72,7 @@ mod auth;
 pub mod cache;
 pub mod challenge;
 mod error;
+pub mod oauth2;
 pub mod placement;
 pub mod replay;
 mod source;

@@ -83,6 +83,7 @@ pub struct Token {
     expiry: Option<Expiry>,
     refresh_token: Option<RefreshToken>,
     scope: Option<Box<str>>,
+    extensions: http::Extensions,
 }
 
 impl Token {
@@ -95,6 +96,7 @@ impl Token {
             expiry: None,
             refresh_token: None,
             scope: None,
+            extensions: http::Extensions::new(),
         }
     }
 
@@ -127,6 +129,19 @@ impl Token {
     pub fn with_scope(mut self, scope: impl Into<String>) -> Self {
         self.scope = Some(scope.into().into_boxed_str());
         self
+    }
+
+    /// Attaches a value of any type, such as fields of the token response that this crate does
+    /// not interpret (the OAuth 2.0 sources attach
+    /// [`ExtraFields`](crate::oauth2::ExtraFields) this way).
+    pub fn with_extension<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.extensions.insert(value);
+        self
+    }
+
+    /// Values attached with [`with_extension`](Self::with_extension).
+    pub fn extensions(&self) -> &http::Extensions {
+        &self.extensions
     }
 
     /// The access token.

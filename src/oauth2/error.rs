@@ -1,0 +1,360 @@
+//! The one error type of the OAuth 2.0 token sources.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::BoxError;
+
+/// An error of an OAuth 2.0 token source: the token endpoint refused, could not be reached, or
+/// answered something unusable; or an authorization redirect went wrong.
+///
+/// It exposes what RFC 6749 §5.2 defines ([`code`](Self::code),
+/// [`description`](Self::description), [`uri`](Self::uri)), the HTTP [`status`](Self::status),
+/// and whether trying again can help ([`is_retryable`](Self::is_retryable)). It never contains
+/// a secret: request bodies and credentials are never part of it. Cheap to clone.
+#[derive(Clone)]
+pub struct Error {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    kind: ErrorKind,
+    status: Option<StatusCode>,
+    code: Option<ErrorCode>,
+    description: Option<String>,
+    uri: Option<String>,
+    retry_after: Option<Duration>,
+    source: Option<BoxError>,
+}
+
+/// The category of an [`Error`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The token endpoint answered with an OAuth 2.0 error (RFC 6749 §5.2), even with HTTP 200.
+    OAuth,
+    /// The token endpoint answered an HTTP error status without an OAuth 2.0 error body.
+    Http,
+    /// The token endpoint answered a redirect; it is not followed, so credentials never go to
+    /// another address.
+    Redirect,
+    /// The token endpoint could not be reached, or the connection failed mid-answer.
+    Transport,
+    /// The token endpoint did not answer within the request timeout.
+    Timeout,
+    /// The answer could not be understood (not JSON or form data, no `access_token`, an
+    /// `expires_in` that is not a number, ...).
+    InvalidResponse,
+    /// The answer's body was larger than the limit (1 MiB) and was not read further.
+    BodyTooLarge,
+    /// The source is misconfigured (an invalid URL, a plain `http` URL to a remote host, ...).
+    Config,
+    /// The authorization server redirected back with an error (for example `access_denied`).
+    Authorization,
+    /// The redirect back from the authorization server was wrong (a `state` or `iss` that does
+    /// not match, no `code`), or did not come in time.
+    Callback,
+    /// The refresh token store failed to save or load.
+    Store,
+}
+
+/// An OAuth 2.0 error code (RFC 6749 §5.2 and §4.1.2.1, RFC 8707).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// `invalid_request`
+    InvalidRequest,
+    /// `invalid_client`: client authentication failed.
+    InvalidClient,
+    /// `invalid_grant`: the grant (code, refresh token, ...) is invalid, expired or revoked.
+    InvalidGrant,
+    /// `unauthorized_client`
+    UnauthorizedClient,
+    /// `unsupported_grant_type`
+    UnsupportedGrantType,
+    /// `invalid_scope`
+    InvalidScope,
+    /// `invalid_target`: an unknown or refused `resource` (RFC 8707).
+    InvalidTarget,
+    /// `access_denied`: the user or the server denied the authorization request.
+    AccessDenied,
+    /// `temporarily_unavailable`
+    TemporarilyUnavailable,
+    /// `server_error`
+    ServerError,
+    /// Any other code, as the server sent it.
+    Other(String),
+}
+
+impl ErrorCode {
+    /// The code for `code` as it appears on the wire.
+    pub fn parse(code: &str) -> Self {
+        match code {
+            "invalid_request" => Self::InvalidRequest,
+            "invalid_client" => Self::InvalidClient,
+            "invalid_grant" => Self::InvalidGrant,
+            "unauthorized_client" => Self::UnauthorizedClient,
+            "unsupported_grant_type" => Self::UnsupportedGrantType,
+            "invalid_scope" => Self::InvalidScope,
+            "invalid_target" => Self::InvalidTarget,
+            "access_denied" => Self::AccessDenied,
+            "temporarily_unavailable" => Self::TemporarilyUnavailable,
+            "server_error" => Self::ServerError,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+
+    /// The code as it appears on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::InvalidRequest => "invalid_request",
+            Self::InvalidClient => "invalid_client",
+            Self::InvalidGrant => "invalid_grant",
+            Self::UnauthorizedClient => "unauthorized_client",
+            Self::UnsupportedGrantType => "unsupported_grant_type",
+            Self::InvalidScope => "invalid_scope",
+            Self::InvalidTarget => "invalid_target",
+            Self::AccessDenied => "access_denied",
+            Self::TemporarilyUnavailable => "temporarily_unavailable",
+            Self::ServerError => "server_error",
+            Self::Other(other) => other,
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Error {
+    fn build(kind: ErrorKind, f: impl FnOnce(&mut Inner)) -> Self {
+        let mut inner = Inner {
+            kind,
+            status: None,
+            code: None,
+            description: None,
+            uri: None,
+            retry_after: None,
+            source: None,
+        };
+        f(&mut inner);
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// An OAuth 2.0 error answered by the token endpoint.
+    pub(crate) fn oauth(
+        status: StatusCode,
+        code: ErrorCode,
+        description: Option<String>,
+        uri: Option<String>,
+        retry_after: Option<Duration>,
+    ) -> Self {
+        Self::build(ErrorKind::OAuth, |e| {
+            e.status = Some(status);
+            e.code = Some(code);
+            e.description = description;
+            e.uri = uri;
+            e.retry_after = retry_after;
+        })
+    }
+
+    /// An HTTP error status without an OAuth 2.0 error body. `hint` is a short, printable
+    /// excerpt of the body, if it had one.
+    pub(crate) fn http(
+        status: StatusCode,
+        hint: Option<String>,
+        retry_after: Option<Duration>,
+    ) -> Self {
+        Self::build(ErrorKind::Http, |e| {
+            e.status = Some(status);
+            e.description = hint;
+            e.retry_after = retry_after;
+        })
+    }
+
+    pub(crate) fn redirect(status: StatusCode) -> Self {
+        Self::build(ErrorKind::Redirect, |e| e.status = Some(status))
+    }
+
+    pub(crate) fn transport(source: BoxError) -> Self {
+        Self::build(ErrorKind::Transport, |e| e.source = Some(source))
+    }
+
+    pub(crate) fn timeout(after: Duration) -> Self {
+        Self::build(ErrorKind::Timeout, |e| {
+            e.description = Some(format!("no answer within {after:?}"));
+        })
+    }
+
+    pub(crate) fn invalid_response(status: Option<StatusCode>, what: impl Into<String>) -> Self {
+        Self::build(ErrorKind::InvalidResponse, |e| {
+            e.status = status;
+            e.description = Some(what.into());
+        })
+    }
+
+    pub(crate) fn body_too_large(status: StatusCode, limit: usize) -> Self {
+        Self::build(ErrorKind::BodyTooLarge, |e| {
+            e.status = Some(status);
+            e.description = Some(format!("the body exceeds {limit} bytes"));
+        })
+    }
+
+    pub(crate) fn config(what: impl Into<String>) -> Self {
+        Self::build(ErrorKind::Config, |e| e.description = Some(what.into()))
+    }
+
+    pub(crate) fn authorization(
+        code: ErrorCode,
+        description: Option<String>,
+        uri: Option<String>,
+    ) -> Self {
+        Self::build(ErrorKind::Authorization, |e| {
+            e.code = Some(code);
+            e.description = description;
+            e.uri = uri;
+        })
+    }
+
+    pub(crate) fn callback(what: impl Into<String>) -> Self {
+        Self::build(ErrorKind::Callback, |e| e.description = Some(what.into()))
+    }
+
+    pub(crate) fn store(source: BoxError) -> Self {
+        Self::build(ErrorKind::Store, |e| e.source = Some(source))
+    }
+
+    /// The category of this error.
+    pub fn kind(&self) -> ErrorKind {
+        self.inner.kind
+    }
+
+    /// The HTTP status of the token endpoint's answer, if there was one.
+    pub fn status(&self) -> Option<StatusCode> {
+        self.inner.status
+    }
+
+    /// The OAuth 2.0 `error` code, if the server sent one.
+    pub fn code(&self) -> Option<&ErrorCode> {
+        self.inner.code.as_ref()
+    }
+
+    /// The `error_description`, or another short explanation of what went wrong.
+    pub fn description(&self) -> Option<&str> {
+        self.inner.description.as_deref()
+    }
+
+    /// The `error_uri` the server sent, if any.
+    pub fn uri(&self) -> Option<&str> {
+        self.inner.uri.as_deref()
+    }
+
+    /// How long the server asked to wait before trying again (`Retry-After` in seconds).
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.inner.retry_after
+    }
+
+    /// Whether trying again later can help: server errors (5xx), 429 Too Many Requests,
+    /// `temporarily_unavailable`, timeouts and connection failures. Refusals of the client or
+    /// its grant (`invalid_client`, `invalid_grant`, `invalid_scope`, `unauthorized_client`,
+    /// `unsupported_grant_type`, ...) are not.
+    pub fn is_retryable(&self) -> bool {
+        match self.inner.kind {
+            ErrorKind::Transport | ErrorKind::Timeout => true,
+            ErrorKind::OAuth | ErrorKind::Http => {
+                let status_says = self
+                    .inner
+                    .status
+                    .is_some_and(|s| s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS);
+                match &self.inner.code {
+                    Some(ErrorCode::TemporarilyUnavailable | ErrorCode::ServerError) => true,
+                    Some(ErrorCode::Other(_)) | None => status_says,
+                    Some(_) => false,
+                }
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the grant is gone (`invalid_grant`: the refresh token or code was revoked,
+    /// expired or already used) and the user must authorize again.
+    pub fn needs_reauthorization(&self) -> bool {
+        self.inner.code == Some(ErrorCode::InvalidGrant)
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let i = &self.inner;
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &i.kind);
+        if let Some(status) = i.status {
+            d.field("status", &status);
+        }
+        if let Some(code) = &i.code {
+            d.field("code", code);
+        }
+        if let Some(description) = &i.description {
+            d.field("description", description);
+        }
+        if let Some(uri) = &i.uri {
+            d.field("uri", uri);
+        }
+        if let Some(retry_after) = &i.retry_after {
+            d.field("retry_after", retry_after);
+        }
+        if let Some(source) = &i.source {
+            d.field("source", source);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let i = &self.inner;
+        f.write_str(match i.kind {
+            ErrorKind::OAuth => "token endpoint refused the request",
+            ErrorKind::Http => "token endpoint answered an HTTP error",
+            ErrorKind::Redirect => "token endpoint answered a redirect, which is not followed",
+            ErrorKind::Transport => "token endpoint could not be reached",
+            ErrorKind::Timeout => "token endpoint timed out",
+            ErrorKind::InvalidResponse => "token endpoint answered something unusable",
+            ErrorKind::BodyTooLarge => "token endpoint answered a body that is too large",
+            ErrorKind::Config => "invalid OAuth 2.0 configuration",
+            ErrorKind::Authorization => "authorization was refused",
+            ErrorKind::Callback => "authorization redirect failed",
+            ErrorKind::Store => "refresh token store failed",
+        })?;
+        match (i.status, &i.code) {
+            (Some(status), Some(code)) => write!(f, " (HTTP {}, {code})", status.as_u16())?,
+            (Some(status), None) => write!(f, " (HTTP {})", status.as_u16())?,
+            (None, Some(code)) => write!(f, " ({code})")?,
+            (None, None) => {}
+        }
+        if let Some(description) = &i.description {
+            write!(f, ": {description}")?;
+        }
+        if self.needs_reauthorization() {
+            f.write_str("; the user must authorize again")?;
+        }
+        Ok(())
+    }
+}
+
+impl StdError for Error {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match &self.inner.source {
+            Some(source) => Some(&**source),
+            None => None,
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! OAuth 2.0 token sources (RFC 6749): client credentials, refresh token with rotation, and
+//! authorization code with PKCE, tolerant of the quirks real authorization servers have.
+//!
+//! Every grant talks to its token endpoint through a [`Client`]: the endpoint URL (`https`
+//! required unless loopback), the client id, its authentication ([`ClientAuth`]) and the HTTP
+//! client used (any tower service; hyper-util with rustls by default).
+//!
+//! | grant | source | |
+//! |---|---|---|
+//! | client credentials (§4.4) | [`ClientCredentials`] | a service acting as itself |
+//! | refresh token (§6) | [`RefreshTokenSource`] | rotation, a [`RefreshTokenStore`] hook, one refresh at a time |
+//! | authorization code + PKCE (§4.1, RFC 7636) | [`AuthorizationCode`], [`LoopbackRedirect`] | a user signs in; then a `RefreshTokenSource` |
+//!
+//! Token responses are parsed leniently ([`TokenResponse`]): `expires_in` as a number or a
+//! string, missing (the cache's default lifetime applies), zero, negative or huge; `token_type` in
+//! any case; JSON or form-encoded; fields this crate does not know are kept in [`ExtraFields`].
+//! Errors are one typed [`Error`]: an `error` field means an error even with HTTP 200.
+
+mod authorization_code;
+mod authorize;
+mod client;
+mod client_credentials;
+mod error;
+mod refresh;
+mod response;
+
+pub use authorization_code::AuthorizationCode;
+pub use authorize::{AuthorizationRequest, AuthorizationResponse, LoopbackRedirect, Pkce};
+pub use client::{Client, ClientAuth, ClientBuilder, ClientSecret};
+pub use client_credentials::ClientCredentials;
+pub use error::{Error, ErrorCode, ErrorKind};
+pub use refresh::{FileStore, MemoryStore, RefreshTokenSource, RefreshTokenStore};
+pub use response::{ExtraFields, TokenResponse};

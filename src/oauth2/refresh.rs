@@ -1,0 +1,406 @@
+//! The refresh token grant (RFC 6749 §6), with rotation and persistence.
+
+use std::fmt;
+use std::future::Future;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+
+use tower_service::Service;
+
+use super::{Client, Error, TokenResponse};
+use crate::error::Chain;
+use crate::{BoxError, RefreshToken, Token, TokenRequest};
+
+/// Where a [`RefreshTokenSource`] keeps its refresh token when the server rotates it.
+///
+/// [`save`](Self::save) is called, under the source's lock, each time the server issues a new
+/// refresh token, so that a restarted application resumes with the newest one (an old one is
+/// usually refused, and with rotation its reuse may even revoke the whole grant).
+pub trait RefreshTokenStore: Send + Sync + 'static {
+    /// Persists `token`, replacing the previous one. Runs on the fetch task: keep it short.
+    ///
+    /// # Errors
+    ///
+    /// A failure is logged and the fetched access token is still used; the new refresh token is
+    /// kept in memory.
+    fn save(&self, token: &RefreshToken) -> Result<(), BoxError>;
+}
+
+/// Keeps the latest refresh token in memory, for tests and for applications that persist it
+/// their own way.
+#[derive(Clone, Default)]
+pub struct MemoryStore {
+    token: Arc<Mutex<Option<RefreshToken>>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The last token saved.
+    pub fn get(&self) -> Option<RefreshToken> {
+        self.token
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("token", &self.get())
+            .finish()
+    }
+}
+
+impl RefreshTokenStore for MemoryStore {
+    fn save(&self, token: &RefreshToken) -> Result<(), BoxError> {
+        *self.token.lock().unwrap_or_else(PoisonError::into_inner) = Some(token.clone());
+        Ok(())
+    }
+}
+
+/// Keeps the refresh token in a file, written atomically (a temporary file in the same
+/// directory, flushed to disk, then renamed over the old one) and, on Unix, readable and
+/// writable by its owner only (mode `0600`).
+#[derive(Clone, Debug)]
+pub struct FileStore {
+    path: PathBuf,
+}
+
+impl FileStore {
+    /// A store at `path`. Nothing is read or written yet.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads the stored token; `None` if the file does not exist or is empty.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Store`](super::ErrorKind::Store) if the file exists but cannot be read.
+    pub fn load(&self) -> Result<Option<RefreshToken>, Error> {
+        match std::fs::read_to_string(&self.path) {
+            Ok(text) => {
+                let text = text.trim();
+                Ok((!text.is_empty()).then(|| RefreshToken::new(text)))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::store(Box::new(e))),
+        }
+    }
+}
+
+impl RefreshTokenStore for FileStore {
+    fn save(&self, token: &RefreshToken) -> Result<(), BoxError> {
+        let dir = match self.path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        let name = self
+            .path
+            .file_name()
+            .ok_or("the store path has no file name")?;
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(format!(".{}.tmp", std::process::id()));
+        let tmp = dir.join(tmp_name);
+
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        // A leftover from a crash may have other permissions; `mode` applies to new files only.
+        let _ = std::fs::remove_file(&tmp);
+        let result = (|| {
+            let mut file = options.open(&tmp)?;
+            file.write_all(token.secret().as_bytes())?;
+            file.write_all(b"\n")?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, &self.path)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        Ok(result?)
+    }
+}
+
+/// A token source that keeps an access token fresh with a refresh token (RFC 6749 §6).
+///
+/// - When the server rotates the refresh token, the new one replaces the old and is handed to
+///   the [store](Self::store); a response without a refresh token keeps the old one.
+/// - Refreshes are serialized: two never run with the same refresh token, and a refresh that
+///   was started finishes (and its rotated token is kept) even if the caller gives up on it.
+/// - `invalid_grant` (the refresh token was revoked, expired or already used) ends the source:
+///   every later call fails at once with the same error, whose
+///   [`needs_reauthorization`](Error::needs_reauthorization) is true, without calling the
+///   server again.
+///
+/// ```no_run
+/// use tower_bearer::oauth2::{Client, ClientAuth, FileStore, RefreshTokenSource};
+/// use tower_bearer::BearerAuthLayer;
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let client = Client::builder("https://auth.example.com/token", "cli-app")
+///     .auth(ClientAuth::None)
+///     .build()?;
+/// let store = FileStore::new("refresh-token.txt");
+/// let refresh_token = store.load()?.ok_or("not logged in")?;
+/// let source = RefreshTokenSource::new(client, refresh_token).store(store);
+/// let layer = BearerAuthLayer::new(source);
+/// # drop(layer);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RefreshTokenSource {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    client: Client,
+    scopes: Vec<String>,
+    store: Option<Arc<dyn RefreshTokenStore>>,
+    state: Arc<tokio::sync::Mutex<State>>,
+}
+
+struct State {
+    refresh_token: RefreshToken,
+    /// The first access token, from the response that brought the refresh token: served once
+    /// instead of refreshing at once.
+    initial: Option<Token>,
+    /// Set by `invalid_grant`: the grant is gone for good.
+    dead: Option<Error>,
+}
+
+impl RefreshTokenSource {
+    /// A source refreshing with `refresh_token`. Its first call refreshes.
+    pub fn new(client: Client, refresh_token: RefreshToken) -> Self {
+        Self::with_state(
+            client,
+            State {
+                refresh_token,
+                initial: None,
+                dead: None,
+            },
+        )
+    }
+
+    /// A source continuing from a token response (typically of an authorization code
+    /// exchange): its access token is served first, then its refresh token is used.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidResponse`](super::ErrorKind::InvalidResponse) if the response has no
+    /// refresh token.
+    pub fn from_response(client: Client, response: TokenResponse) -> Result<Self, Error> {
+        let refresh_token = response.refresh_token().cloned().ok_or_else(|| {
+            Error::invalid_response(None, "the token response has no refresh_token")
+        })?;
+        Ok(Self::with_state(
+            client,
+            State {
+                refresh_token,
+                initial: Some(response.into_token()),
+                dead: None,
+            },
+        ))
+    }
+
+    fn with_state(client: Client, state: State) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                client,
+                scopes: Vec::new(),
+                store: None,
+                state: Arc::new(tokio::sync::Mutex::new(state)),
+            }),
+        }
+    }
+
+    /// Saves each new refresh token to `store`.
+    ///
+    /// Default: none; rotated tokens are kept in memory only.
+    pub fn store(self, store: impl RefreshTokenStore) -> Self {
+        self.map_shared(|shared| shared.store = Some(Arc::new(store)))
+    }
+
+    /// Asks for a narrower scope on refresh (RFC 6749 §6); sent space-separated.
+    ///
+    /// Default: none, keeping the scope originally granted.
+    pub fn scope(self, scope: impl Into<String>) -> Self {
+        let scope = scope.into();
+        self.map_shared(|shared| shared.scopes.push(scope))
+    }
+
+    fn map_shared(self, f: impl FnOnce(&mut Shared)) -> Self {
+        let mut shared = match Arc::try_unwrap(self.shared) {
+            Ok(shared) => shared,
+            Err(shared) => Shared {
+                client: shared.client.clone(),
+                scopes: shared.scopes.clone(),
+                store: shared.store.clone(),
+                state: shared.state.clone(),
+            },
+        };
+        f(&mut shared);
+        Self {
+            shared: Arc::new(shared),
+        }
+    }
+
+    /// The current refresh token.
+    pub async fn refresh_token(&self) -> RefreshToken {
+        self.shared.state.lock().await.refresh_token.clone()
+    }
+
+    /// Refreshes now and returns the new access token.
+    ///
+    /// # Errors
+    ///
+    /// When the token endpoint refuses (`invalid_grant` ends the source for good), cannot be
+    /// reached or answers something unusable.
+    pub async fn refresh(&self) -> Result<Token, Error> {
+        let shared = self.shared.clone();
+        let mut state = shared.state.clone().lock_owned().await;
+        if let Some(error) = &state.dead {
+            return Err(error.clone());
+        }
+        if let Some(token) = state.initial.take() {
+            return Ok(token);
+        }
+        // Spawned, holding the lock: if the caller is dropped mid-request, the server may have
+        // rotated the token already, and the answer must still be read and kept.
+        let task = tokio::spawn(async move {
+            let result = shared.request(&state.refresh_token).await;
+            match result {
+                Ok(response) => {
+                    if let Some(rotated) = response.refresh_token() {
+                        if rotated != &state.refresh_token {
+                            state.refresh_token = rotated.clone();
+                            shared.save(rotated);
+                        }
+                    }
+                    Ok(response.into_token())
+                }
+                Err(error) => {
+                    if error.needs_reauthorization() {
+                        tracing::warn!(error = %Chain(&error), "refresh token refused; the user must authorize again");
+                        state.dead = Some(error.clone());
+                    }
+                    Err(error)
+                }
+            }
+        });
+        match task.await {
+            Ok(result) => result,
+            Err(join) => Err(Error::transport(Box::new(join))),
+        }
+    }
+}
+
+impl Shared {
+    async fn request(&self, refresh_token: &RefreshToken) -> Result<TokenResponse, Error> {
+        let scope = self.scopes.join(" ");
+        let mut params = vec![
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token.secret()),
+        ];
+        if !scope.is_empty() {
+            params.push(("scope", &scope));
+        }
+        self.client.token_request(&params).await
+    }
+
+    fn save(&self, token: &RefreshToken) {
+        if let Some(store) = &self.store {
+            if let Err(error) = store.save(token) {
+                tracing::error!(
+                    error = %Chain(&*error),
+                    "cannot save the rotated refresh token; it is kept in memory only"
+                );
+            }
+        }
+    }
+}
+
+impl fmt::Debug for RefreshTokenSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RefreshTokenSource")
+            .field("client", &self.shared.client)
+            .field("scopes", &self.shared.scopes)
+            .field("store", &self.shared.store.as_ref().map(|_| "<store>"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Service<TokenRequest> for RefreshTokenSource {
+    type Response = Token;
+    type Error = Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Token, Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _req: TokenRequest) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { this.refresh().await })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_store_writes_atomically_and_privately() {
+        let dir = std::env::temp_dir().join(format!("tower-bearer-store-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = FileStore::new(dir.join("refresh.txt"));
+        assert!(store.load().unwrap().is_none());
+        store.save(&RefreshToken::new("first")).unwrap();
+        store.save(&RefreshToken::new("second")).unwrap();
+        assert_eq!(store.load().unwrap().unwrap().secret(), "second");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(store.path())
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let leftovers: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name() != "refresh.txt")
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn memory_store_keeps_the_last_token_and_hides_it() {
+        let store = MemoryStore::new();
+        store.save(&RefreshToken::new("rt-1")).unwrap();
+        store.save(&RefreshToken::new("rt-2")).unwrap();
+        assert_eq!(store.get().unwrap().secret(), "rt-2");
+        assert!(!format!("{store:?}").contains("rt-2"));
+    }
+}

@@ -1,0 +1,453 @@
+//! Interoperability with a real, certified authorization server: `oidc-provider` (npm, pinned in
+//! `tests/peers`), started by each test on a free loopback port. `scripts/test.sh` installs it.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{COOKIE, LOCATION, SET_COOKIE};
+use http::{Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::rt::TokioExecutor;
+use tower::{ServiceBuilder, ServiceExt};
+use tower_bearer::oauth2::{
+    AuthorizationCode, Client, ClientAuth, ClientCredentials, ErrorCode, ErrorKind,
+    LoopbackRedirect, MemoryStore, RefreshTokenSource, TokenResponse,
+};
+use tower_bearer::{source_fn, BearerAuthLayer, RefreshToken, TokenCache, TokenRequest};
+
+type Http = HyperClient<HttpConnector, Full<Bytes>>;
+
+/// A running `oidc-provider`; killed on drop (and it exits by itself when its stdin closes).
+struct Peer {
+    child: Child,
+    _stdin: ChildStdin,
+    issuer: String,
+}
+
+impl Peer {
+    fn start() -> Self {
+        Self::start_with_ttl(60)
+    }
+
+    fn start_with_ttl(ttl: u64) -> Self {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers");
+        assert!(
+            std::path::Path::new(dir)
+                .join("node_modules/oidc-provider")
+                .exists(),
+            "oidc-provider is not installed: run scripts/test.sh (it runs `npm ci` in tests/peers)"
+        );
+        let mut child = Command::new("node")
+            .arg("oidc-server.mjs")
+            .current_dir(dir)
+            .env("TOKEN_TTL", ttl.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start node: Node.js 20+ must be installed");
+        let stdin = child.stdin.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port: u16 = line
+            .strip_prefix("LISTENING ")
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("oidc-provider did not start: {line:?}"));
+        Self {
+            child,
+            _stdin: stdin,
+            issuer: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.issuer)
+    }
+
+    fn client(&self, id: &str, secret: Option<&str>, auth: ClientAuth) -> Client {
+        let mut builder = Client::builder(self.url("/token"), id).auth(auth);
+        if let Some(secret) = secret {
+            builder = builder.client_secret(secret);
+        }
+        builder.build().unwrap()
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http() -> Http {
+    HyperClient::builder(TokioExecutor::new()).build_http()
+}
+
+async fn cc(
+    peer: &Peer,
+    id: &str,
+    secret: &str,
+    auth: ClientAuth,
+) -> Result<TokenResponse, tower_bearer::oauth2::Error> {
+    ClientCredentials::new(peer.client(id, Some(secret), auth))
+        .request_token()
+        .await
+}
+
+#[tokio::test]
+async fn client_credentials_with_every_client_authentication() {
+    let peer = Peer::start();
+    for auth in [ClientAuth::Basic, ClientAuth::BasicRaw, ClientAuth::Post] {
+        let response = cc(&peer, "cc-client", "cc-secret", auth).await.unwrap();
+        assert!(!response.access_token().secret().is_empty(), "{auth:?}");
+        assert_eq!(
+            response.expires_in(),
+            Some(Duration::from_secs(60)),
+            "{auth:?}"
+        );
+        assert!(response
+            .token_type()
+            .unwrap()
+            .eq_ignore_ascii_case("bearer"));
+    }
+}
+
+#[tokio::test]
+async fn a_secret_with_reserved_characters_works_only_when_encoded() {
+    let peer = Peer::start();
+    let secret = "a b:c+d/e%f&g=h";
+    cc(&peer, "cc-weird", secret, ClientAuth::Basic)
+        .await
+        .unwrap();
+    cc(&peer, "cc-weird", secret, ClientAuth::Post)
+        .await
+        .unwrap();
+    let err = cc(&peer, "cc-weird", secret, ClientAuth::BasicRaw)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::OAuth);
+    assert_eq!(err.code(), Some(&ErrorCode::InvalidRequest));
+    assert_eq!(err.status(), Some(StatusCode::BAD_REQUEST));
+    assert!(!err.to_string().contains(secret));
+}
+
+#[tokio::test]
+async fn scopes_and_a_resource_give_a_jwt_access_token() {
+    let peer = Peer::start();
+    let response =
+        ClientCredentials::new(peer.client("cc-client", Some("cc-secret"), ClientAuth::Basic))
+            .scope("api:read")
+            .resource("urn:tower-bearer:api")
+            .request_token()
+            .await
+            .unwrap();
+    assert_eq!(
+        response.access_token().secret().split('.').count(),
+        3,
+        "a JWT"
+    );
+    assert_eq!(response.scope(), Some("api:read"));
+
+    let err =
+        ClientCredentials::new(peer.client("cc-client", Some("cc-secret"), ClientAuth::Basic))
+            .resource("urn:unknown")
+            .request_token()
+            .await
+            .unwrap_err();
+    assert_eq!(err.code(), Some(&ErrorCode::InvalidTarget));
+}
+
+#[tokio::test]
+async fn a_wrong_secret_is_a_typed_invalid_client() {
+    let peer = Peer::start();
+    let err = cc(&peer, "cc-client", "wrong", ClientAuth::Basic)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::OAuth);
+    assert_eq!(err.code(), Some(&ErrorCode::InvalidClient));
+    assert_eq!(err.status(), Some(StatusCode::UNAUTHORIZED));
+    assert!(!err.is_retryable());
+    assert!(!err.to_string().contains("wrong"));
+    assert!(!format!("{err:?}").contains("wrong"));
+}
+
+#[tokio::test]
+async fn an_unknown_grant_is_a_typed_error() {
+    let peer = Peer::start();
+    let err =
+        ClientCredentials::new(peer.client("cc-client", Some("cc-secret"), ClientAuth::Basic))
+            .grant_type("urn:example:unknown")
+            .request_token()
+            .await
+            .unwrap_err();
+    assert_eq!(err.code(), Some(&ErrorCode::UnsupportedGrantType));
+    assert!(!err.is_retryable());
+}
+
+#[tokio::test]
+async fn the_layer_gets_tokens_from_the_server_through_the_default_client() {
+    let peer = Peer::start();
+    let source =
+        ClientCredentials::new(peer.client("cc-client", Some("cc-secret"), ClientAuth::Basic))
+            .scope("api:read")
+            .resource("urn:tower-bearer:api");
+    let layer = BearerAuthLayer::new(source);
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let api = {
+        let seen = seen.clone();
+        tower::service_fn(move |req: Request<Full<Bytes>>| {
+            seen.lock()
+                .unwrap()
+                .push(req.headers()["authorization"].to_str().unwrap().to_owned());
+            async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(Full::<Bytes>::default()))
+            }
+        })
+    };
+    let svc = ServiceBuilder::new().layer(layer.clone()).service(api);
+    for _ in 0..5 {
+        svc.clone()
+            .oneshot(Request::new(Full::default()))
+            .await
+            .unwrap();
+    }
+    let seen = seen.lock().unwrap();
+    assert!(seen
+        .iter()
+        .all(|s| s == &seen[0] && s.starts_with("Bearer ey")));
+    assert_eq!(layer.cache().stats().fetches, 1);
+}
+
+/// A browser with a cookie jar that follows the authorization server's redirects until it
+/// reaches the loopback redirect URI, which it requests too (that is what delivers the code).
+async fn sign_in(http: &Http, url: &str, redirect_uri: &str) {
+    let mut jar: BTreeMap<String, String> = BTreeMap::new();
+    let mut url: Uri = url.parse().unwrap();
+    for _ in 0..10 {
+        let cookie = jar
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut req = Request::get(url.clone()).body(Full::default()).unwrap();
+        if !cookie.is_empty() {
+            req.headers_mut().insert(COOKIE, cookie.parse().unwrap());
+        }
+        let response = http.request(req).await.unwrap();
+        for value in response.headers().get_all(SET_COOKIE) {
+            let pair = value.to_str().unwrap().split(';').next().unwrap();
+            if let Some((k, v)) = pair.split_once('=') {
+                jar.insert(k.trim().to_owned(), v.trim().to_owned());
+            }
+        }
+        if url.to_string().starts_with(redirect_uri) {
+            assert_eq!(response.status(), StatusCode::OK, "the loopback page");
+            return;
+        }
+        assert!(
+            response.status().is_redirection(),
+            "{} at {url}",
+            response.status()
+        );
+        let location = response.headers()[LOCATION].to_str().unwrap();
+        url = if location.starts_with('/') {
+            format!(
+                "{}://{}{location}",
+                url.scheme_str().unwrap(),
+                url.authority().unwrap()
+            )
+            .parse()
+            .unwrap()
+        } else {
+            location.parse().unwrap()
+        };
+    }
+    panic!("too many redirects");
+}
+
+/// The whole authorization code flow with PKCE, driven without a person.
+async fn log_in(peer: &Peer, client: &Client) -> TokenResponse {
+    let grant = AuthorizationCode::new(client.clone(), peer.url("/auth"))
+        .scope("openid")
+        .scope("offline_access")
+        .param("prompt", "consent");
+    let redirect = LoopbackRedirect::bind().await.unwrap();
+    let request = grant
+        .authorization_request(redirect.redirect_uri())
+        .unwrap();
+    assert!(request.url().contains("code_challenge_method=S256"));
+    let browser = {
+        let (url, redirect_uri) = (request.url().to_owned(), redirect.redirect_uri().to_owned());
+        tokio::spawn(async move { sign_in(&http(), &url, &redirect_uri).await })
+    };
+    let response = redirect
+        .receive(&request, Some(&peer.issuer), Duration::from_secs(20))
+        .await
+        .unwrap();
+    browser.await.unwrap();
+    assert_eq!(response.issuer(), Some(peer.issuer.as_str()));
+    grant.exchange(&request, &response).await.unwrap()
+}
+
+fn public_client(peer: &Peer) -> Client {
+    peer.client("public-native", None, ClientAuth::None)
+}
+
+async fn me(
+    peer: &Peer,
+    svc: impl tower::Service<
+        Request<Full<Bytes>>,
+        Response = http::Response<hyper::body::Incoming>,
+        Error = tower::BoxError,
+    >,
+) -> (StatusCode, String) {
+    let req = Request::get(peer.url("/me")).body(Full::default()).unwrap();
+    let response = svc.oneshot(req).await.unwrap();
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn authorization_code_with_pkce_then_refresh_with_rotation() {
+    let peer = Peer::start();
+    let client = public_client(&peer);
+    let tokens = log_in(&peer, &client).await;
+    assert!(tokens.refresh_token().is_some());
+    assert!(tokens.extra().get("id_token").is_some());
+    let first_refresh = tokens.refresh_token().unwrap().clone();
+
+    let store = MemoryStore::new();
+    let source = RefreshTokenSource::from_response(client.clone(), tokens)
+        .unwrap()
+        .store(store.clone());
+    // The first token is the one from the code exchange; the second comes from a refresh.
+    let a = source.refresh().await.unwrap();
+    let b = source.refresh().await.unwrap();
+    assert_ne!(a.access_token(), b.access_token());
+    let rotated = store.get().expect("the rotated refresh token was saved");
+    assert_ne!(rotated, first_refresh);
+    assert_eq!(source.refresh_token().await, rotated);
+
+    // The layer calls the server's own bearer-protected endpoint with it.
+    let svc = ServiceBuilder::new()
+        .layer(BearerAuthLayer::new(source.clone()))
+        .service(http());
+    let (status, body) = me(&peer, svc).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("test-user"));
+
+    // Reusing a refresh token that was rotated away is refused, and says so.
+    let stale = RefreshTokenSource::new(client, first_refresh);
+    let err = stale.refresh().await.unwrap_err();
+    assert_eq!(err.code(), Some(&ErrorCode::InvalidGrant));
+    assert!(err.needs_reauthorization());
+    assert!(!err.is_retryable());
+    assert!(err.to_string().contains("authorize again"));
+    // The source does not call the server again.
+    let again = stale.refresh().await.unwrap_err();
+    assert_eq!(again.code(), Some(&ErrorCode::InvalidGrant));
+}
+
+#[tokio::test]
+async fn a_revoked_token_is_answered_by_one_401_and_a_successful_replay() {
+    let peer = Arc::new(Peer::start());
+    let client = public_client(&peer);
+    // Revoking an access token revokes its whole grant here, refresh token included, so each
+    // fetch signs in again.
+    let logins = Arc::new(AtomicUsize::new(0));
+    let source = {
+        let (peer, client, logins) = (peer.clone(), client.clone(), logins.clone());
+        source_fn(move |_: TokenRequest| {
+            let (peer, client, logins) = (peer.clone(), client.clone(), logins.clone());
+            async move {
+                logins.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, tower_bearer::oauth2::Error>(log_in(&peer, &client).await.into_token())
+            }
+        })
+    };
+    let cache = TokenCache::new(source);
+    let api_calls = Arc::new(AtomicUsize::new(0));
+    let svc = ServiceBuilder::new()
+        .layer(BearerAuthLayer::from_cache(cache.clone()))
+        .map_request({
+            let api_calls = api_calls.clone();
+            move |req: Request<Full<Bytes>>| {
+                api_calls.fetch_add(1, Ordering::SeqCst);
+                req
+            }
+        })
+        .service(http());
+    assert_eq!(me(&peer, svc.clone()).await.0, StatusCode::OK);
+
+    let token = cache.token().await.unwrap();
+    let form = format!(
+        "token={}&token_type_hint=access_token&client_id=public-native",
+        token.access_token().secret()
+    );
+    let revoke = Request::post(peer.url("/token/revocation"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Full::new(Bytes::from(form)))
+        .unwrap();
+    assert_eq!(
+        http().request(revoke).await.unwrap().status(),
+        StatusCode::OK
+    );
+
+    let (status, body) = me(&peer, svc).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let stats = cache.stats();
+    assert_eq!((stats.rejections, stats.replays), (1, 1));
+    assert_eq!(
+        api_calls.load(Ordering::SeqCst),
+        3,
+        "two requests, one replay"
+    );
+    assert_eq!(logins.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn short_lived_tokens_are_refreshed_ahead_with_no_401() {
+    let peer = Peer::start_with_ttl(3);
+    let client = public_client(&peer);
+    let tokens = log_in(&peer, &client).await;
+    assert_eq!(tokens.expires_in(), Some(Duration::from_secs(3)));
+    let source = RefreshTokenSource::from_response(client, tokens).unwrap();
+    let cache = TokenCache::new(source);
+    let svc = ServiceBuilder::new()
+        .layer(BearerAuthLayer::from_cache(cache.clone()))
+        .service(http());
+    let start = tokio::time::Instant::now();
+    let mut requests = 0;
+    while start.elapsed() < Duration::from_secs(8) {
+        let (status, body) = me(&peer, svc.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        requests += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stats = cache.stats();
+    assert_eq!(stats.rejections, 0, "{stats:?}");
+    assert!(stats.fetches >= 4, "8 s of 3 s tokens: {stats:?}");
+    assert!(requests > 30);
+}
+
+#[tokio::test]
+async fn a_refresh_token_given_by_hand_works() {
+    let peer = Peer::start();
+    let client = public_client(&peer);
+    let tokens = log_in(&peer, &client).await;
+    let refresh_token = RefreshToken::new(tokens.refresh_token().unwrap().secret());
+    let source = RefreshTokenSource::new(client, refresh_token.clone());
+    let token = source.refresh().await.unwrap();
+    assert_ne!(token.refresh_token(), Some(&refresh_token), "rotated");
+}

@@ -1,0 +1,223 @@
+// Real OAuth 2.0 / OpenID Connect authorization server (oidc-provider 9.13.3) for the
+// integration tests. Prints exactly one line `LISTENING <port>` on stdout once listening;
+// everything else goes to stderr. Exits when stdin closes and on SIGTERM/SIGINT.
+//
+// Env: PORT (default 0 = any free port), TOKEN_TTL (access/client-credentials token TTL in
+// seconds, default 60), OIDC_IGNORE_STDIN=1 (do not exit when stdin closes).
+import http from 'node:http';
+import { URL } from 'node:url';
+
+import Provider, { errors } from 'oidc-provider';
+
+// Keep stdout for the single LISTENING line: route console.* (and the library's warnings,
+// which use console / process.emitWarning) to stderr.
+for (const level of ['log', 'info', 'warn', 'error', 'debug']) {
+  console[level] = (...args) => process.stderr.write(`${args.map(String).join(' ')}\n`);
+}
+
+function intFromEnv(name, fallback) {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const n = Number.parseInt(raw, 10);
+  if (!Number.isInteger(n) || n < 0 || String(n) !== raw.trim()) {
+    process.stderr.write(`invalid ${name}=${JSON.stringify(raw)}\n`);
+    process.exit(2);
+  }
+  return n;
+}
+
+const HOST = '127.0.0.1';
+const REQUESTED_PORT = intFromEnv('PORT', 0);
+const TOKEN_TTL = intFromEnv('TOKEN_TTL', 60);
+const ACCOUNT_ID = 'test-user';
+const API_RESOURCE = 'urn:tower-bearer:api';
+const API_SCOPES = ['api:read', 'api:write'];
+
+const clients = [
+  {
+    client_id: 'cc-client',
+    client_secret: 'cc-secret',
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+  },
+  {
+    client_id: 'cc-weird',
+    // Reserved characters on purpose: must be form-urlencoded inside HTTP Basic.
+    client_secret: 'a b:c+d/e%f&g=h',
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+  },
+  {
+    client_id: 'public-native',
+    token_endpoint_auth_method: 'none',
+    application_type: 'native',
+    grant_types: ['authorization_code', 'refresh_token'],
+    response_types: ['code'],
+    // native + loopback: any port is accepted at /auth.
+    redirect_uris: ['http://127.0.0.1/callback'],
+  },
+];
+
+const configuration = {
+  clients,
+  clockTolerance: 0,
+  scopes: ['openid', 'offline_access', 'api:read', 'api:write'],
+  claims: { openid: ['sub'] },
+  async findAccount(_ctx, sub) {
+    if (sub !== ACCOUNT_ID) return undefined;
+    return {
+      accountId: sub,
+      async claims() {
+        return { sub };
+      },
+    };
+  },
+  features: {
+    devInteractions: { enabled: false },
+    clientCredentials: { enabled: true },
+    revocation: { enabled: true },
+    introspection: { enabled: true },
+    resourceIndicators: {
+      enabled: true,
+      defaultResource: async () => undefined,
+      useGrantedResource: async () => true,
+      getResourceServerInfo: async (_ctx, resourceIndicator) => {
+        if (resourceIndicator === API_RESOURCE) {
+          return {
+            scope: API_SCOPES.join(' '),
+            audience: API_RESOURCE,
+            accessTokenFormat: 'jwt',
+            accessTokenTTL: TOKEN_TTL,
+          };
+        }
+        throw new errors.InvalidTarget();
+      },
+    },
+  },
+  // Refresh tokens for the public client always (not only with offline_access).
+  async issueRefreshToken(_ctx, client) {
+    return client.clientId === 'public-native' && client.grantTypeAllowed('refresh_token');
+  },
+  ttl: {
+    AccessToken: TOKEN_TTL,
+    ClientCredentials: TOKEN_TTL,
+    AuthorizationCode: 60,
+    RefreshToken: 3600,
+    Grant: 3600,
+    Session: 3600,
+    Interaction: 600,
+    IdToken: 3600,
+  },
+  interactions: {
+    url: (_ctx, interaction) => `/interaction/${interaction.uid}`,
+  },
+  renderError(ctx, out, _error) {
+    ctx.type = 'application/json; charset=utf-8';
+    ctx.body = out;
+  },
+};
+
+let server;
+let provider;
+
+async function finishInteraction(req, res, uid) {
+  const details = await provider.interactionDetails(req, res);
+  if (details.uid !== uid) throw new Error('interaction uid mismatch');
+  const { prompt, params } = details;
+  process.stderr.write(`interaction ${uid}: prompt=${prompt.name} reasons=${prompt.reasons.join(',')}\n`);
+
+  // Grant everything that was asked for, in one round trip (login + consent together).
+  const grant = new provider.Grant({ accountId: ACCOUNT_ID, clientId: params.client_id });
+  const requested = typeof params.scope === 'string' ? params.scope.split(' ').filter(Boolean) : [];
+  if (requested.length) grant.addOIDCScope(requested.join(' '));
+  const { missingOIDCScope, missingOIDCClaims, missingResourceScopes } = prompt.details;
+  if (missingOIDCScope) grant.addOIDCScope(missingOIDCScope.join(' '));
+  if (missingOIDCClaims) grant.addOIDCClaims(missingOIDCClaims);
+  for (const resource of [].concat(params.resource ?? [])) {
+    const scopes = requested.filter((s) => API_SCOPES.includes(s));
+    if (resource === API_RESOURCE && scopes.length) grant.addResourceScope(resource, scopes.join(' '));
+  }
+  for (const [resource, scopes] of Object.entries(missingResourceScopes ?? {})) {
+    grant.addResourceScope(resource, scopes.join(' '));
+  }
+  const grantId = await grant.save();
+
+  await provider.interactionFinished(
+    req,
+    res,
+    { login: { accountId: ACCOUNT_ID }, consent: { grantId } },
+    { mergeWithLastSubmission: false },
+  );
+}
+
+function shutdown(reason) {
+  process.stderr.write(`oidc-server: shutting down (${reason})\n`);
+  if (server) {
+    server.close();
+    server.closeAllConnections?.();
+  }
+  process.exit(0);
+}
+
+async function main() {
+  // Bind first so the issuer can carry the real port.
+  const handler = { fn: undefined };
+  server = http.createServer((req, res) => handler.fn(req, res));
+  await new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(REQUESTED_PORT, HOST, resolve);
+  });
+  const { port } = server.address();
+
+  provider = new Provider(`http://${HOST}:${port}`, configuration);
+  provider.on('server_error', (_ctx, err) => process.stderr.write(`server_error: ${err?.stack ?? err}\n`));
+  for (const event of ['grant.error', 'authorization.error', 'introspection.error', 'revocation.error',
+    'userinfo.error', 'backchannel.error', 'check_session.error', 'discovery.error',
+    'end_session.error', 'jwks.error', 'pushed_authorization_request.error', 'registration_create.error']) {
+    provider.on(event, (_ctx, err) => {
+      process.stderr.write(`${event}: ${err?.error ?? err?.name} ${err?.error_description ?? err?.message}`
+        + `${err?.error_detail ? ` (detail: ${err.error_detail})` : ''}\n`);
+    });
+  }
+  const providerCallback = provider.callback();
+
+  handler.fn = (req, res) => {
+    process.stderr.write(`${req.method} ${req.url}\n`);
+    const { pathname } = new URL(req.url, `http://${HOST}`);
+    const m = /^\/interaction\/([^/]+)$/.exec(pathname);
+    if (req.method === 'GET' && m) {
+      finishInteraction(req, res, m[1]).catch((err) => {
+        process.stderr.write(`interaction error: ${err?.stack ?? err}\n`);
+        if (!res.headersSent) {
+          res.statusCode = 400;
+          res.setHeader('Content-Type', 'application/json');
+          res.end(JSON.stringify({ error: 'interaction_failed', error_description: String(err?.message ?? err) }));
+        } else {
+          res.end();
+        }
+      });
+      return;
+    }
+    providerCallback(req, res);
+  };
+
+  process.stdout.write(`LISTENING ${port}\n`);
+}
+
+process.on('SIGTERM', () => shutdown('SIGTERM'));
+process.on('SIGINT', () => shutdown('SIGINT'));
+// The parent (a Rust test) holds our stdin pipe; when it dies the pipe closes and we exit.
+// OIDC_IGNORE_STDIN=1 turns this off (e.g. `node oidc-server.mjs </dev/null &` by hand).
+if (process.env.OIDC_IGNORE_STDIN !== '1') {
+  process.stdin.on('end', () => shutdown('stdin closed'));
+  process.stdin.on('close', () => shutdown('stdin closed'));
+  process.stdin.on('error', () => shutdown('stdin error'));
+  process.stdin.resume();
+}
+
+main().catch((err) => {
+  process.stderr.write(`oidc-server failed: ${err?.stack ?? err}\n`);
+  process.exit(1);
+});
