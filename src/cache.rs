@@ -50,6 +50,15 @@ const MAX_LIFETIME: Duration = Duration::from_secs(86_400 * 365 * 30);
 ///
 /// A cache needs a Tokio runtime when it fetches: fetches run in spawned tasks.
 ///
+/// # Testing with a paused clock
+///
+/// A fresh token is served without reading the clock; a small timer task per token notices when
+/// it enters its refresh window and when it expires. After `tokio::time::advance`, let that task
+/// run before the next request (`tokio::task::yield_now().await`, or use `tokio::time::sleep`,
+/// which runs due timers in order). Inside the refresh window the clock is read on every
+/// request, so a timer that runs late never lets an expired token out unless the refresh-ahead
+/// window was set to zero.
+///
 /// ```
 /// use std::time::Duration;
 /// use tower_bearer::{BearerAuthLayer, StaticToken, TokenCache};
@@ -94,6 +103,8 @@ struct Slow {
     failures: u32,
     retry_at: Option<Instant>,
     last_error: Option<Error>,
+    /// The last token was dropped because a server rejected it.
+    rejected: bool,
 }
 
 #[derive(Default)]
@@ -227,8 +238,8 @@ impl TokenCacheBuilder {
     ///
     /// Default: 1 second to 60 seconds.
     pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
-        self.config.backoff_min = min;
-        self.config.backoff_max = max.max(min);
+        self.config.backoff_min = min.min(MAX_LIFETIME);
+        self.config.backoff_max = max.max(min).min(MAX_LIFETIME);
         self
     }
 
@@ -289,24 +300,22 @@ impl TokenCache {
 
     /// Drops the cached token, so that the next request waits for a new one.
     pub fn invalidate(&self) {
+        let mut slow = self.shared.lock_slow();
+        slow.rejected = false;
         self.shared.current.store(None);
     }
 
     /// Fetches a new token now, replacing the cached one, and returns it. Requests made
-    /// meanwhile wait for it. A fetch already in flight is joined rather than duplicated, and the
-    /// failure backoff is ignored.
+    /// meanwhile keep using the cached token while it is valid, and keep it if the fetch fails.
+    /// A fetch already in flight is joined rather than duplicated, and the failure backoff is
+    /// ignored.
     ///
     /// # Errors
     ///
     /// When the fetch fails.
     pub async fn refresh(&self) -> Result<Token, Error> {
-        self.invalidate();
-        Ok(self
-            .shared
-            .acquire(Some(Reason::Forced))
-            .await?
-            .token
-            .clone())
+        let entry = self.shared.acquire(Some(Reason::Forced)).await?;
+        Ok(entry.token.clone())
     }
 
     /// What the cache has done so far.
@@ -328,7 +337,7 @@ impl TokenCache {
         let guard = self.shared.current.load();
         let entry = guard.as_ref()?;
         match entry.phase.load(Ordering::Relaxed) {
-            FRESH | KICKED => {}
+            FRESH => {}
             DUE => {
                 if entry
                     .phase
@@ -337,7 +346,11 @@ impl TokenCache {
                 {
                     self.shared.refresh_ahead(entry);
                 }
+                if !entry.usable() {
+                    return None;
+                }
             }
+            KICKED if entry.usable() => {}
             _ => return None,
         }
         Some(f(entry))
@@ -395,23 +408,23 @@ impl Shared {
         if matches!(&*current, Some(entry) if entry.id == id) {
             let previous = self.current.compare_and_swap(&current, None);
             if matches!(&*previous, Some(entry) if entry.id == id) {
+                self.lock_slow().rejected = true;
                 tracing::debug!(token.id = id, "token rejected by the server; dropped");
             }
         }
     }
 
     async fn acquire(self: &Arc<Self>, reason: Option<Reason>) -> Result<Arc<Entry>, Error> {
-        let mut outcome = {
+        let forced = reason == Some(Reason::Forced);
+        let (mut outcome, launch) = {
             let mut slow = self.lock_slow();
             // A fetch may have finished between the caller's lock-free look and this lock.
             let current = self.current.load_full();
-            if let Some(entry) = &current {
-                if entry.phase.load(Ordering::Relaxed) != EXPIRED {
-                    return Ok(entry.clone());
-                }
+            if let Some(entry) = current.as_ref().filter(|entry| !forced && entry.usable()) {
+                return Ok(entry.clone());
             }
+            let mut launch = None;
             if !slow.fetching {
-                let forced = reason == Some(Reason::Forced);
                 if let (Some(retry_at), Some(error), false) =
                     (slow.retry_at, &slow.last_error, forced)
                 {
@@ -419,16 +432,21 @@ impl Shared {
                         return Err(error.clone());
                     }
                 }
-                let reason = reason.unwrap_or(if current.is_some() {
-                    Reason::Expired
-                } else {
-                    Reason::Initial
+                let reason = reason.unwrap_or(match (&current, slow.rejected) {
+                    (Some(_), _) => Reason::Expired,
+                    (None, true) => Reason::Rejected,
+                    (None, false) => Reason::Initial,
                 });
-                self.start_fetch(&mut slow, reason)?;
+                launch = Some(self.prepare_fetch(&mut slow, reason)?);
             }
             self.counters.waits.fetch_add(1, Ordering::Relaxed);
-            self.outcome.subscribe()
+            (self.outcome.subscribe(), launch)
         };
+        // Spawned after the lock is released: on a runtime that is shutting down, `spawn` drops
+        // the task at once, and its guard takes the lock to publish the cancellation.
+        if let Some(launch) = launch {
+            launch.spawn();
+        }
         match outcome.changed().await {
             Ok(()) => match &*outcome.borrow_and_update() {
                 Some(result) => result.clone(),
@@ -441,59 +459,52 @@ impl Shared {
     /// Starts a background refresh for a token that is due for one, unless a fetch is already
     /// running or the last failure is still being backed off from.
     fn refresh_ahead(self: &Arc<Self>, entry: &Arc<Entry>) {
-        let mut slow = self.lock_slow();
-        if slow.fetching {
-            return;
-        }
-        if let Some(retry_at) = slow.retry_at {
-            if Instant::now() < retry_at {
-                rearm_at(entry, retry_at);
+        let launch = {
+            let mut slow = self.lock_slow();
+            if slow.fetching {
                 return;
             }
-        }
-        if let Err(error) = self.start_fetch(&mut slow, Reason::Expiring) {
-            tracing::warn!(error = %Chain(&error), "cannot refresh the token ahead of expiry");
-        }
+            if let Some(retry_at) = slow.retry_at {
+                if Instant::now() < retry_at {
+                    rearm_at(entry, retry_at);
+                    return;
+                }
+            }
+            match self.prepare_fetch(&mut slow, Reason::Expiring) {
+                Ok(launch) => launch,
+                Err(error) => {
+                    tracing::warn!(error = %Chain(&error), "cannot refresh the token ahead of expiry");
+                    return;
+                }
+            }
+        };
+        launch.spawn();
     }
 
-    fn start_fetch(self: &Arc<Self>, slow: &mut Slow, reason: Reason) -> Result<(), Error> {
+    /// Marks a fetch as running and prepares its task, guard included, so that even a task
+    /// that never runs publishes an outcome.
+    fn prepare_fetch(self: &Arc<Self>, slow: &mut Slow, reason: Reason) -> Result<Launch, Error> {
         let runtime = Handle::try_current().map_err(|_| Error::new(ErrorKind::NoRuntime, None))?;
         slow.fetching = true;
-        runtime.spawn(Arc::clone(self).fetch(reason));
-        Ok(())
-    }
-
-    async fn fetch(self: Arc<Self>, reason: Reason) {
-        let mut guard = FetchGuard {
-            shared: &self,
-            armed: true,
-        };
-        let sent_at = Instant::now();
-        self.counters.fetches.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(?reason, "fetching a token");
-        let source = self
-            .source
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let request = TokenRequest::new(reason);
-        let timeout = self.config.fetch_timeout;
-        let result = match tokio::time::timeout(timeout, source.oneshot(request)).await {
-            Ok(Ok(token)) => self.prepare(token, sent_at),
-            Ok(Err(error)) => Err(Error::source_failed(error)),
-            Err(_) => Err(Error::timeout(timeout)),
-        };
-        guard.armed = false;
-        if let Some((entry, retry_at)) = self.finish(result, sent_at) {
-            // A background refresh failed while the token is still valid: try again once the
-            // backoff is over, on the next request after it.
-            rearm_at(&entry, retry_at);
-        }
+        Ok(Launch {
+            runtime,
+            reason,
+            guard: FetchGuard {
+                shared: Arc::clone(self),
+                armed: true,
+            },
+        })
     }
 
     /// Publishes the outcome of a fetch. Returns the current entry and the end of the backoff
-    /// when a background refresh failed and must be tried again later.
-    fn finish(&self, result: Outcome, sent_at: Instant) -> Option<(Arc<Entry>, Instant)> {
+    /// when a background refresh failed and must be tried again later. `back_off` is false for a
+    /// fetch cancelled by its runtime shutting down: that says nothing about the source.
+    fn finish(
+        &self,
+        result: Outcome,
+        sent_at: Instant,
+        back_off: bool,
+    ) -> Option<(Arc<Entry>, Instant)> {
         let mut slow = self.lock_slow();
         slow.fetching = false;
         let mut rearm = None;
@@ -508,13 +519,15 @@ impl Shared {
                 slow.failures = 0;
                 slow.retry_at = None;
                 slow.last_error = None;
+                slow.rejected = false;
                 self.current.store(Some(entry.clone()));
             }
-            Err(error) => {
+            Err(error) if back_off => {
                 self.counters.fetch_failures.fetch_add(1, Ordering::Relaxed);
                 slow.failures = slow.failures.saturating_add(1);
                 let delay = self.backoff(slow.failures);
-                let retry_at = Instant::now() + delay;
+                let now = Instant::now();
+                let retry_at = now.checked_add(delay).unwrap_or(now + MAX_LIFETIME);
                 slow.retry_at = Some(retry_at);
                 slow.last_error = Some(error.clone());
                 tracing::warn!(
@@ -529,6 +542,9 @@ impl Shared {
                     }
                 }
             }
+            Err(error) => {
+                tracing::debug!(error = %Chain(error), "token fetch cancelled");
+            }
         }
         self.outcome.send_replace(Some(result));
         rearm
@@ -541,7 +557,7 @@ impl Shared {
             ..
         } = self.config;
         let exponent = failures.saturating_sub(1).min(31);
-        let full = min.saturating_mul(1 << exponent).min(max);
+        let full = min.saturating_mul(1 << exponent).min(max).min(MAX_LIFETIME);
         // "Equal jitter": between half and all of the delay.
         full / 2 + (full / 2).mul_f64(random_unit())
     }
@@ -554,7 +570,6 @@ impl Shared {
         let (Some(raw), Some(bearer)) = (raw, bearer) else {
             return Err(Error::new(ErrorKind::InvalidToken, None));
         };
-
         if let Some(kind) = token.token_type() {
             if !kind.eq_ignore_ascii_case("bearer") {
                 tracing::warn!(
@@ -575,7 +590,9 @@ impl Shared {
         let skew = config.expiry_skew.min(lifetime / 4);
         let usable_for = lifetime - skew;
         let window = config.refresh_ahead.min(usable_for / 2);
-        let window = window + window.mul_f64(config.jitter * random_unit());
+        // Jitter widens the window, but a token is still used for 3/8 of its usable life.
+        let window =
+            (window + window.mul_f64(config.jitter * random_unit())).min(usable_for * 5 / 8);
         let expires_at = sent_at + usable_for;
         let refresh_at = expires_at - window;
 
@@ -594,6 +611,7 @@ impl Shared {
             bearer,
             phase: AtomicU8::new(phase),
             usable_for,
+            expires_at,
             timer: OnceLock::new(),
         });
         if phase != EXPIRED {
@@ -603,18 +621,71 @@ impl Shared {
     }
 }
 
+/// A fetch ready to be spawned.
+struct Launch {
+    runtime: Handle,
+    reason: Reason,
+    guard: FetchGuard,
+}
+
+impl Launch {
+    fn spawn(self) {
+        let Launch {
+            runtime,
+            reason,
+            guard,
+        } = self;
+        runtime.spawn(fetch(guard, reason));
+    }
+}
+
+async fn fetch(guard: FetchGuard, reason: Reason) {
+    let shared = guard.shared.clone();
+    let sent_at = Instant::now();
+    shared.counters.fetches.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(?reason, "fetching a token");
+    let source = shared
+        .source
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let request = TokenRequest::new(reason);
+    let timeout = shared.config.fetch_timeout;
+    let result = match tokio::time::timeout(timeout, source.oneshot(request)).await {
+        Ok(Ok(token)) => shared.prepare(token, sent_at),
+        Ok(Err(error)) => Err(Error::source_failed(error)),
+        Err(_) => Err(Error::timeout(timeout)),
+    };
+    if let Some((entry, retry_at)) = guard.complete(result, sent_at) {
+        // A background refresh failed while the token is still valid: try again once the
+        // backoff is over, on the next request after it.
+        rearm_at(&entry, retry_at);
+    }
+}
+
 /// Publishes a cancellation if the fetch task is dropped before it finishes (its runtime shut
 /// down, or the source panicked), so that no waiter hangs and later requests can fetch again.
-struct FetchGuard<'a> {
-    shared: &'a Shared,
+struct FetchGuard {
+    shared: Arc<Shared>,
     armed: bool,
 }
 
-impl Drop for FetchGuard<'_> {
+impl FetchGuard {
+    fn complete(mut self, result: Outcome, sent_at: Instant) -> Option<(Arc<Entry>, Instant)> {
+        let rearm = self.shared.finish(result, sent_at, true);
+        self.armed = false;
+        rearm
+    }
+}
+
+impl Drop for FetchGuard {
     fn drop(&mut self) {
         if self.armed {
             let error = Error::new(ErrorKind::Cancelled, None);
-            self.shared.finish(Err(error), Instant::now());
+            // A panicking source is a broken source and is backed off from; a runtime shutting
+            // down is not the source's fault.
+            let back_off = std::thread::panicking();
+            self.shared.finish(Err(error), Instant::now(), back_off);
         }
     }
 }
@@ -629,7 +700,22 @@ pub(crate) struct Entry {
     pub(crate) bearer: HeaderValue,
     phase: AtomicU8,
     usable_for: Duration,
+    expires_at: Instant,
     timer: OnceLock<AbortHandle>,
+}
+
+impl Entry {
+    /// Whether the token may still be sent. A fresh token is, without reading the clock; in its
+    /// refresh window the clock is checked too, so a timer that fires late (a starved runtime,
+    /// a paused clock moved forward) never lets an expired token out.
+    #[inline]
+    fn usable(&self) -> bool {
+        match self.phase.load(Ordering::Relaxed) {
+            FRESH => true,
+            DUE | KICKED => Instant::now() < self.expires_at,
+            _ => false,
+        }
+    }
 }
 
 impl Drop for Entry {
@@ -676,22 +762,31 @@ fn arm(entry: &Arc<Entry>, refresh_at: Instant, expires_at: Instant) {
     let Ok(runtime) = Handle::try_current() else {
         return;
     };
-    let weak = Arc::downgrade(entry);
+    // Made before spawning: if the runtime shuts down, even before the task first runs, the
+    // timer can no longer expire the token, so the guard expires it at once. A request on
+    // another runtime then fetches a new token instead of using this one forever.
+    let expire = ExpireOnDrop(Arc::downgrade(entry));
     let task = runtime.spawn(async move {
-        // If the runtime shuts down, the timer can no longer expire the token: expire it now, so
-        // that a request on another runtime fetches a new one instead of using it forever.
-        let _expire = ExpireOnDrop(weak.clone());
-        sleep_until(refresh_at).await;
-        match weak.upgrade() {
-            Some(entry) => {
+        let expire = expire;
+        // A timer first polled after its deadline (a busy runtime, a paused clock moved
+        // forward) would wait for another turn of the time driver: skip the sleep instead.
+        if Instant::now() < refresh_at {
+            sleep_until(refresh_at).await;
+        }
+        match expire.0.upgrade() {
+            Some(entry) if Instant::now() < expires_at => {
                 let _ =
                     entry
                         .phase
                         .compare_exchange(FRESH, DUE, Ordering::Relaxed, Ordering::Relaxed);
             }
+            // Woken past the expiry (a clock moved forward): expire now.
+            Some(_) => return,
             None => return,
         }
-        sleep_until(expires_at).await;
+        if Instant::now() < expires_at {
+            sleep_until(expires_at).await;
+        }
     });
     let _ = entry.timer.set(task.abort_handle());
 }
@@ -707,20 +802,28 @@ impl Drop for ExpireOnDrop {
 }
 
 /// Makes a token whose background refresh failed due for a refresh again once the backoff is
-/// over.
+/// over (or at once, if the runtime shuts down first).
 fn rearm_at(entry: &Arc<Entry>, at: Instant) {
     let Ok(runtime) = Handle::try_current() else {
         return;
     };
-    let weak = Arc::downgrade(entry);
+    let rearm = RearmOnDrop(Arc::downgrade(entry));
     runtime.spawn(async move {
+        let _rearm = rearm;
         sleep_until(at).await;
-        if let Some(entry) = weak.upgrade() {
+    });
+}
+
+struct RearmOnDrop(Weak<Entry>);
+
+impl Drop for RearmOnDrop {
+    fn drop(&mut self) {
+        if let Some(entry) = self.0.upgrade() {
             let _ = entry
                 .phase
                 .compare_exchange(KICKED, DUE, Ordering::Relaxed, Ordering::Relaxed);
         }
-    });
+    }
 }
 
 /// A random number in `[0, 1)`, good enough to spread refreshes; not for cryptography.

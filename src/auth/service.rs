@@ -20,6 +20,13 @@ use crate::{BoxError, Placement, TokenCache, TokenSource};
 /// polled ready again. Cloning should be cheap and clones should share their connection pool, as
 /// hyper-util's `Client` and tonic's `Channel` do. Wrap a service that is not `Clone` in
 /// [`tower::buffer::Buffer`](https://docs.rs/tower/0.5/tower/buffer/struct.Buffer.html).
+///
+/// # Backpressure
+///
+/// `poll_ready` is the inner service's. A request that must wait for a token keeps the capacity
+/// its `poll_ready` reserved until the token arrives, so the token source must not need that
+/// same capacity: give the source its own HTTP client (or its own `ConcurrencyLimit`), never the
+/// client this layer wraps.
 pub struct BearerAuth<S, P = CloneBody> {
     inner: S,
     config: Arc<Config>,
