@@ -373,6 +373,29 @@ impl TokenCache {
         self.shared.reject(id);
     }
 
+    /// Invalidates the current token if `value` is the header value it was stamped as (with any
+    /// scheme).
+    pub(crate) fn reject_value(&self, value: &HeaderValue) {
+        let id = {
+            let current = self.shared.current.load();
+            let Some(entry) = current.as_ref() else {
+                return;
+            };
+            let raw = entry.raw.as_bytes();
+            let stamped = value == entry.bearer
+                || value == entry.raw
+                || value
+                    .as_bytes()
+                    .strip_suffix(raw)
+                    .is_some_and(|scheme| scheme.ends_with(b" "));
+            if !stamped {
+                return;
+            }
+            entry.id
+        };
+        self.shared.reject(id);
+    }
+
     pub(crate) fn count_rejection(&self) {
         self.shared
             .counters

@@ -486,11 +486,26 @@ fn is_quotable(b: u8) -> bool {
 }
 
 /// Whether a response says that the token it was sent with was rejected: status 401, unless a
-/// Bearer challenge says `insufficient_scope` (a new token with the same scope would not help).
+/// Bearer challenge says `insufficient_scope` (a new token with the same scope would not help);
+/// or a gRPC trailers-only response whose `grpc-status` is 16, UNAUTHENTICATED.
 #[inline]
 pub(crate) fn rejects_token<B>(response: &http::Response<B>) -> bool {
-    response.status() == http::StatusCode::UNAUTHORIZED && !insufficient_scope(response.headers())
+    match response.status() {
+        http::StatusCode::UNAUTHORIZED => !insufficient_scope(response.headers()),
+        http::StatusCode::OK => grpc_unauthenticated(response.headers()),
+        _ => false,
+    }
 }
+
+/// Whether `headers` (a gRPC response's headers, or its trailers) carry `grpc-status: 16`.
+#[inline]
+pub(crate) fn grpc_unauthenticated(headers: &HeaderMap) -> bool {
+    headers
+        .get(GRPC_STATUS)
+        .is_some_and(|status| status.as_bytes() == b"16")
+}
+
+const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
 
 #[cfg(test)]
 mod tests {

@@ -144,6 +144,18 @@ impl Placement {
     }
 }
 
+impl Placement {
+    /// The header value a stamped request carries, if the token went in a header.
+    pub(crate) fn stamped_value<B>(&self, req: &Request<B>) -> Option<HeaderValue> {
+        let name = match &self.kind {
+            Kind::Bearer => &header::AUTHORIZATION,
+            Kind::Header { name, .. } => name,
+            Kind::Query => return None,
+        };
+        req.headers().get(name).cloned()
+    }
+}
+
 fn stamp_query<B>(req: &mut Request<B>, token: &str) -> bool {
     let uri = req.uri();
     let mut path_and_query = String::with_capacity(uri.path().len() + 64);

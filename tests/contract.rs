@@ -1160,7 +1160,6 @@ fn a_token_fetched_on_a_runtime_that_shut_down_still_expires() {
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "issue #4: `grpc-status: 16` is not yet classified as a rejection"]
 async fn a_grpc_unauthenticated_answer_is_a_rejection_and_is_replayed() {
     let calls = Calls::default();
     let hits = Arc::new(AtomicUsize::new(0));

@@ -70,6 +70,11 @@ pin_project! {
             future: S::Future,
             id: u64,
         },
+        // Sent without a token (another origin): returned as it comes.
+        Passed {
+            #[pin]
+            future: S::Future,
+        },
         Failed {
             error: Option<Error>,
         },
@@ -110,6 +115,14 @@ where
                 req: Some(req),
                 kept,
             },
+            config,
+            policy,
+        }
+    }
+
+    pub(super) fn passed(future: S::Future, config: Arc<Config>, policy: P) -> Self {
+        Self {
+            state: State::Passed { future },
             config,
             policy,
         }
@@ -221,6 +234,9 @@ where
                     }
                     return Poll::Ready(Ok(response));
                 }
+                StateProj::Passed { future } => {
+                    return future.poll(cx).map_err(Into::into);
+                }
                 StateProj::Failed { error } => {
                     let error = error
                         .take()
@@ -244,6 +260,7 @@ where
             State::Reacquiring { .. } => "waiting for a token to replay with",
             State::ReplayReady { .. } => "waiting for the inner service to replay",
             State::Replaying { .. } => "replayed",
+            State::Passed { .. } => "sent without a token",
             State::Failed { .. } => "failed",
         };
         f.debug_struct("ResponseFuture")

@@ -4,8 +4,9 @@ use std::sync::Arc;
 use tower_layer::Layer;
 
 use super::{BearerAuth, Config};
-use crate::replay::{CloneBody, NoReplay};
-use crate::{Placement, TokenCache, TokenSource};
+use crate::grpc::RejectOnTrailersLayer;
+use crate::replay::{CloneBody, NoReplay, StreamingReplay};
+use crate::{Origin, Placement, TokenCache, TokenSource};
 
 /// A [`Layer`] that authenticates every request with a bearer token from a [`TokenSource`].
 ///
@@ -52,10 +53,7 @@ impl BearerAuthLayer {
     /// A layer using `cache`, which may be shared with other layers.
     pub fn from_cache(cache: TokenCache) -> Self {
         Self {
-            config: Arc::new(Config {
-                cache,
-                placement: Placement::default(),
-            }),
+            config: Arc::new(Config::new(cache)),
             policy: CloneBody,
         }
     }
@@ -66,13 +64,57 @@ impl<P> BearerAuthLayer<P> {
     ///
     /// Default: [`Placement::bearer`], `Authorization: Bearer <token>`.
     pub fn placement(self, placement: Placement) -> Self {
+        let config = Config {
+            placement,
+            ..Config::clone(&self.config)
+        };
         Self {
-            config: Arc::new(Config {
-                cache: self.config.cache.clone(),
-                placement,
-            }),
+            config: Arc::new(config),
             policy: self.policy,
         }
+    }
+
+    /// Stamps the token only on requests to these origins (scheme, host and port); requests to
+    /// any other origin, and requests with a relative URI, pass through untouched: no token, no
+    /// replay. Use it whenever the URLs a client calls are not all trusted, for example behind
+    /// tower-http's `FollowRedirect`, so that a redirect never carries the token elsewhere.
+    ///
+    /// Default: every request gets the token.
+    ///
+    /// ```
+    /// use tower_bearer::{BearerAuthLayer, StaticToken};
+    ///
+    /// let layer = BearerAuthLayer::new(StaticToken::new("t0k3n"))
+    ///     .only_origins(["https://api.example.com".parse().unwrap()]);
+    /// # drop(layer);
+    /// ```
+    pub fn only_origins<I: IntoIterator<Item = Origin>>(self, origins: I) -> Self {
+        let config = Config {
+            origins: Some(origins.into_iter().collect()),
+            ..Config::clone(&self.config)
+        };
+        Self {
+            config: Arc::new(config),
+            policy: self.policy,
+        }
+    }
+
+    /// Replays requests with streaming bodies too, keeping up to 64 KiB of each; see
+    /// [`StreamingReplay`] (use [`replay_policy`](Self::replay_policy) for another cap). The
+    /// inner service then receives [`ReplayBody`](crate::replay::ReplayBody)s.
+    ///
+    /// Default: replay with [`CloneBody`].
+    pub fn replay_streaming(self) -> BearerAuthLayer<StreamingReplay> {
+        self.replay_policy(StreamingReplay::new())
+    }
+
+    /// A layer to put *under* this one in a gRPC client: when a call's trailers say
+    /// `grpc-status: 16` (UNAUTHENTICATED after the response started), it drops the token the
+    /// call carried, so that the next call gets a fresh one. Such a call cannot be replayed (its
+    /// response was already streaming); a trailers-only UNAUTHENTICATED is replayed by this layer
+    /// itself. See [`grpc`](crate::grpc).
+    pub fn reject_on_trailers(&self) -> RejectOnTrailersLayer {
+        RejectOnTrailersLayer::new(self.config.clone())
     }
 
     /// Never replays a request whose token was rejected; the rejection is returned as it came
@@ -113,6 +155,7 @@ impl<P: fmt::Debug> fmt::Debug for BearerAuthLayer<P> {
         f.debug_struct("BearerAuthLayer")
             .field("cache", &self.config.cache)
             .field("placement", &self.config.placement)
+            .field("origins", &self.config.origins)
             .field("policy", &self.policy)
             .finish()
     }

@@ -10,12 +10,36 @@ pub use service::BearerAuth;
 
 use std::fmt;
 
-use crate::{Placement, TokenCache};
+use std::sync::Arc;
+
+use crate::{Origin, Placement, TokenCache};
 
 /// What every clone of a layer and its services shares.
+#[derive(Clone)]
 pub(crate) struct Config {
     pub(crate) cache: TokenCache,
     pub(crate) placement: Placement,
+    /// When set, only requests to these origins get a token.
+    pub(crate) origins: Option<Arc<[Origin]>>,
+}
+
+impl Config {
+    pub(crate) fn new(cache: TokenCache) -> Self {
+        Self {
+            cache,
+            placement: Placement::default(),
+            origins: None,
+        }
+    }
+
+    /// Whether a request to `uri` may carry the token.
+    #[inline]
+    pub(crate) fn stamps(&self, uri: &http::Uri) -> bool {
+        match &self.origins {
+            None => true,
+            Some(origins) => origins.iter().any(|origin| origin.matches(uri)),
+        }
+    }
 }
 
 impl fmt::Debug for Config {
@@ -23,6 +47,7 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("cache", &self.cache)
             .field("placement", &self.placement)
+            .field("origins", &self.origins)
             .finish()
     }
 }

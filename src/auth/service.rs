@@ -129,6 +129,11 @@ where
 
     #[inline]
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        if !self.config.stamps(req.uri()) {
+            let req = self.policy.pass(req);
+            let future = self.inner.call(req);
+            return ResponseFuture::passed(future, self.config.clone(), self.policy.clone());
+        }
         let (mut req, kept) = self.policy.prepare(req);
         let config = &self.config;
         let stamped = config
