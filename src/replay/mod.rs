@@ -109,6 +109,13 @@ fn copy_head<B>(req: &Request<B>) -> Parts {
 /// being sent, or fails mid-stream, is not replayed: the rejection comes back as it came. The
 /// memory kept for a request is released when its response is returned.
 ///
+/// A body without a known size that the server rejects *before* reading past the cap is still
+/// replayed: the kept part is resent and the rest streams from the caller as usual.
+///
+/// The replay starts sending its body once the first attempt's body has been dropped by the
+/// connection that carried it (hyper drops it when the exchange ends, or when the server closes
+/// the connection), so that the unread rest of the original is never read by two attempts.
+///
 /// The inner service receives `ReplayBody<B>`; for a client that wants its own body type (such
 /// as tonic's `Channel`), map it back with `ServiceBuilder::map_request` (see the tonic example).
 ///

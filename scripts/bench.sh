@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# Runs the benchmarks of BENCHMARKS.md and prints one table: benchmark, ratio, target, met.
+#
+#   scripts/bench.sh            full mode: criterion's default warm-up and measurement times
+#   scripts/bench.sh --quick    quick mode (the default when CI is set): 1 s warm-up, 2 s
+#                               measurement per benchmark; under 5 minutes on 2 cores once built
+#   scripts/bench.sh --table    only print the table from the last run's results
+#   scripts/bench.sh [--quick] request_path storms ...   only these benchmark files
+#   --strict                    exit 1 when a target is missed
+#
+# Ratios are computed from the median point estimates in
+# target/criterion/<group>/<benchmark>/new/estimates.json. The storms benchmarks print a line
+# `STORM_SOURCE_CALLS <benchmark> <calls per storm> <storms>`, read from the log.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+mode=full
+[[ -n "${CI:-}" ]] && mode=quick
+strict=0
+run=1
+benches=()
+for arg in "$@"; do
+    case "$arg" in
+        --quick) mode=quick ;;
+        --full) mode=full ;;
+        --strict) strict=1 ;;
+        --table) run=0 ;;
+        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        -*) echo "unknown option: $arg" >&2; exit 2 ;;
+        *) benches+=("$arg") ;;
+    esac
+done
+((${#benches[@]})) || benches=(request_path contention storms loopback acquisition)
+
+target_dir=$(cargo metadata --format-version 1 --no-deps 2>/dev/null |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+criterion_dir="$target_dir/criterion"
+log_dir="$target_dir/bench-logs"
+mkdir -p "$log_dir"
+
+criterion_args=(--noplot)
+if [[ $mode == quick ]]; then
+    criterion_args+=(--warm-up-time 1 --measurement-time 2)
+fi
+
+if ((run)); then
+    echo "==> machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(rustc -V)"
+    echo "==> building the benchmarks (release)"
+    start=$SECONDS
+    cargo bench --all-features --no-run "${benches[@]/#/--bench=}" 2>&1 | tail -n 2
+    echo "    built in $((SECONDS - start)) s"
+    for bench in "${benches[@]}"; do
+        echo "==> $bench ($mode): cargo bench --all-features --bench $bench -- ${criterion_args[*]}"
+        rm -rf "${criterion_dir:?}/$bench"
+        start=$SECONDS
+        cargo bench --all-features --bench "$bench" -- "${criterion_args[@]}" \
+            2>&1 | tee "$log_dir/$bench.log" | grep -E '^[a-z_]+/[a-z0-9_]+ *time:|^ +time:|STORM_SOURCE_CALLS|panicked' || true
+        if [[ ${PIPESTATUS[0]} -ne 0 ]]; then
+            echo "benchmark $bench failed; see $log_dir/$bench.log" >&2
+            exit 1
+        fi
+        echo "    $bench took $((SECONDS - start)) s"
+    done
+fi
+
+CRITERION_DIR="$criterion_dir" LOG_DIR="$log_dir" STRICT="$strict" MODE="$mode" python3 - <<'EOF'
+import json, os, re, sys
+
+crit, logs = os.environ["CRITERION_DIR"], os.environ["LOG_DIR"]
+
+def median(group, bench):
+    path = os.path.join(crit, group, bench, "new", "estimates.json")
+    try:
+        with open(path) as f:
+            return json.load(f)["median"]["point_estimate"]
+    except (OSError, KeyError, ValueError):
+        return None
+
+def calls(name):
+    path = os.path.join(logs, name.split("/")[0] + ".log")
+    try:
+        text = open(path).read()
+    except OSError:
+        return None
+    found = re.findall(r"^STORM_SOURCE_CALLS %s (\d+) (\d+)$" % re.escape(name), text, re.M)
+    return (int(found[-1][0]), int(found[-1][1])) if found else None
+
+def ns(v):
+    if v is None:
+        return "-"
+    for unit, scale in (("s", 1e9), ("ms", 1e6), ("µs", 1e3)):
+        if v >= scale:
+            return "%.3g %s" % (v / scale, unit)
+    return "%.3g ns" % v
+
+rows, missed = [], 0
+
+def row(name, value, target, ok, detail=""):
+    global missed
+    met = "-" if ok is None else ("yes" if ok else "NO")
+    if ok is False:
+        missed += 1
+    rows.append((name, value, target, met, detail))
+
+def time_ratio(label, group, num, den, limit):
+    """num/den of median times; met if <= limit (limit None: for information)."""
+    a, b = median(group, num), median(group, den)
+    if a is None or b is None:
+        row(label, "missing", "≤ %.2f" % limit if limit else "", False if limit else None)
+        return
+    r = a / b
+    row(label, "%.3f" % r, ("≤ %.2f" % limit) if limit else "(info)",
+        (r <= limit) if limit else None, "%s vs %s" % (ns(a), ns(b)))
+
+def throughput_ratio(label, group, ours, base, limit):
+    """Throughput of `ours` relative to `base` (= base time / our time); met if >= limit."""
+    a, b = median(group, ours), median(group, base)
+    if a is None or b is None:
+        row(label, "missing", "≥ %.2f" % limit if limit else "", False if limit else None)
+        return
+    r = b / a
+    row(label, "%.3f" % r, ("≥ %.2f" % limit) if limit else "(info)",
+        (r >= limit) if limit else None, "%s vs %s per batch" % (ns(a), ns(b)))
+
+def storm(label, name, base):
+    c = calls("storms/" + name)
+    a, b = median("storms", name), median("storms", base)
+    detail = "drain %s (%.2f × %s: %s)" % (ns(a), a / b, base, ns(b)) if a and b else ""
+    if c is None:
+        row(label, "missing", "= 1 call", False, detail)
+    else:
+        row(label, "%d call%s" % (c[0], "" if c[0] == 1 else "s"), "= 1 call", c[0] == 1,
+            detail + ", %d storms" % c[1])
+
+time_ratio("1. cached path, replay off / AddAuthorization", "request_path",
+           "bearer_no_replay", "add_authorization", 1.10)
+time_ratio("1. cached path, replay on / hand-written floor with replay", "request_path",
+           "bearer_replay", "floor_replay", 1.10)
+time_ratio("1. hand-written floor / AddAuthorization", "request_path",
+           "floor", "add_authorization", None)
+time_ratio("1. Arc<Mutex<Option<Token>>> / AddAuthorization", "request_path",
+           "mutex_cache", "add_authorization", None)
+time_ratio("1. replay on / AddAuthorization", "request_path",
+           "bearer_replay", "add_authorization", None)
+throughput_ratio("2. contention, replay on: throughput / AddAuthorization", "contention",
+                 "bearer_replay", "add_authorization", 0.95)
+throughput_ratio("2. contention, replay off: throughput / AddAuthorization", "contention",
+                 "bearer_no_replay", "add_authorization", 0.95)
+throughput_ratio("2. contention, floor with replay / AddAuthorization", "contention",
+                 "floor_replay", "add_authorization", None)
+throughput_ratio("2. contention, Arc<Mutex<..>> / AddAuthorization", "contention",
+                 "mutex_cache", "add_authorization", None)
+storm("3. storm: 10,000 requests on an expired token", "expired_10000", "fresh_10000")
+storm("3. storm: 1,000 concurrent 401s for one token", "rejected_1000", "accepted_1000")
+throughput_ratio("4. loopback HTTP/1.1: throughput / bare", "loopback",
+                 "http1_bearer", "http1_bare", 0.97)
+throughput_ratio("4. loopback HTTP/2: throughput / bare", "loopback",
+                 "http2_bearer", "http2_bare", 0.97)
+throughput_ratio("5. client credentials: speed / oauth2 crate", "acquisition",
+                 "tower_bearer", "oauth2_crate", 1.00)
+
+w = [max(len(r[i]) for r in rows + [("benchmark", "ratio", "target", "met", "")]) for i in range(4)]
+print()
+print("mode: %s (median point estimates)" % os.environ["MODE"])
+print("| %s | %s | %s | %s | %s |" % ("benchmark".ljust(w[0]), "ratio".ljust(w[1]),
+                                      "target".ljust(w[2]), "met".ljust(w[3]), "measured"))
+print("|%s|%s|%s|%s|---|" % tuple("-" * (x + 2) for x in w))
+for r in rows:
+    print("| %s | %s | %s | %s | %s |" % (r[0].ljust(w[0]), r[1].ljust(w[1]), r[2].ljust(w[2]),
+                                          r[3].ljust(w[3]), r[4]))
+print()
+print("targets missed: %d" % missed)
+if missed and os.environ["STRICT"] == "1":
+    sys.exit(1)
+EOF
