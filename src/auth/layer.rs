@@ -81,6 +81,10 @@ impl<P> BearerAuthLayer<P> {
     ///
     /// Default: every request gets the token.
     ///
+    /// Clients that send path-only URIs and add the origin further down (tonic's generated
+    /// clients over a `Channel`, unless built `with_origin`) are bound to one server anyway: do
+    /// not restrict origins there, or every call goes out without its token.
+    ///
     /// ```
     /// use tower_bearer::{BearerAuthLayer, StaticToken};
     ///

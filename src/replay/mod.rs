@@ -117,7 +117,8 @@ fn copy_head<B>(req: &Request<B>) -> Parts {
 /// the connection), so that the unread rest of the original is never read by two attempts.
 ///
 /// The inner service receives `ReplayBody<B>`; for a client that wants its own body type (such
-/// as tonic's `Channel`), map it back with `ServiceBuilder::map_request` (see the tonic example).
+/// as tonic's `Channel`), map it back with `ServiceBuilder::map_request`, as `examples/grpc.rs`
+/// does: `.map_request(|r: Request<ReplayBody<tonic::body::Body>>| r.map(tonic::body::Body::new))`.
 ///
 /// ```
 /// use tower_bearer::replay::StreamingReplay;
