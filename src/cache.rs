@@ -20,7 +20,6 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use bytes::{BufMut, Bytes, BytesMut};
 use http::HeaderValue;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
@@ -30,6 +29,7 @@ use tower::ServiceExt;
 
 use crate::error::{Chain, ErrorKind};
 use crate::source::BoxSource;
+use crate::token::secret_bytes;
 use crate::{Error, Expiry, Reason, Token, TokenRequest, TokenSource};
 
 const FRESH: u8 = 0;
@@ -111,9 +111,45 @@ struct Slow {
 struct Counters {
     fetches: AtomicU64,
     fetch_failures: AtomicU64,
+    hits: Striped,
     waits: AtomicU64,
     rejections: AtomicU64,
     replays: AtomicU64,
+    replay_rejections: AtomicU64,
+}
+
+/// A counter bumped on every request: spread over cache lines by thread, so that threads
+/// counting at once do not fight over one line.
+#[derive(Default)]
+struct Striped {
+    cells: [Padded; STRIPES],
+}
+
+const STRIPES: usize = 8;
+
+#[derive(Default)]
+#[repr(align(128))]
+struct Padded(AtomicU64);
+
+impl Striped {
+    #[inline]
+    fn add(&self) {
+        thread_local! {
+            static STRIPE: usize = {
+                static NEXT: AtomicU64 = AtomicU64::new(0);
+                NEXT.fetch_add(1, Ordering::Relaxed) as usize % STRIPES
+            };
+        }
+        let stripe = STRIPE.try_with(|s| *s).unwrap_or(0);
+        self.cells[stripe].0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn sum(&self) -> u64 {
+        self.cells
+            .iter()
+            .map(|cell| cell.0.load(Ordering::Relaxed))
+            .fold(0, u64::wrapping_add)
+    }
 }
 
 /// What a cache has done so far. Read it with [`TokenCache::stats`].
@@ -124,6 +160,8 @@ pub struct CacheStats {
     pub fetches: u64,
     /// Calls to the token source that failed or timed out, and tokens refused as invalid.
     pub fetch_failures: u64,
+    /// Requests (and [`TokenCache::token`] calls) served with the cached token, without waiting.
+    pub hits: u64,
     /// Requests (and [`TokenCache::token`] calls) that had to wait for a token: none was cached,
     /// the cached one had expired, or theirs was rejected and they waited for a new one to be
     /// replayed with. With steady traffic, refresh ahead of expiry keeps the expired case at zero.
@@ -132,6 +170,10 @@ pub struct CacheStats {
     pub rejections: u64,
     /// Requests sent a second time with a fresh token after a rejection.
     pub replays: u64,
+    /// Replays whose fresh token was rejected too (also counted in `rejections`). More than a
+    /// few means the server refuses this client's tokens whatever they are: a scope, audience
+    /// or clock problem, not an expired token.
+    pub replay_rejections: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -324,9 +366,11 @@ impl TokenCache {
         CacheStats {
             fetches: c.fetches.load(Ordering::Relaxed),
             fetch_failures: c.fetch_failures.load(Ordering::Relaxed),
+            hits: c.hits.sum(),
             waits: c.waits.load(Ordering::Relaxed),
             rejections: c.rejections.load(Ordering::Relaxed),
             replays: c.replays.load(Ordering::Relaxed),
+            replay_rejections: c.replay_rejections.load(Ordering::Relaxed),
         }
     }
 
@@ -353,6 +397,7 @@ impl TokenCache {
             KICKED if entry.usable() => {}
             _ => return None,
         }
+        self.shared.counters.hits.add();
         Some(f(entry))
     }
 
@@ -400,6 +445,13 @@ impl TokenCache {
         self.shared
             .counters
             .rejections
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_replay_rejection(&self) {
+        self.shared
+            .counters
+            .replay_rejections
             .fetch_add(1, Ordering::Relaxed);
     }
 
@@ -494,7 +546,13 @@ impl Shared {
                 }
             }
             match self.prepare_fetch(&mut slow, Reason::Expiring) {
-                Ok(launch) => launch,
+                Ok(launch) => {
+                    tracing::debug!(
+                        token.id = entry.id,
+                        "token due for refresh; fetching a new one in the background"
+                    );
+                    launch
+                }
                 Err(error) => {
                     tracing::warn!(error = %Chain(&error), "cannot refresh the token ahead of expiry");
                     return;
@@ -658,7 +716,8 @@ impl Launch {
             reason,
             guard,
         } = self;
-        runtime.spawn(fetch(guard, reason));
+        let span = tracing::debug_span!("token_fetch", ?reason);
+        runtime.spawn(tracing::Instrument::instrument(fetch(guard, reason), span));
     }
 }
 
@@ -771,10 +830,10 @@ fn header_value(prefix: &[u8], secret: &str) -> Option<HeaderValue> {
     if secret.is_empty() || !secret.bytes().all(|b| printable(&b)) {
         return None;
     }
-    let mut buf = BytesMut::with_capacity(prefix.len() + secret.len());
-    buf.put_slice(prefix);
-    buf.put_slice(secret.as_bytes());
-    let mut value = HeaderValue::from_maybe_shared(Bytes::from(buf)).ok()?;
+    let mut buf = Vec::with_capacity(prefix.len() + secret.len());
+    buf.extend_from_slice(prefix);
+    buf.extend_from_slice(secret.as_bytes());
+    let mut value = HeaderValue::from_maybe_shared(secret_bytes(buf)).ok()?;
     value.set_sensitive(true);
     Some(value)
 }

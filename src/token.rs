@@ -3,24 +3,33 @@
 use std::fmt;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::time::Instant;
+use zeroize::{Zeroize, Zeroizing};
 
 /// An OAuth 2.0 access token.
 ///
 /// The secret is reachable only through [`AccessToken::secret`]: `Debug` prints a placeholder
-/// and there is no `Display`, so a token cannot end up in a log line by accident.
+/// and there is no `Display`, so a token cannot end up in a log line by accident. Its memory is
+/// overwritten with zeros when it is dropped.
 #[derive(Clone, PartialEq, Eq)]
-pub struct AccessToken(Box<str>);
+pub struct AccessToken(String);
 
 impl AccessToken {
     /// Wraps a secret access token.
     pub fn new(secret: impl Into<String>) -> Self {
-        Self(secret.into().into_boxed_str())
+        Self(secret.into())
     }
 
     /// The token itself. Handle with care: never log it.
     pub fn secret(&self) -> &str {
         &self.0
+    }
+}
+
+impl Drop for AccessToken {
+    fn drop(&mut self) {
+        self.0.zeroize();
     }
 }
 
@@ -34,17 +43,23 @@ impl fmt::Debug for AccessToken {
 ///
 /// Like [`AccessToken`], its `Debug` output never shows the secret.
 #[derive(Clone, PartialEq, Eq)]
-pub struct RefreshToken(Box<str>);
+pub struct RefreshToken(String);
 
 impl RefreshToken {
     /// Wraps a secret refresh token.
     pub fn new(secret: impl Into<String>) -> Self {
-        Self(secret.into().into_boxed_str())
+        Self(secret.into())
     }
 
     /// The token itself. Handle with care: never log it.
     pub fn secret(&self) -> &str {
         &self.0
+    }
+}
+
+impl Drop for RefreshToken {
+    fn drop(&mut self) {
+        self.0.zeroize();
     }
 }
 
@@ -216,4 +231,9 @@ impl TokenRequest {
     pub fn reason(&self) -> Reason {
         self.reason
     }
+}
+
+/// Bytes holding a secret: the memory is overwritten with zeros when the last clone is dropped.
+pub(crate) fn secret_bytes(secret: Vec<u8>) -> Bytes {
+    Bytes::from_owner(Zeroizing::new(secret))
 }

@@ -229,7 +229,12 @@ where
                     let response = ready!(future.poll(cx)).map_err(Into::into)?;
                     if rejects_token(&response) {
                         // Not replayed again, but the next request should not reuse the token.
+                        tracing::warn!(
+                            token.id = *id,
+                            "a fresh token was rejected too; returning the rejection"
+                        );
                         this.config.cache.count_rejection();
+                        this.config.cache.count_replay_rejection();
                         this.config.cache.reject(*id);
                     }
                     return Poll::Ready(Ok(response));

@@ -64,6 +64,12 @@ pub struct Pkce {
     challenge: String,
 }
 
+impl Drop for Pkce {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.verifier);
+    }
+}
+
 impl Pkce {
     /// A fresh verifier: 32 random bytes from the operating system, as base64url without
     /// padding (43 characters).
@@ -372,6 +378,12 @@ fn is_loopback_host(host: &str) -> bool {
 pub struct AuthorizationResponse {
     code: String,
     iss: Option<String>,
+}
+
+impl Drop for AuthorizationResponse {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.code);
+    }
 }
 
 impl AuthorizationResponse {

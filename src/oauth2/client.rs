@@ -18,9 +18,11 @@ use tower_service::Service;
 
 use super::error::Error;
 use super::response::{parse_token_response, TokenResponse, MAX_BODY};
+use crate::token::secret_bytes;
 use crate::BoxError;
 
-/// A client secret. `Debug` never shows it.
+/// A client secret. `Debug` never shows it, and its memory is overwritten with zeros when it is
+/// dropped.
 ///
 /// Read it from where your deployment keeps it; never hard-code it:
 ///
@@ -37,17 +39,23 @@ use crate::BoxError;
 /// # }
 /// ```
 #[derive(Clone)]
-pub struct ClientSecret(Box<str>);
+pub struct ClientSecret(String);
 
 impl ClientSecret {
     /// Wraps a secret.
     pub fn new(secret: impl Into<String>) -> Self {
-        Self(secret.into().into_boxed_str())
+        Self(secret.into())
     }
 
     /// The secret itself. Handle with care: never log it.
     pub fn secret(&self) -> &str {
         &self.0
+    }
+}
+
+impl Drop for ClientSecret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
     }
 }
 
@@ -203,7 +211,9 @@ impl Client {
                 form.append_pair("client_id", &inner.client_id);
             }
         }
-        let mut request = Request::new(Full::new(Bytes::from(form.finish())));
+        // The form carries the client secret or a refresh token: zeroed once sent.
+        let body = secret_bytes(form.finish().into_bytes());
+        let mut request = Request::new(Full::new(body));
         *request.method_mut() = Method::POST;
         *request.uri_mut() = inner.token_url.clone();
         headers.insert(
@@ -409,12 +419,16 @@ fn default_transport() -> Result<Transport, Error> {
 fn basic_auth(id: &str, secret: &str, encode: bool) -> HeaderValue {
     let credentials = if encode {
         let id: String = form_urlencoded::byte_serialize(id.as_bytes()).collect();
-        let secret: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
-        format!("{id}:{secret}")
+        let secret = zeroize::Zeroizing::new(
+            form_urlencoded::byte_serialize(secret.as_bytes()).collect::<String>(),
+        );
+        format!("{id}:{}", secret.as_str())
     } else {
         format!("{id}:{secret}")
     };
-    let mut value = HeaderValue::try_from(format!("Basic {}", STANDARD.encode(credentials)))
+    let credentials = zeroize::Zeroizing::new(credentials);
+    let encoded = format!("Basic {}", STANDARD.encode(credentials.as_bytes()));
+    let mut value = HeaderValue::from_maybe_shared(secret_bytes(encoded.into_bytes()))
         .expect("base64 is a valid header value");
     value.set_sensitive(true);
     value
