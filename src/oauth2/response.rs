@@ -49,6 +49,27 @@ pub struct TokenResponse {
 }
 
 impl TokenResponse {
+    /// Parses a token endpoint's answer (RFC 6749 §5.1 and §5.2), for applications that talk to
+    /// the endpoint themselves. The body should be capped by the caller (this crate reads at
+    /// most 1 MiB).
+    ///
+    /// # Errors
+    ///
+    /// An [`Error`] for an OAuth 2.0 error (even with HTTP 200), an HTTP error status, a redirect,
+    /// or an answer that cannot be understood.
+    ///
+    /// ```
+    /// use http::{HeaderMap, StatusCode};
+    /// use tower_bearer::oauth2::TokenResponse;
+    ///
+    /// let body = br#"{"access_token":"t0k3n","token_type":"bearer","expires_in":"3599"}"#;
+    /// let response = TokenResponse::parse(StatusCode::OK, &HeaderMap::new(), body).unwrap();
+    /// assert_eq!(response.expires_in(), Some(std::time::Duration::from_secs(3599)));
+    /// ```
+    pub fn parse(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Result<Self, Error> {
+        parse_token_response(status, headers, body)
+    }
+
     /// The access token.
     pub fn access_token(&self) -> &AccessToken {
         &self.access_token
