@@ -29,6 +29,7 @@ use tower::ServiceExt;
 
 use crate::error::{Chain, ErrorKind};
 use crate::source::BoxSource;
+use crate::stripe::{self, STRIPES};
 use crate::token::secret_bytes;
 use crate::{Error, Expiry, Reason, Token, TokenRequest, TokenSource};
 
@@ -118,14 +119,11 @@ struct Counters {
     replay_rejections: AtomicU64,
 }
 
-/// A counter bumped on every request: spread over cache lines by thread, so that threads
-/// counting at once do not fight over one line.
+/// A counter bumped on every request, spread over cache lines (see [`stripe`](crate::stripe)).
 #[derive(Default)]
 struct Striped {
     cells: [Padded; STRIPES],
 }
-
-const STRIPES: usize = 8;
 
 #[derive(Default)]
 #[repr(align(128))]
@@ -134,14 +132,9 @@ struct Padded(AtomicU64);
 impl Striped {
     #[inline]
     fn add(&self) {
-        thread_local! {
-            static STRIPE: usize = {
-                static NEXT: AtomicU64 = AtomicU64::new(0);
-                NEXT.fetch_add(1, Ordering::Relaxed) as usize % STRIPES
-            };
-        }
-        let stripe = STRIPE.try_with(|s| *s).unwrap_or(0);
-        self.cells[stripe].0.fetch_add(1, Ordering::Relaxed);
+        self.cells[stripe::index()]
+            .0
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     fn sum(&self) -> u64 {
@@ -426,9 +419,9 @@ impl TokenCache {
             let Some(entry) = current.as_ref() else {
                 return;
             };
-            let raw = entry.raw.as_bytes();
-            let stamped = value == entry.bearer
-                || value == entry.raw
+            let raw = entry.raw().as_bytes();
+            let stamped = value == entry.bearer()
+                || value == entry.raw()
                 || value
                     .as_bytes()
                     .strip_suffix(raw)
@@ -646,9 +639,10 @@ impl Shared {
     /// Checks a token and builds what requests need from it.
     fn prepare(&self, token: Token, sent_at: Instant) -> Result<Arc<Entry>, Error> {
         let secret = token.access_token().secret();
-        let raw = header_value(b"", secret);
-        let bearer = header_value(b"Bearer ", secret);
-        let (Some(raw), Some(bearer)) = (raw, bearer) else {
+        let (Some(raw), Some(bearer)) = (
+            header_values(b"", secret),
+            header_values(b"Bearer ", secret),
+        ) else {
             return Err(Error::new(ErrorKind::InvalidToken, None));
         };
         if let Some(kind) = token.token_type() {
@@ -776,10 +770,10 @@ impl Drop for FetchGuard {
 pub(crate) struct Entry {
     pub(crate) id: u64,
     pub(crate) token: Token,
-    /// The access token alone, as a sensitive header value.
-    pub(crate) raw: HeaderValue,
-    /// `Bearer <access token>`, as a sensitive header value.
-    pub(crate) bearer: HeaderValue,
+    /// The access token alone, as sensitive header values (one per stripe).
+    raw: Box<[HeaderValue]>,
+    /// `Bearer <access token>`, as sensitive header values (one per stripe).
+    bearer: Box<[HeaderValue]>,
     phase: AtomicU8,
     usable_for: Duration,
     expires_at: Instant,
@@ -787,6 +781,18 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
+    /// The access token alone, as a sensitive header value.
+    #[inline]
+    pub(crate) fn raw(&self) -> &HeaderValue {
+        &self.raw[stripe::index() % self.raw.len()]
+    }
+
+    /// `Bearer <access token>`, as a sensitive header value.
+    #[inline]
+    pub(crate) fn bearer(&self) -> &HeaderValue {
+        &self.bearer[stripe::index() % self.bearer.len()]
+    }
+
     /// Whether the token may still be sent. A fresh token is, without reading the clock; in its
     /// refresh window the clock is checked too, so a timer that fires late (a starved runtime,
     /// a paused clock moved forward) never lets an expired token out.
@@ -821,6 +827,12 @@ impl fmt::Debug for Entry {
             .field("usable_for", &self.usable_for)
             .finish()
     }
+}
+
+/// The header values for a token, one per stripe: each its own allocation, so that requests on
+/// different threads do not share a reference count.
+fn header_values(prefix: &[u8], secret: &str) -> Option<Box<[HeaderValue]>> {
+    (0..STRIPES).map(|_| header_value(prefix, secret)).collect()
 }
 
 fn header_value(prefix: &[u8], secret: &str) -> Option<HeaderValue> {

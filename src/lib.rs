@@ -78,6 +78,7 @@ mod origin;
 pub mod placement;
 pub mod replay;
 mod source;
+mod stripe;
 mod token;
 
 pub use auth::{BearerAuth, BearerAuthLayer, ResponseFuture};

@@ -116,21 +116,21 @@ impl Placement {
         match &self.kind {
             Kind::Bearer => {
                 req.headers_mut()
-                    .insert(header::AUTHORIZATION, entry.bearer.clone());
+                    .insert(header::AUTHORIZATION, entry.bearer().clone());
                 true
             }
             Kind::Header { name, scheme: None } => {
-                req.headers_mut().insert(name.clone(), entry.raw.clone());
+                req.headers_mut().insert(name.clone(), entry.raw().clone());
                 true
             }
             Kind::Header {
                 name,
                 scheme: Some(scheme),
             } => {
-                let mut value = Vec::with_capacity(scheme.len() + 1 + entry.raw.len());
+                let mut value = Vec::with_capacity(scheme.len() + 1 + entry.raw().len());
                 value.extend_from_slice(scheme.as_bytes());
                 value.push(b' ');
-                value.extend_from_slice(entry.raw.as_bytes());
+                value.extend_from_slice(entry.raw().as_bytes());
                 // Both parts were checked (an HTTP token, and a valid header value).
                 let Ok(mut value) = HeaderValue::from_bytes(&value) else {
                     return false;
@@ -164,8 +164,11 @@ fn stamp_query<B>(req: &mut Request<B>, token: &str) -> bool {
     // Other parameters are kept byte for byte: decoding and re-encoding them could change what
     // the server sees (`%20` versus `+`).
     for pair in uri.query().unwrap_or("").split('&') {
-        let name = pair.split('=').next().unwrap_or(pair);
-        if !pair.is_empty() && name != "access_token" {
+        // Compared decoded: `access%5Ftoken` is the same parameter to the server.
+        let is_token = form_urlencoded::parse(pair.as_bytes())
+            .next()
+            .is_some_and(|(name, _)| name == "access_token");
+        if !pair.is_empty() && !is_token {
             path_and_query.push_str(pair);
             path_and_query.push('&');
         }

@@ -1,9 +1,8 @@
 use std::fmt;
-use std::sync::Arc;
 
 use tower_layer::Layer;
 
-use super::{BearerAuth, Config};
+use super::{BearerAuth, Config, Configs};
 use crate::grpc::RejectOnTrailersLayer;
 use crate::replay::{CloneBody, NoReplay, StreamingReplay};
 use crate::{Origin, Placement, TokenCache, TokenSource};
@@ -40,7 +39,7 @@ use crate::{Origin, Placement, TokenCache, TokenSource};
 /// # }
 /// ```
 pub struct BearerAuthLayer<P = CloneBody> {
-    config: Arc<Config>,
+    configs: Configs,
     policy: P,
 }
 
@@ -53,7 +52,7 @@ impl BearerAuthLayer {
     /// A layer using `cache`, which may be shared with other layers.
     pub fn from_cache(cache: TokenCache) -> Self {
         Self {
-            config: Arc::new(Config::new(cache)),
+            configs: Configs::new(Config::new(cache)),
             policy: CloneBody,
         }
     }
@@ -66,10 +65,10 @@ impl<P> BearerAuthLayer<P> {
     pub fn placement(self, placement: Placement) -> Self {
         let config = Config {
             placement,
-            ..Config::clone(&self.config)
+            ..Config::clone(self.configs.config())
         };
         Self {
-            config: Arc::new(config),
+            configs: Configs::new(config),
             policy: self.policy,
         }
     }
@@ -95,10 +94,10 @@ impl<P> BearerAuthLayer<P> {
     pub fn only_origins<I: IntoIterator<Item = Origin>>(self, origins: I) -> Self {
         let config = Config {
             origins: Some(origins.into_iter().collect()),
-            ..Config::clone(&self.config)
+            ..Config::clone(self.configs.config())
         };
         Self {
-            config: Arc::new(config),
+            configs: Configs::new(config),
             policy: self.policy,
         }
     }
@@ -118,7 +117,7 @@ impl<P> BearerAuthLayer<P> {
     /// response was already streaming); a trailers-only UNAUTHENTICATED is replayed by this layer
     /// itself. See [`grpc`](crate::grpc).
     pub fn reject_on_trailers(&self) -> RejectOnTrailersLayer {
-        RejectOnTrailersLayer::new(self.config.clone())
+        RejectOnTrailersLayer::new(self.configs.get().clone())
     }
 
     /// Never replays a request whose token was rejected; the rejection is returned as it came
@@ -134,21 +133,21 @@ impl<P> BearerAuthLayer<P> {
     /// Default: [`CloneBody`].
     pub fn replay_policy<Q>(self, policy: Q) -> BearerAuthLayer<Q> {
         BearerAuthLayer {
-            config: self.config,
+            configs: self.configs,
             policy,
         }
     }
 
     /// The token cache shared by this layer and its services.
     pub fn cache(&self) -> &TokenCache {
-        &self.config.cache
+        &self.configs.config().cache
     }
 }
 
 impl<P: Clone> Clone for BearerAuthLayer<P> {
     fn clone(&self) -> Self {
         Self {
-            config: self.config.clone(),
+            configs: self.configs.clone(),
             policy: self.policy.clone(),
         }
     }
@@ -157,9 +156,9 @@ impl<P: Clone> Clone for BearerAuthLayer<P> {
 impl<P: fmt::Debug> fmt::Debug for BearerAuthLayer<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BearerAuthLayer")
-            .field("cache", &self.config.cache)
-            .field("placement", &self.config.placement)
-            .field("origins", &self.config.origins)
+            .field("cache", &self.configs.config().cache)
+            .field("placement", &self.configs.config().placement)
+            .field("origins", &self.configs.config().origins)
             .field("policy", &self.policy)
             .finish()
     }
@@ -169,6 +168,6 @@ impl<S, P: Clone> Layer<S> for BearerAuthLayer<P> {
     type Service = BearerAuth<S, P>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        BearerAuth::with_config(inner, self.config.clone(), self.policy.clone())
+        BearerAuth::with_configs(inner, self.configs.clone(), self.policy.clone())
     }
 }

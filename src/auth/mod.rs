@@ -12,7 +12,30 @@ use std::fmt;
 
 use std::sync::Arc;
 
+use crate::stripe::{self, STRIPES};
 use crate::{Origin, Placement, TokenCache};
+
+/// The configuration, once per stripe: a response future keeps an `Arc` of it, and requests on
+/// different threads should not share that reference count (see [`stripe`]).
+#[derive(Clone)]
+pub(crate) struct Configs(Arc<[Arc<Config>]>);
+
+impl Configs {
+    pub(crate) fn new(config: Config) -> Self {
+        Self((0..STRIPES).map(|_| Arc::new(config.clone())).collect())
+    }
+
+    /// This thread's copy.
+    #[inline]
+    pub(crate) fn get(&self) -> &Arc<Config> {
+        &self.0[stripe::index() % self.0.len()]
+    }
+
+    /// The configuration, to read or to derive another from.
+    pub(crate) fn config(&self) -> &Config {
+        &self.0[0]
+    }
+}
 
 /// What every clone of a layer and its services shares.
 #[derive(Clone)]

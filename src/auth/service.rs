@@ -1,12 +1,11 @@
 use std::fmt;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
 use tower_service::Service;
 
 use super::future::ResponseFuture;
-use super::{BearerAuthLayer, Config};
+use super::{BearerAuthLayer, Configs};
 use crate::replay::{CloneBody, ReplayPolicy};
 use crate::{BoxError, Placement, TokenCache, TokenSource};
 
@@ -29,7 +28,7 @@ use crate::{BoxError, Placement, TokenCache, TokenSource};
 /// client this layer wraps.
 pub struct BearerAuth<S, P = CloneBody> {
     inner: S,
-    config: Arc<Config>,
+    configs: Configs,
     policy: P,
 }
 
@@ -57,10 +56,10 @@ impl BearerAuthLayer {
 }
 
 impl<S, P> BearerAuth<S, P> {
-    pub(crate) fn with_config(inner: S, config: Arc<Config>, policy: P) -> Self {
+    pub(crate) fn with_configs(inner: S, configs: Configs, policy: P) -> Self {
         Self {
             inner,
-            config,
+            configs,
             policy,
         }
     }
@@ -82,12 +81,12 @@ impl<S, P> BearerAuth<S, P> {
 
     /// The token cache this service shares with its clones and its layer.
     pub fn cache(&self) -> &TokenCache {
-        &self.config.cache
+        &self.configs.config().cache
     }
 
     /// Where the token goes on each request.
     pub fn placement(&self) -> &Placement {
-        &self.config.placement
+        &self.configs.config().placement
     }
 }
 
@@ -95,7 +94,7 @@ impl<S: Clone, P: Clone> Clone for BearerAuth<S, P> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            config: self.config.clone(),
+            configs: self.configs.clone(),
             policy: self.policy.clone(),
         }
     }
@@ -105,8 +104,8 @@ impl<S: fmt::Debug, P: fmt::Debug> fmt::Debug for BearerAuth<S, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BearerAuth")
             .field("inner", &self.inner)
-            .field("cache", &self.config.cache)
-            .field("placement", &self.config.placement)
+            .field("cache", &self.configs.config().cache)
+            .field("placement", &self.configs.config().placement)
             .field("policy", &self.policy)
             .finish()
     }
@@ -129,13 +128,13 @@ where
 
     #[inline]
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        if !self.config.stamps(req.uri()) {
+        let config = self.configs.get();
+        if !config.stamps(req.uri()) {
             let req = self.policy.pass(req);
             let future = self.inner.call(req);
-            return ResponseFuture::passed(future, self.config.clone(), self.policy.clone());
+            return ResponseFuture::passed(future, config.clone(), self.policy.clone());
         }
         let (mut req, kept) = self.policy.prepare(req);
-        let config = &self.config;
         let stamped = config
             .cache
             .with_current(|entry| config.placement.stamp(&mut req, entry).then_some(entry.id));
@@ -143,15 +142,15 @@ where
             Some(Some(id)) => {
                 let replay = kept.map(|kept| (kept, self.inner.clone()));
                 let future = self.inner.call(req);
-                ResponseFuture::sent(future, id, replay, self.config.clone(), self.policy.clone())
+                ResponseFuture::sent(future, id, replay, config.clone(), self.policy.clone())
             }
-            Some(None) => ResponseFuture::unplaceable(self.config.clone(), self.policy.clone()),
+            Some(None) => ResponseFuture::unplaceable(config.clone(), self.policy.clone()),
             None => {
                 // This service was polled ready; a clone of it may not be. Take the ready one
                 // into the future, which calls it once the token arrives.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::waiting(inner, req, kept, self.config.clone(), self.policy.clone())
+                ResponseFuture::waiting(inner, req, kept, config.clone(), self.policy.clone())
             }
         }
     }

@@ -306,6 +306,23 @@ enum Body {
     Unreadable,
 }
 
+/// A JSON object whose values serde_json cannot hold (a number beyond `f64`, such as an
+/// `expires_in` of `1e400`): such values are kept as their text, which the field parsers then
+/// saturate, instead of losing the whole response.
+fn lenient_object(body: &[u8]) -> Option<Map<String, Value>> {
+    let raw: std::collections::BTreeMap<String, Box<serde_json::value::RawValue>> =
+        serde_json::from_slice(body).ok()?;
+    Some(
+        raw.into_iter()
+            .map(|(name, value)| {
+                let value = serde_json::from_str::<Value>(value.get())
+                    .unwrap_or_else(|_| Value::String(value.get().to_owned()));
+                (name, value)
+            })
+            .collect(),
+    )
+}
+
 fn parse_body(headers: &HeaderMap, body: &[u8]) -> Body {
     // .NET servers may start the body with a UTF-8 byte order mark, which JSON parsers refuse.
     let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
@@ -327,6 +344,9 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Body {
         Ok(Value::Object(fields)) => Body::Fields(fields),
         Ok(_) => Body::NotObject,
         Err(_) => {
+            if let Some(fields) = lenient_object(body) {
+                return Body::Fields(fields);
+            }
             // Old servers (GitHub's and Facebook's early endpoints) answer form data as
             // `text/plain`. Only a body with the key fields counts, so an HTML page or plain
             // text is never mistaken for one.
