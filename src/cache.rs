@@ -267,7 +267,9 @@ impl TokenCacheBuilder {
     }
 
     /// The delays between failed fetches: the first failure waits about `min`, each further one
-    /// doubles it up to `max`, and each delay is randomly shortened by up to half. During a
+    /// doubles it up to `max`, and each delay is randomly shortened by up to half. An OAuth 2.0
+    /// token endpoint's `Retry-After` is honoured up to `max`, and a refusal that retrying cannot
+    /// fix (such as `invalid_client`) waits at least `max / 2`. During a
     /// delay, requests keep using a still-valid token; if there is none they fail at once with
     /// the last error instead of calling the source again.
     ///
@@ -599,7 +601,7 @@ impl Shared {
             Err(error) if back_off => {
                 self.counters.fetch_failures.fetch_add(1, Ordering::Relaxed);
                 slow.failures = slow.failures.saturating_add(1);
-                let delay = self.backoff(slow.failures);
+                let delay = self.backoff(slow.failures, error);
                 let now = Instant::now();
                 let retry_at = now.checked_add(delay).unwrap_or(now + MAX_LIFETIME);
                 slow.retry_at = Some(retry_at);
@@ -624,7 +626,7 @@ impl Shared {
         rearm
     }
 
-    fn backoff(&self, failures: u32) -> Duration {
+    fn backoff(&self, failures: u32, error: &Error) -> Duration {
         let Config {
             backoff_min: min,
             backoff_max: max,
@@ -633,7 +635,17 @@ impl Shared {
         let exponent = failures.saturating_sub(1).min(31);
         let full = min.saturating_mul(1 << exponent).min(max).min(MAX_LIFETIME);
         // "Equal jitter": between half and all of the delay.
-        full / 2 + (full / 2).mul_f64(random_unit())
+        let delay = full / 2 + (full / 2).mul_f64(random_unit());
+        // A token endpoint knows best: honour its `Retry-After` (up to the maximum), and do not
+        // come back soon with credentials it refused for good.
+        match error.source_as::<crate::oauth2::Error>() {
+            Some(oauth) if !oauth.is_retryable() => delay.max(max / 2),
+            Some(oauth) => match oauth.retry_after() {
+                Some(asked) => delay.max(asked.min(max)),
+                None => delay,
+            },
+            None => delay,
+        }
     }
 
     /// Checks a token and builds what requests need from it.

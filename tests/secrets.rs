@@ -1,0 +1,849 @@
+//! No secret in `Debug`, `Display` or logs: one full flow with distinctive secrets (every one
+//! contains `SECRET`), through client credentials, a refresh token source with rotation, the
+//! authorization code grant with PKCE, the layer with a replay after a 401, and failures, with
+//! all `tracing` output at TRACE captured; then `Debug` of every public type and `Display` of
+//! every error. None of it may contain a token, a refresh token, a code, a verifier or a client
+//! secret.
+
+use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
+use std::error::Error as StdError;
+use std::fmt::Debug;
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
+use tower_bearer::oauth2::{
+    self, AuthorizationCode, AuthorizationResponse, Client, ClientAuth, ClientCredentials,
+    ClientSecret, ErrorCode, FileStore, LoopbackRedirect, MemoryStore, Pkce, RefreshTokenSource,
+    TokenResponse,
+};
+use tower_bearer::replay::{CloneBody, NoReplay, ReplayPolicy, StreamingReplay};
+use tower_bearer::{
+    challenge, source_fn, AccessToken, BearerAuthLayer, ErrorKind, Expiry, Origin, Placement,
+    Reason, RefreshToken, StaticToken, Token, TokenCache, TokenRequest,
+};
+use tracing_subscriber::fmt::format::FmtSpan;
+
+const CLIENT_SECRET: &str = "cs-SECRET-1234";
+const WRONG_SECRET: &str = "cs-SECRET-wrong";
+const CODE: &str = "code-SECRET-42";
+
+// ---------------------------------------------------------------------------------------------
+// An in-process authorization server
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Default)]
+struct Auth {
+    /// Refresh tokens that may be used (once each: every use rotates).
+    refresh_tokens: Mutex<HashSet<String>>,
+    issued: AtomicU64,
+    /// Whether the authorization code was exchanged already (codes are single-use).
+    code_used: AtomicBool,
+    /// Every request received, head and body, to check that the secrets were really used.
+    requests: Mutex<Vec<String>>,
+}
+
+/// A token endpoint for the client credentials, refresh token (rotating) and authorization
+/// code grants. Clients: `cc-client`, `crlf-client` (gets an access token with CR/LF) and
+/// `rt-client`, all with `CLIENT_SECRET`; `ac-client`, public.
+struct AuthServer {
+    url: String,
+    auth: Arc<Auth>,
+}
+
+impl AuthServer {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let auth = Arc::new(Auth::default());
+        auth.refresh_tokens
+            .lock()
+            .unwrap()
+            .insert("rt-SECRET-1".to_owned());
+        let state = auth.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve(stream, state.clone()));
+            }
+        });
+        Self { url, auth }
+    }
+
+    fn token_url(&self) -> String {
+        format!("{}/token", self.url)
+    }
+
+    fn calls(&self) -> usize {
+        self.auth.requests.lock().unwrap().len()
+    }
+
+    fn saw(&self, text: &str) -> bool {
+        self.auth
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|request| request.contains(text))
+    }
+}
+
+async fn serve(mut stream: TcpStream, auth: Arc<Auth>) {
+    let Some((head, body)) = read_request(&mut stream).await else {
+        return;
+    };
+    auth.requests
+        .lock()
+        .unwrap()
+        .push(format!("{head}\r\n\r\n{}", String::from_utf8_lossy(&body)));
+    let (status, json) = token_endpoint(&auth, &head, &body);
+    let extra = if status == 401 {
+        "www-authenticate: Basic realm=\"token\"\r\n"
+    } else {
+        ""
+    };
+    let response = format!(
+        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         cache-control: no-store\r\nconnection: close\r\n{extra}\r\n{json}",
+        json.len()
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+async fn read_request(stream: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8(buf[..end].to_vec()).ok()?;
+            let length = header(&head, "content-length")
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            while buf.len() < end + 4 + length {
+                let n = stream.read(&mut chunk).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            return Some((head, buf[end + 4..end + 4 + length].to_vec()));
+        }
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 || buf.len() > 64 * 1024 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines()
+        .filter_map(|line| line.split_once(':'))
+        .find(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim())
+}
+
+fn token_endpoint(auth: &Auth, head: &str, body: &[u8]) -> (u16, String) {
+    let form: HashMap<String, String> = form_urlencoded::parse(body).into_owned().collect();
+    let field = |name: &str| form.get(name).map(String::as_str);
+    // client_secret_basic (id and secret form-urlencoded, RFC 6749 §2.3.1) or client_secret_post.
+    let (id, secret) = match header(head, "authorization").and_then(|v| v.strip_prefix("Basic ")) {
+        Some(b64) => {
+            let decoded = String::from_utf8(STANDARD.decode(b64).unwrap_or_default()).unwrap();
+            let (id, secret) = decoded.split_once(':').unwrap_or(("", ""));
+            let decode = |s: &str| {
+                form_urlencoded::parse(format!("x={s}").as_bytes())
+                    .next()
+                    .map(|(_, v)| v.into_owned())
+                    .unwrap_or_default()
+            };
+            (decode(id), Some(decode(secret)))
+        }
+        None => (
+            field("client_id").unwrap_or_default().to_owned(),
+            field("client_secret").map(str::to_owned),
+        ),
+    };
+    let authenticated = match id.as_str() {
+        "cc-client" | "crlf-client" | "rt-client" => secret.as_deref() == Some(CLIENT_SECRET),
+        "ac-client" => secret.is_none(),
+        _ => false,
+    };
+    if !authenticated {
+        return (
+            401,
+            r#"{"error":"invalid_client","error_description":"client authentication failed"}"#
+                .to_owned(),
+        );
+    }
+    let n = auth.issued.fetch_add(1, Ordering::SeqCst) + 1;
+    let invalid_grant = (
+        400,
+        r#"{"error":"invalid_grant","error_description":"the grant was revoked"}"#.to_owned(),
+    );
+    match field("grant_type") {
+        Some("client_credentials") if id == "crlf-client" => (
+            200,
+            r#"{"access_token":"at-SECRET-crlf\r\nX-Injected: 1","token_type":"Bearer"}"#
+                .to_owned(),
+        ),
+        Some("client_credentials") => (
+            200,
+            format!(
+                r#"{{"access_token":"at-SECRET-cc-{n}","token_type":"Bearer","expires_in":2,"scope":"read"}}"#
+            ),
+        ),
+        Some("refresh_token") => {
+            let presented = field("refresh_token").unwrap_or_default();
+            let mut valid = auth.refresh_tokens.lock().unwrap();
+            if !valid.remove(presented) {
+                return invalid_grant;
+            }
+            let rotated = format!("rt-SECRET-rot-{n}");
+            valid.insert(rotated.clone());
+            (
+                200,
+                format!(
+                    r#"{{"access_token":"at-SECRET-rt-{n}","token_type":"bearer","expires_in":3600,"refresh_token":"{rotated}"}}"#
+                ),
+            )
+        }
+        Some("authorization_code")
+            if field("code") == Some(CODE)
+                && field("code_verifier").is_some_and(|v| v.len() >= 43)
+                && !auth.code_used.swap(true, Ordering::SeqCst) =>
+        {
+            auth.refresh_tokens
+                .lock()
+                .unwrap()
+                .insert("rt-SECRET-ac".to_owned());
+            (
+                200,
+                r#"{"access_token":"at-SECRET-ac","token_type":"bearer","expires_in":3600,
+                    "refresh_token":"rt-SECRET-ac","id_token":"idt-SECRET-jwt",
+                    "scope":"openid offline_access","session_key":"sk-SECRET-vendor"}"#
+                    .to_owned(),
+            )
+        }
+        Some("authorization_code") => invalid_grant,
+        _ => (400, r#"{"error":"unsupported_grant_type"}"#.to_owned()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The API behind the layer
+// ---------------------------------------------------------------------------------------------
+
+/// Accepts any bearer token it has not revoked; answers 401 `invalid_token` otherwise. Records
+/// the `Debug` of the headers of every request it receives.
+#[derive(Clone, Default)]
+struct Api {
+    seen: Arc<Mutex<Vec<String>>>,
+    revoked: Arc<Mutex<HashSet<String>>>,
+    debug: Arc<Mutex<Vec<String>>>,
+}
+
+type Answer = std::future::Ready<Result<Response<Full<Bytes>>, Infallible>>;
+
+impl Api {
+    fn service(
+        &self,
+    ) -> impl Service<
+        Request<Full<Bytes>>,
+        Response = Response<Full<Bytes>>,
+        Error = Infallible,
+        Future = Answer,
+    > + Clone
+           + Send
+           + Debug
+           + 'static {
+        let api = self.clone();
+        service_fn(move |req: Request<Full<Bytes>>| {
+            api.debug
+                .lock()
+                .unwrap()
+                .push(format!("{:?} {:?}", req.headers(), req));
+            let token = req
+                .headers()
+                .get(AUTHORIZATION)
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            api.seen.lock().unwrap().push(token.clone());
+            let mut response = Response::new(Full::default());
+            if token.is_empty() || api.revoked.lock().unwrap().contains(&token) {
+                *response.status_mut() = StatusCode::UNAUTHORIZED;
+                response.headers_mut().insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static(r#"Bearer realm="api", error="invalid_token""#),
+                );
+            }
+            std::future::ready(Ok(response))
+        })
+    }
+
+    /// Revokes every token seen so far.
+    fn revoke_seen(&self) {
+        let seen = self.seen.lock().unwrap().clone();
+        self.revoked.lock().unwrap().extend(seen);
+    }
+
+    fn last(&self) -> String {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+fn get() -> Request<Full<Bytes>> {
+    Request::get("http://127.0.0.1:9/items")
+        .body(Full::default())
+        .unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Capturing what is rendered
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Everything rendered, labelled.
+#[derive(Default)]
+struct Rendered(Vec<(String, String)>);
+
+impl Rendered {
+    fn debug<T: Debug + ?Sized>(&mut self, label: &str, value: &T) {
+        self.0.push((label.to_owned(), format!("{value:?}")));
+        self.0
+            .push((format!("{label} (alternate)"), format!("{value:#?}")));
+    }
+
+    /// `Display` of an error, of its whole source chain, and its `Debug`.
+    fn error(&mut self, label: &str, error: &(dyn StdError + 'static)) {
+        self.debug(label, error);
+        let mut text = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        self.0.push((format!("{label} (display)"), text));
+    }
+
+    /// A boxed error from the layer: a `tower_bearer::Error`, rendered as itself.
+    fn boxed(&mut self, label: &str, error: &BoxError) -> tower_bearer::Error {
+        let error = error
+            .downcast_ref::<tower_bearer::Error>()
+            .unwrap_or_else(|| panic!("{label}: not a tower_bearer::Error: {error:?}"))
+            .clone();
+        self.error(label, &error);
+        error
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The test
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn no_secret_in_debug_display_or_trace_logs() {
+    let log = Capture::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_span_events(FmtSpan::FULL)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // A current-thread runtime: spawned tasks (fetches, timers, connections) run on this
+    // thread, under this subscriber.
+    let guard = tracing::subscriber::set_default(subscriber);
+    let (rendered, mut secrets) = runtime.block_on(async {
+        tokio::time::timeout(Duration::from_secs(30), flow())
+            .await
+            .expect("the flow finished in time")
+    });
+    drop(runtime);
+    drop(guard);
+
+    // The Basic credentials as sent, and the secrets as URL-encoded in forms: still `SECRET`.
+    for id in ["cc-client", "crlf-client", "rt-client"] {
+        for secret in [CLIENT_SECRET, WRONG_SECRET] {
+            secrets.push(STANDARD.encode(format!("{id}:{secret}")));
+        }
+    }
+    secrets.push("SECRET".to_owned());
+
+    let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    // The log is real: the events of the flow are there.
+    for expected in [
+        "fetching a token",
+        "token fetched",
+        "token due for refresh",
+        "token rejected by the server; dropped",
+        "replaying with a new token",
+        "token fetch failed",
+        "invalid_client",
+        "not a valid HTTP header value",
+        "refresh token refused",
+        "token_fetch",
+        "reason=Forced",
+    ] {
+        assert!(log.contains(expected), "the log lacks {expected:?}:\n{log}");
+    }
+    for secret in &secrets {
+        assert!(
+            !log.contains(secret.as_str()),
+            "the log shows {secret:?}:\n{log}"
+        );
+    }
+    assert!(rendered.0.len() > 100, "{}", rendered.0.len());
+    for (label, text) in &rendered.0 {
+        for secret in &secrets {
+            assert!(
+                !text.contains(secret.as_str()),
+                "{label} shows {secret:?}: {text}"
+            );
+        }
+    }
+}
+
+/// The whole flow. Returns what was rendered and the secrets that are not spelled out in this
+/// file (the PKCE verifier and `state` are random).
+async fn flow() -> (Rendered, Vec<String>) {
+    let mut out = Rendered::default();
+    let mut secrets = Vec::new();
+    let server = AuthServer::start().await;
+    let api = Api::default();
+
+    // --- Client credentials, refresh ahead, and a replay after a 401 ---------------------------
+    let builder = Client::builder(server.token_url(), "cc-client")
+        .client_secret(ClientSecret::new(CLIENT_SECRET))
+        .timeout(Duration::from_secs(5));
+    out.debug("ClientBuilder", &builder);
+    let client = builder.build().unwrap();
+    out.debug("Client", &client);
+    out.debug("ClientSecret", &ClientSecret::new(CLIENT_SECRET));
+    let source = ClientCredentials::new(client.clone())
+        .scope("read")
+        .audience("https://api.test");
+    out.debug("ClientCredentials", &source);
+    // The token lives 2 s; refresh ahead is capped at half of it: due after 1 s.
+    let cache_builder = TokenCache::builder(source)
+        .expiry_skew(Duration::ZERO)
+        .refresh_ahead(Duration::from_secs(10))
+        .jitter(0.0)
+        .backoff(Duration::from_millis(10), Duration::from_millis(50));
+    out.debug("TokenCacheBuilder", &cache_builder);
+    let cache = cache_builder.build();
+    let origin: Origin = "http://127.0.0.1:9".parse().unwrap();
+    out.debug("Origin", &origin);
+    out.0.push(("Origin (display)".into(), origin.to_string()));
+    let layer = BearerAuthLayer::from_cache(cache.clone()).only_origins([origin]);
+    out.debug("BearerAuthLayer", &layer);
+    let mut svc = layer.layer(api.service());
+    out.debug("BearerAuth", &svc);
+
+    // First request: waits for the first fetch.
+    svc.ready().await.unwrap();
+    let future = svc.call(get());
+    out.debug("ResponseFuture (waiting)", &future);
+    assert_eq!(future.await.unwrap().status(), StatusCode::OK);
+    assert_eq!(api.last(), "Bearer at-SECRET-cc-1");
+    out.debug("TokenCache", &cache);
+    out.debug("BearerAuth (with a token)", &svc);
+    let token = cache.token().await.unwrap();
+    out.debug("Token (from the cache)", &token);
+    out.debug("AccessToken", token.access_token());
+
+    // On the cached path.
+    svc.ready().await.unwrap();
+    let future = svc.call(get());
+    out.debug("ResponseFuture (sent)", &future);
+    assert_eq!(future.await.unwrap().status(), StatusCode::OK);
+
+    // Refresh ahead, in the background.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let response = svc.ready().await.unwrap().call(get()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    for _ in 0..100 {
+        if cache.stats().fetches == 2 && cache.token().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(cache.stats().fetches, 2);
+    let response = svc.ready().await.unwrap().call(get()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(api.last(), "Bearer at-SECRET-cc-2");
+
+    // The API revokes the token: 401, the token is dropped, the request replayed.
+    svc.ready().await.unwrap();
+    api.revoke_seen();
+    let response = svc.call(get()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(api.last(), "Bearer at-SECRET-cc-3");
+    let stats = cache.stats();
+    assert_eq!((stats.rejections, stats.replays), (1, 1), "{stats:?}");
+    out.debug("CacheStats", &stats);
+    out.debug("TokenCache (after a replay)", &cache);
+    assert!(server.saw(&format!(
+        "authorization: Basic {}",
+        STANDARD.encode(format!("cc-client:{CLIENT_SECRET}"))
+    )));
+
+    // Other layers over the same cache.
+    let no_replay = BearerAuthLayer::from_cache(cache.clone()).without_replay();
+    out.debug("BearerAuthLayer<NoReplay>", &no_replay);
+    out.debug("BearerAuth<NoReplay>", &no_replay.layer(api.service()));
+    let streaming = BearerAuthLayer::from_cache(cache.clone())
+        .replay_policy(StreamingReplay::new().cap(1024))
+        .placement(Placement::query());
+    out.debug("BearerAuthLayer<StreamingReplay>", &streaming);
+    let trailers = streaming.reject_on_trailers();
+    out.debug("RejectOnTrailersLayer", &trailers);
+    out.debug("RejectOnTrailers", &trailers.layer(api.service()));
+
+    // --- Failures -----------------------------------------------------------------------------
+    // The token endpoint refuses the client: 401 invalid_client.
+    let wrong = Client::builder(server.token_url(), "cc-client")
+        .client_secret(WRONG_SECRET)
+        .build()
+        .unwrap();
+    out.debug("Client (wrong secret)", &wrong);
+    let failing = TokenCache::builder(ClientCredentials::new(wrong))
+        .backoff(Duration::from_millis(10), Duration::from_millis(20))
+        .build();
+    let error = BearerAuthLayer::from_cache(failing.clone())
+        .layer(api.service())
+        .oneshot(get())
+        .await
+        .unwrap_err();
+    let error = out.boxed("Error (invalid_client)", &error);
+    let cause = error.source_as::<oauth2::Error>().unwrap();
+    assert_eq!(cause.code(), Some(&ErrorCode::InvalidClient));
+    assert_eq!(cause.status(), Some(StatusCode::UNAUTHORIZED));
+    out.error("oauth2::Error (invalid_client)", cause);
+    out.debug("ErrorCode", cause.code().unwrap());
+    out.debug("oauth2::ErrorKind", &cause.kind());
+    out.debug("TokenCache (failing)", &failing);
+
+    // A CR/LF access token is refused, never sent.
+    let crlf = Client::builder(server.token_url(), "crlf-client")
+        .client_secret(CLIENT_SECRET)
+        .build()
+        .unwrap();
+    let crlf_cache = TokenCache::new(ClientCredentials::new(crlf));
+    let seen_before = api.seen.lock().unwrap().len();
+    let error = BearerAuthLayer::from_cache(crlf_cache.clone())
+        .layer(api.service())
+        .oneshot(get())
+        .await
+        .unwrap_err();
+    let error = out.boxed("Error (CR/LF token)", &error);
+    assert_eq!(error.kind(), ErrorKind::InvalidToken);
+    out.debug("ErrorKind", &error.kind());
+    out.debug("TokenCache (CR/LF)", &crlf_cache);
+    assert_eq!(api.seen.lock().unwrap().len(), seen_before);
+
+    // A source that does not answer in time.
+    let slow = TokenCache::builder(source_fn(|_: TokenRequest| async {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        Ok::<_, io::Error>(Token::new("at-SECRET-slow"))
+    }))
+    .fetch_timeout(Duration::from_millis(20))
+    .build();
+    let error = slow.token().await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Timeout);
+    out.error("Error (timeout)", &error);
+
+    // A source failing with an error of its own.
+    let broken = TokenCache::new(source_fn(|_: TokenRequest| async {
+        Err::<Token, _>(io::Error::other("vault unreachable"))
+    }));
+    out.error("Error (source)", &broken.token().await.unwrap_err());
+
+    // --- Refresh token with rotation, a replay, a forced refresh, stores ----------------------
+    let rt_client = Client::builder(server.token_url(), "rt-client")
+        .client_secret(CLIENT_SECRET)
+        .auth(ClientAuth::Post)
+        .build()
+        .unwrap();
+    out.debug("ClientAuth", &ClientAuth::Post);
+    let store = MemoryStore::new();
+    let source = RefreshTokenSource::new(rt_client.clone(), RefreshToken::new("rt-SECRET-1"))
+        .store(store.clone());
+    out.debug("RefreshTokenSource", &source);
+    let rt_cache = TokenCache::new(source.clone());
+    let mut rt_svc = BearerAuthLayer::from_cache(rt_cache.clone()).layer(api.service());
+    let response = rt_svc.ready().await.unwrap().call(get()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        api.last().starts_with("Bearer at-SECRET-rt-"),
+        "{}",
+        api.last()
+    );
+    api.revoke_seen();
+    let response = rt_svc.ready().await.unwrap().call(get()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(rt_cache.stats().replays, 1);
+    let forced = rt_cache.refresh().await.unwrap();
+    out.debug("Token (refreshed)", &forced);
+    let latest = source.refresh_token().await;
+    assert!(latest.secret().starts_with("rt-SECRET-rot-"));
+    assert_eq!(store.get().as_ref(), Some(&latest));
+    assert_eq!(rt_cache.stats().fetches, 3);
+    out.debug("RefreshToken", &latest);
+    out.debug("MemoryStore", &store);
+    out.debug("RefreshTokenSource (rotated)", &source);
+    out.debug("TokenCache (refresh token)", &rt_cache);
+    assert!(server.saw(&format!("client_secret={CLIENT_SECRET}")));
+
+    // A file store.
+    let dir = std::env::temp_dir().join(format!("tower-bearer-secrets-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file_store = FileStore::new(dir.join("refresh-token"));
+    let file_source =
+        RefreshTokenSource::new(rt_client.clone(), latest.clone()).store(file_store.clone());
+    out.debug("RefreshTokenSource (file)", &file_source);
+    file_source.refresh().await.unwrap();
+    let loaded = file_store.load().unwrap().unwrap();
+    assert!(loaded.secret().starts_with("rt-SECRET-rot-"));
+    out.debug("FileStore", &file_store);
+    out.debug("RefreshToken (loaded)", &loaded);
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // A revoked refresh token: invalid_grant ends the source, without calling the server again.
+    let revoked = RefreshTokenSource::new(rt_client.clone(), RefreshToken::new("rt-SECRET-gone"));
+    let error = revoked.refresh().await.unwrap_err();
+    assert!(error.needs_reauthorization());
+    out.error("oauth2::Error (invalid_grant)", &error);
+    let calls = server.calls();
+    let revoked_cache = TokenCache::new(revoked.clone());
+    let error = revoked_cache.token().await.unwrap_err();
+    assert_eq!(server.calls(), calls);
+    out.error("Error (invalid_grant)", &error);
+    out.debug("RefreshTokenSource (dead)", &revoked);
+
+    // --- Authorization code with PKCE --------------------------------------------------------
+    let public = Client::builder(server.token_url(), "ac-client")
+        .auth(ClientAuth::None)
+        .build()
+        .unwrap();
+    let grant = AuthorizationCode::new(public.clone(), format!("{}/authorize", server.url))
+        .scope("openid")
+        .scope("offline_access")
+        .param("prompt", "consent");
+    out.debug("AuthorizationCode", &grant);
+    let redirect = LoopbackRedirect::bind().await.unwrap();
+    out.debug("LoopbackRedirect", &redirect);
+    let request = grant
+        .authorization_request(redirect.redirect_uri())
+        .unwrap();
+    secrets.push(request.pkce().verifier().to_owned());
+    out.debug("AuthorizationRequest", &request);
+    out.debug("Pkce", request.pkce());
+    let query = format!("code={CODE}&state={}", request.state());
+    let response = AuthorizationResponse::from_query(&query, &request, None).unwrap();
+    out.debug("AuthorizationResponse", &response);
+    let tokens = grant.exchange(&request, &response).await.unwrap();
+    assert!(server.saw(&format!("code_verifier={}", request.pkce().verifier())));
+    assert_eq!(tokens.extra().len(), 2);
+    out.debug("TokenResponse", &tokens);
+    out.debug("ExtraFields", tokens.extra());
+    out.debug("Token (into_token)", &tokens.clone().into_token());
+    let ac_source = RefreshTokenSource::from_response(public.clone(), tokens).unwrap();
+    out.debug("RefreshTokenSource (from a response)", &ac_source);
+    let ac_cache = TokenCache::new(ac_source.clone());
+    let first = ac_cache.token().await.unwrap();
+    assert_eq!(first.access_token().secret(), "at-SECRET-ac");
+    let refreshed = ac_cache.refresh().await.unwrap();
+    assert!(refreshed
+        .access_token()
+        .secret()
+        .starts_with("at-SECRET-rt-"));
+    out.debug("TokenCache (authorization code)", &ac_cache);
+
+    // Redirect errors.
+    let forged = format!("code={CODE}&state=not-the-state");
+    out.error(
+        "oauth2::Error (state)",
+        &AuthorizationResponse::from_query(&forged, &request, None).unwrap_err(),
+    );
+    let denied = format!(
+        "error=access_denied&error_description=no&state={}",
+        request.state()
+    );
+    out.error(
+        "oauth2::Error (access_denied)",
+        &AuthorizationResponse::from_query(&denied, &request, None).unwrap_err(),
+    );
+    let issuer = format!(
+        "code={CODE}&state={}&iss=https://evil.test",
+        request.state()
+    );
+    out.error(
+        "oauth2::Error (iss)",
+        &AuthorizationResponse::from_query(&issuer, &request, Some("https://good.test"))
+            .unwrap_err(),
+    );
+    out.error(
+        "oauth2::Error (PKCE)",
+        &Pkce::from_verifier("v-SECRET-too-short").unwrap_err(),
+    );
+    out.error(
+        "oauth2::Error (config)",
+        &Client::builder("http://auth.example.com/token", "x")
+            .client_secret(CLIENT_SECRET)
+            .build()
+            .unwrap_err(),
+    );
+    let error = grant.exchange(&request, &response).await.unwrap_err(); // the code is used up
+    out.error("oauth2::Error (used code)", &error);
+    let pkce = Pkce::new().unwrap();
+    secrets.push(pkce.verifier().to_owned());
+    out.debug("Pkce (new)", &pkce);
+    drop(redirect);
+
+    // --- Token responses parsed directly -----------------------------------------------------
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", HeaderValue::from_static("application/json"));
+    let parsed = TokenResponse::parse(
+        StatusCode::OK,
+        &headers,
+        br#"{"access_token":"at-SECRET-p","refresh_token":"rt-SECRET-p","expires_in":"60","id_token":"idt-SECRET-p"}"#,
+    )
+    .unwrap();
+    out.debug("TokenResponse (parsed)", &parsed);
+    for (status, body) in [
+        (
+            400,
+            &br#"{"error":"invalid_request","error_description":"bad"}"#[..],
+        ),
+        (
+            200,
+            br#"{"access_token":"at-SECRET-q","expires_in":"soon"}"#,
+        ),
+        (200, br#"{"token_type":"bearer"}"#),
+        (200, br#"["at-SECRET-r"]"#),
+        (302, br#"at-SECRET-s"#),
+        (500, br#"<html>oops</html>"#),
+    ] {
+        let status = StatusCode::from_u16(status).unwrap();
+        let error = TokenResponse::parse(status, &headers, body).unwrap_err();
+        out.error(&format!("oauth2::Error (parse {status})"), &error);
+    }
+
+    // --- The core types ----------------------------------------------------------------------
+    let token = Token::new("at-SECRET-core")
+        .with_token_type("Bearer")
+        .expires_in(Duration::from_secs(60))
+        .with_refresh_token(RefreshToken::new("rt-SECRET-core"))
+        .with_scope("read write")
+        .with_extension(AccessToken::new("at-SECRET-extension"));
+    out.debug("Token", &token);
+    out.debug("Expiry", &token.expiry().unwrap());
+    out.debug("Expiry::At", &Expiry::At(tokio::time::Instant::now()));
+    out.debug("AccessToken (new)", &AccessToken::new("at-SECRET-new"));
+    out.debug("RefreshToken (new)", &RefreshToken::new("rt-SECRET-new"));
+    out.debug("TokenRequest", &TokenRequest::new(Reason::Rejected));
+    out.debug("Reason", &Reason::Expiring);
+    out.debug("StaticToken", &StaticToken::new("at-SECRET-static"));
+    out.debug(
+        "StaticToken (from a token)",
+        &StaticToken::from_token(token.clone()),
+    );
+    let captured = String::from("at-SECRET-captured");
+    let closure = source_fn(move |_: TokenRequest| {
+        let token = Token::new(captured.clone());
+        async move { Ok::<_, Infallible>(token) }
+    });
+    out.debug("SourceFn", &closure);
+    let static_cache = TokenCache::new(StaticToken::from_token(token.clone()));
+    static_cache.token().await.unwrap();
+    out.debug("TokenCache (static)", &static_cache);
+    out.debug("Placement::bearer", &Placement::bearer());
+    out.debug("Placement::query", &Placement::query());
+    out.debug(
+        "Placement::authorization_raw",
+        &Placement::authorization_raw(),
+    );
+    out.debug(
+        "Placement::header_with_scheme",
+        &Placement::header_with_scheme(http::HeaderName::from_static("x-api-key"), "Key").unwrap(),
+    );
+    out.error(
+        "InvalidScheme",
+        &Placement::authorization_scheme("bad scheme").unwrap_err(),
+    );
+    out.error(
+        "InvalidOrigin",
+        &"at-SECRET-origin".parse::<Origin>().unwrap_err(),
+    );
+    out.debug("CloneBody", &CloneBody);
+    out.debug("NoReplay", &NoReplay);
+    out.debug("StreamingReplay", &StreamingReplay::new());
+
+    // What a streaming replay keeps: the head (with credentials of its own) is not shown.
+    let body = BoxBody::new(Full::new(Bytes::from_static(b"body-SECRET-upload")));
+    let mut request = Request::post("http://127.0.0.1:9/upload")
+        .body(body)
+        .unwrap();
+    let mut sensitive = HeaderValue::from_static("Bearer at-SECRET-manual");
+    sensitive.set_sensitive(true);
+    request.headers_mut().insert(AUTHORIZATION, sensitive);
+    request
+        .headers_mut()
+        .insert("x-api-key", HeaderValue::from_static("key-SECRET-header"));
+    let (prepared, kept) = <StreamingReplay as ReplayPolicy<BoxBody<Bytes, Infallible>>>::prepare(
+        &StreamingReplay::new(),
+        request,
+    );
+    out.debug("ReplayBody", prepared.body());
+    out.debug("KeptRequest", &kept.expect("a streaming body is kept"));
+    let collected = prepared.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&collected[..], b"body-SECRET-upload");
+
+    let challenges = challenge::parse(r#"Bearer realm="api", error="invalid_token""#).unwrap();
+    out.debug("Challenge", &challenges);
+    out.error("challenge::ParseError", &challenge::parse("=").unwrap_err());
+
+    // The requests the API received: stamped headers are sensitive, so `Debug` hides them.
+    for (i, text) in api.debug.lock().unwrap().iter().enumerate() {
+        assert!(text.contains("Sensitive"), "{text}");
+        out.0
+            .push((format!("request {i} at the API"), text.clone()));
+    }
+    (out, secrets)
+}
