@@ -11,6 +11,7 @@
 use std::convert::Infallible;
 use std::hint::black_box;
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -147,6 +148,90 @@ fn acquisition(c: &mut Criterion) {
         })
     });
     group.finish();
+
+    if paired_enabled() {
+        // Chunks of 20 token requests, alternately (the order swapped every round).
+        let chunk_ours = || async {
+            let start = Instant::now();
+            for _ in 0..20 {
+                black_box(ours.request_token().await.expect("token"));
+            }
+            start.elapsed().as_secs_f64()
+        };
+        let chunk_theirs = || async {
+            let start = Instant::now();
+            for _ in 0..20 {
+                let response = theirs
+                    .exchange_client_credentials()
+                    .request_async(&http)
+                    .await
+                    .expect("token");
+                black_box(response);
+            }
+            start.elapsed().as_secs_f64()
+        };
+        let mut ratios = Vec::new();
+        let end = Instant::now() + Duration::from_secs(3);
+        rt.block_on(async {
+            while Instant::now() < end || ratios.len() < 20 {
+                let (a, b) = if ratios.len() % 2 == 0 {
+                    let a = chunk_ours().await;
+                    (a, chunk_theirs().await)
+                } else {
+                    let b = chunk_theirs().await;
+                    (chunk_ours().await, b)
+                };
+                ratios.push(a / b);
+            }
+        });
+        report_paired("acquisition/tower_bearer:oauth2_crate", &mut ratios);
+    }
+}
+
+// --- The paired check. -----------------------------------------------------------------------
+
+/// Whether to run the paired check after the criterion benchmarks: not in `--test`, `--list` or
+/// `--profile-time` runs, not when a benchmark filter is given, and not with `BENCH_PAIRED=0`.
+fn paired_enabled() -> bool {
+    if std::env::var("BENCH_PAIRED").is_ok_and(|v| v == "0") {
+        return false;
+    }
+    let takes_value = [
+        "--warm-up-time",
+        "--measurement-time",
+        "--sample-size",
+        "--save-baseline",
+        "--baseline",
+        "--load-baseline",
+        "--noise-threshold",
+        "--confidence-level",
+        "--significance-level",
+        "--nresamples",
+        "--plotting-backend",
+        "--output-format",
+        "--color",
+        "--format",
+    ];
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut previous = "";
+    for arg in &args {
+        if matches!(arg.as_str(), "--test" | "--list") || arg.starts_with("--profile-time") {
+            return false;
+        }
+        if !arg.starts_with('-') && !takes_value.contains(&previous) {
+            return false;
+        }
+        previous = arg;
+    }
+    true
+}
+
+/// The median of `ratios`, printed for `scripts/bench.sh` as
+/// `PAIRED <group>/<numerator>:<denominator> <median time ratio> <rounds>`.
+fn report_paired(label: &str, ratios: &mut [f64]) {
+    ratios.sort_by(f64::total_cmp);
+    let median = ratios[ratios.len() / 2];
+    println!("PAIRED {label} {median:.4} {}", ratios.len());
 }
 
 criterion_group!(benches, acquisition);

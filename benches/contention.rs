@@ -360,12 +360,126 @@ fn contention(c: &mut Criterion) {
         layer.clone().without_replay().layer(api),
     );
     bench(c, &rt, "bearer_replay", layer.layer(api));
+    if paired_enabled() {
+        let add_authorization = AddAuthorizationLayer::bearer(TOKEN)
+            .as_sensitive(true)
+            .layer(api);
+        paired(
+            &rt,
+            "contention/floor:add_authorization",
+            Floor {
+                inner: api,
+                current: Arc::new(ArcSwap::from_pointee(prepared_value())),
+                replay: false,
+            },
+            add_authorization.clone(),
+        );
+        paired(
+            &rt,
+            "contention/bearer_replay:add_authorization",
+            layer.layer(api),
+            add_authorization.clone(),
+        );
+        paired(
+            &rt,
+            "contention/bearer_no_replay:add_authorization",
+            layer.clone().without_replay().layer(api),
+            add_authorization,
+        );
+    }
     let stats = layer.cache().stats();
     assert_eq!(
         (stats.fetches, stats.waits),
         (1, 1),
         "the cached path fetched or waited"
     );
+}
+
+// --- The paired check. -----------------------------------------------------------------------
+
+/// Whether to run the paired check after the criterion benchmarks: not in `--test`, `--list` or
+/// `--profile-time` runs, not when a benchmark filter is given, and not with `BENCH_PAIRED=0`.
+/// Runs batches through `a` and `b` alternately (the order swapped every round) for about three
+/// seconds, and reports the median ratio of `a`'s batch time to `b`'s.
+fn paired<A, B>(rt: &Runtime, label: &str, a: A, b: B)
+where
+    A: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
+    A::Future: Send,
+    A::Error: std::fmt::Debug + Send,
+    B: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
+    B::Future: Send,
+    B::Error: std::fmt::Debug + Send,
+{
+    let mut ratios = Vec::new();
+    let end = Instant::now() + Duration::from_secs(3);
+    rt.block_on(async {
+        while Instant::now() < end || ratios.len() < 10 {
+            let first = Instant::now();
+            if ratios.len() % 2 == 0 {
+                batch(&a).await;
+            } else {
+                batch(&b).await;
+            }
+            let second = Instant::now();
+            if ratios.len() % 2 == 0 {
+                batch(&b).await;
+            } else {
+                batch(&a).await;
+            }
+            let (t1, t2) = (
+                (second - first).as_secs_f64(),
+                second.elapsed().as_secs_f64(),
+            );
+            ratios.push(if ratios.len() % 2 == 0 {
+                t1 / t2
+            } else {
+                t2 / t1
+            });
+        }
+    });
+    report_paired(label, &mut ratios);
+}
+
+fn paired_enabled() -> bool {
+    if std::env::var("BENCH_PAIRED").is_ok_and(|v| v == "0") {
+        return false;
+    }
+    let takes_value = [
+        "--warm-up-time",
+        "--measurement-time",
+        "--sample-size",
+        "--save-baseline",
+        "--baseline",
+        "--load-baseline",
+        "--noise-threshold",
+        "--confidence-level",
+        "--significance-level",
+        "--nresamples",
+        "--plotting-backend",
+        "--output-format",
+        "--color",
+        "--format",
+    ];
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut previous = "";
+    for arg in &args {
+        if matches!(arg.as_str(), "--test" | "--list") || arg.starts_with("--profile-time") {
+            return false;
+        }
+        if !arg.starts_with('-') && !takes_value.contains(&previous) {
+            return false;
+        }
+        previous = arg;
+    }
+    true
+}
+
+/// The median of `ratios`, printed for `scripts/bench.sh` as
+/// `PAIRED <group>/<numerator>:<denominator> <median time ratio> <rounds>`.
+fn report_paired(label: &str, ratios: &mut [f64]) {
+    ratios.sort_by(f64::total_cmp);
+    let median = ratios[ratios.len() / 2];
+    println!("PAIRED {label} {median:.4} {}", ratios.len());
 }
 
 criterion_group!(benches, contention);

@@ -1,6 +1,8 @@
 //! Benchmark 4, end to end on loopback: hyper-util's client calling a hyper server on
 //! 127.0.0.1, over HTTP/1.1 (a pool of connections) and HTTP/2 (prior knowledge, one connection), bare and with
-//! `BearerAuthLayer` (default settings: cached token, replay on).
+//! `BearerAuthLayer` (default settings: cached token, replay on). `*_add_authorization` sends
+//! the same header with tower-http's `AddAuthorization` (static, marked sensitive as the layer
+//! marks it), to tell what the token costs on the wire from what the layer costs.
 //!
 //! The server runs on its own runtime (one worker thread); the client on the benchmark's thread
 //! (a current-thread runtime), as in a load generator whose client is the bottleneck. One
@@ -28,6 +30,7 @@ use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 use tower::{Layer, Service, ServiceExt};
 use tower_bearer::{BearerAuthLayer, StaticToken, Token};
+use tower_http::auth::AddAuthorizationLayer;
 
 const TASKS: usize = 16;
 const PER_TASK: usize = 32;
@@ -184,16 +187,167 @@ fn loopback(c: &mut Criterion) {
             client.clone(),
             false,
         );
+        // The same header, static: what the token itself costs on the wire (marked sensitive, as
+        // the layer marks it, so HTTP/2 never indexes it).
+        let static_header = AddAuthorizationLayer::bearer(TOKEN).as_sensitive(true);
+        bench(
+            c,
+            &rt,
+            addr,
+            &format!("{proto}_add_authorization"),
+            static_header.layer(client.clone()),
+            true,
+        );
+        if http2 {
+            // The same static header left indexable: HPACK sends it once per connection, then
+            // as a one-byte index. What marking the token sensitive costs on HTTP/2.
+            let indexed = AddAuthorizationLayer::bearer(TOKEN).as_sensitive(false);
+            bench(
+                c,
+                &rt,
+                addr,
+                "http2_add_authorization_indexed",
+                indexed.layer(client.clone()),
+                true,
+            );
+            if paired_enabled() {
+                paired(
+                    &rt,
+                    addr,
+                    "loopback/http2_add_authorization:http2_add_authorization_indexed",
+                    (static_header.layer(client.clone()), true),
+                    (indexed.layer(client.clone()), true),
+                );
+            }
+        }
         bench(
             c,
             &rt,
             addr,
             &format!("{proto}_bearer"),
-            layer.layer(client),
+            layer.layer(client.clone()),
             true,
         );
+        if !http2 {
+            // Replay off: what keeping a copy of each request costs end to end.
+            bench(
+                c,
+                &rt,
+                addr,
+                "http1_bearer_no_replay",
+                layer.clone().without_replay().layer(client.clone()),
+                true,
+            );
+        }
+        if paired_enabled() {
+            if !http2 {
+                paired(
+                    &rt,
+                    addr,
+                    "loopback/http1_bearer_no_replay:http1_add_authorization",
+                    (layer.clone().without_replay().layer(client.clone()), true),
+                    (static_header.layer(client.clone()), true),
+                );
+            }
+            paired(
+                &rt,
+                addr,
+                &format!("loopback/{proto}_bearer:{proto}_bare"),
+                (layer.layer(client.clone()), true),
+                (client.clone(), false),
+            );
+            paired(
+                &rt,
+                addr,
+                &format!("loopback/{proto}_bearer:{proto}_add_authorization"),
+                (layer.layer(client.clone()), true),
+                (static_header.layer(client), true),
+            );
+        }
     }
     assert_eq!(layer.cache().stats().fetches, 1);
+}
+
+// --- The paired check. -----------------------------------------------------------------------
+
+/// Whether to run the paired check after the criterion benchmarks: not in `--test`, `--list` or
+/// `--profile-time` runs, not when a benchmark filter is given, and not with `BENCH_PAIRED=0`.
+/// Runs batches through `a` and `b` alternately (the order swapped every round) for about three
+/// seconds, and reports the median ratio of `a`'s batch time to `b`'s.
+fn paired<A, B>(rt: &Runtime, addr: SocketAddr, label: &str, a: (A, bool), b: (B, bool))
+where
+    A: Service<Request<Body>, Response = Response<Incoming>> + Clone + 'static,
+    A::Error: std::fmt::Debug,
+    B: Service<Request<Body>, Response = Response<Incoming>> + Clone + 'static,
+    B::Error: std::fmt::Debug,
+{
+    let mut ratios = Vec::new();
+    let end = Instant::now() + Duration::from_secs(3);
+    rt.block_on(async {
+        while Instant::now() < end || ratios.len() < 10 {
+            let even = ratios.len() % 2 == 0;
+            let first = Instant::now();
+            if even {
+                batch(&a.0, addr, a.1).await;
+            } else {
+                batch(&b.0, addr, b.1).await;
+            }
+            let second = Instant::now();
+            if even {
+                batch(&b.0, addr, b.1).await;
+            } else {
+                batch(&a.0, addr, a.1).await;
+            }
+            let (t1, t2) = (
+                (second - first).as_secs_f64(),
+                second.elapsed().as_secs_f64(),
+            );
+            ratios.push(if even { t1 / t2 } else { t2 / t1 });
+        }
+    });
+    report_paired(label, &mut ratios);
+}
+
+fn paired_enabled() -> bool {
+    if std::env::var("BENCH_PAIRED").is_ok_and(|v| v == "0") {
+        return false;
+    }
+    let takes_value = [
+        "--warm-up-time",
+        "--measurement-time",
+        "--sample-size",
+        "--save-baseline",
+        "--baseline",
+        "--load-baseline",
+        "--noise-threshold",
+        "--confidence-level",
+        "--significance-level",
+        "--nresamples",
+        "--plotting-backend",
+        "--output-format",
+        "--color",
+        "--format",
+    ];
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut previous = "";
+    for arg in &args {
+        if matches!(arg.as_str(), "--test" | "--list") || arg.starts_with("--profile-time") {
+            return false;
+        }
+        if !arg.starts_with('-') && !takes_value.contains(&previous) {
+            return false;
+        }
+        previous = arg;
+    }
+    true
+}
+
+/// The median of `ratios`, printed for `scripts/bench.sh` as
+/// `PAIRED <group>/<numerator>:<denominator> <median time ratio> <rounds>`.
+fn report_paired(label: &str, ratios: &mut [f64]) {
+    ratios.sort_by(f64::total_cmp);
+    let median = ratios[ratios.len() / 2];
+    println!("PAIRED {label} {median:.4} {}", ratios.len());
 }
 
 criterion_group!(benches, loopback);

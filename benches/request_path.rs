@@ -11,6 +11,8 @@
 //!   load of a prepared header value (`ArcSwap`, the safe-Rust atomic load of a shared pointer),
 //!   one insert, the 401 check and, for replay, one clone of the request and of the service kept
 //!   until the response;
+//! - `floor_local`: a stricter floor, for information: each service clone keeps the value it
+//!   last saw, checked with one plain atomic load of a shared generation counter;
 //! - `bearer_no_replay` / `bearer_replay`: `BearerAuthLayer` with replay off and on.
 //!
 //! Each request is built (with `Request::builder`, as a client builds it) outside the timed
@@ -41,6 +43,10 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 use tower_bearer::{BearerAuthLayer, StaticToken, Token};
 use tower_http::auth::AddAuthorizationLayer;
+
+/// Requests built ahead of each timed batch. Small, so that the batch's memory is reused from
+/// one batch to the next instead of being returned to the system and faulted in again.
+const BATCH: u64 = 256;
 
 /// A JWT-sized access token.
 const TOKEN: &str = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6ImJlbmNoIn0.eyJpc3MiOiJodHRwczovL2F1dGguZXhhbXBsZS5jb20iLCJzdWIiOiJiZW5jaC1jbGllbnQiLCJhdWQiOiJodHRwczovL2FwaS5leGFtcGxlLmNvbSIsImV4cCI6NDEwMjQ0NDgwMCwic2NvcGUiOiJvcmRlcnM6d3JpdGUifQ.c2lnbmF0dXJlLXNpZ25hdHVyZS1zaWduYXR1cmUtc2lnbmF0dXJlLXNpZ25hdHVyZQ";
@@ -257,6 +263,48 @@ where
     }
 }
 
+/// A stricter floor: each clone of the service keeps the header value it last saw and the
+/// generation it was published with; a request does one plain atomic load of the shared
+/// generation and, if it is unchanged, clones the value it already holds (no shared pointer
+/// load, no lock). Not what the crate does today; shown to size what that design would save.
+#[derive(Clone)]
+struct LocalFloor<S> {
+    inner: S,
+    shared: Arc<Published>,
+    local: (u64, HeaderValue),
+}
+
+struct Published {
+    generation: std::sync::atomic::AtomicU64,
+    value: Mutex<HeaderValue>,
+}
+
+impl<S, B> Service<Request<B>> for LocalFloor<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let generation = self
+            .shared
+            .generation
+            .load(std::sync::atomic::Ordering::Acquire);
+        if generation != self.local.0 {
+            self.local = (generation, self.shared.value.lock().unwrap().clone());
+        }
+        req.headers_mut()
+            .insert(header::AUTHORIZATION, self.local.1.clone());
+        self.inner.call(req)
+    }
+}
+
 fn prepared_value() -> HeaderValue {
     // Built like the crate's: a shared `Bytes`, marked sensitive.
     let mut value = HeaderValue::from_maybe_shared(Bytes::from(format!("Bearer {TOKEN}"))).unwrap();
@@ -314,7 +362,7 @@ where
         b.iter_batched(
             request,
             |req| call_now(&mut svc, &mut cx, black_box(req)),
-            BatchSize::SmallInput,
+            BatchSize::NumIterations(BATCH),
         )
     });
     group.finish();
@@ -349,6 +397,15 @@ fn request_path(c: &mut Criterion) {
         current: current.clone(),
         replay: false,
     });
+    let published = Arc::new(Published {
+        generation: std::sync::atomic::AtomicU64::new(1),
+        value: Mutex::new(prepared_value()),
+    });
+    bench(c, "floor_local", true, |inner| LocalFloor {
+        inner,
+        shared: published.clone(),
+        local: (0, HeaderValue::from_static("")),
+    });
     bench(c, "floor_replay", true, |inner| Floor {
         inner,
         current: current.clone(),
@@ -362,12 +419,133 @@ fn request_path(c: &mut Criterion) {
     let no_replay = layer.clone().without_replay();
     bench(c, "bearer_no_replay", true, |api| no_replay.layer(api));
     bench(c, "bearer_replay", true, |api| layer.layer(api));
+    if paired_enabled() {
+        paired(
+            "request_path/floor:add_authorization",
+            Floor {
+                inner: Api::FAST,
+                current: current.clone(),
+                replay: false,
+            },
+            add_authorization.layer(Api::FAST),
+        );
+        paired(
+            "request_path/floor_local:add_authorization",
+            LocalFloor {
+                inner: Api::FAST,
+                shared: published.clone(),
+                local: (0, HeaderValue::from_static("")),
+            },
+            add_authorization.layer(Api::FAST),
+        );
+        paired(
+            "request_path/bearer_no_replay:add_authorization",
+            no_replay.layer(Api::FAST),
+            add_authorization.layer(Api::FAST),
+        );
+        paired(
+            "request_path/bearer_replay:floor_replay",
+            layer.layer(Api::FAST),
+            Floor {
+                inner: Api::FAST,
+                current: current.clone(),
+                replay: true,
+            },
+        );
+    }
     let stats = layer.cache().stats();
     assert_eq!(
         (stats.fetches, stats.waits),
         (1, 1),
         "the cached path fetched or waited"
     );
+}
+
+// --- The paired check. -----------------------------------------------------------------------
+
+/// Whether to run the paired check after the criterion benchmarks: not in `--test`, `--list` or
+/// `--profile-time` runs, not when a benchmark filter is given, and not with `BENCH_PAIRED=0`.
+/// Times `BATCH` requests through `a` and `b` alternately (the order swapped every round) for
+/// about two seconds, and reports the median ratio of `a`'s time to `b`'s. Both see the same
+/// moments of the machine, so a slow patch of it cannot fall on one side only.
+fn paired<A, B>(label: &str, mut a: A, mut b: B)
+where
+    A: Service<Request<Body>, Response = Response<Body>>,
+    A::Error: Debug,
+    B: Service<Request<Body>, Response = Response<Body>>,
+    B::Error: Debug,
+{
+    fn timed<S>(svc: &mut S, cx: &mut Context<'_>, out: &mut Vec<Response<Body>>) -> f64
+    where
+        S: Service<Request<Body>, Response = Response<Body>>,
+        S::Error: Debug,
+    {
+        let requests: Vec<_> = (0..BATCH).map(|_| request()).collect();
+        out.clear();
+        let start = Instant::now();
+        for req in requests {
+            out.push(call_now(svc, cx, black_box(req)));
+        }
+        start.elapsed().as_secs_f64()
+    }
+    let waker = Waker::from(Arc::new(NoopWake));
+    let mut cx = Context::from_waker(&waker);
+    let mut out = Vec::with_capacity(BATCH as usize);
+    let mut ratios = Vec::new();
+    let end = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < end || ratios.len() < 100 {
+        let (ta, tb) = if ratios.len() % 2 == 0 {
+            let ta = timed(&mut a, &mut cx, &mut out);
+            (ta, timed(&mut b, &mut cx, &mut out))
+        } else {
+            let tb = timed(&mut b, &mut cx, &mut out);
+            (timed(&mut a, &mut cx, &mut out), tb)
+        };
+        ratios.push(ta / tb);
+    }
+    report_paired(label, &mut ratios);
+}
+
+fn paired_enabled() -> bool {
+    if std::env::var("BENCH_PAIRED").is_ok_and(|v| v == "0") {
+        return false;
+    }
+    let takes_value = [
+        "--warm-up-time",
+        "--measurement-time",
+        "--sample-size",
+        "--save-baseline",
+        "--baseline",
+        "--load-baseline",
+        "--noise-threshold",
+        "--confidence-level",
+        "--significance-level",
+        "--nresamples",
+        "--plotting-backend",
+        "--output-format",
+        "--color",
+        "--format",
+    ];
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut previous = "";
+    for arg in &args {
+        if matches!(arg.as_str(), "--test" | "--list") || arg.starts_with("--profile-time") {
+            return false;
+        }
+        if !arg.starts_with('-') && !takes_value.contains(&previous) {
+            return false;
+        }
+        previous = arg;
+    }
+    true
+}
+
+/// The median of `ratios`, printed for `scripts/bench.sh` as
+/// `PAIRED <group>/<numerator>:<denominator> <median time ratio> <rounds>`.
+fn report_paired(label: &str, ratios: &mut [f64]) {
+    ratios.sort_by(f64::total_cmp);
+    let median = ratios[ratios.len() / 2];
+    println!("PAIRED {label} {median:.4} {}", ratios.len());
 }
 
 criterion_group!(benches, request_path);

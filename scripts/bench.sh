@@ -45,22 +45,45 @@ fi
 
 if ((run)); then
     echo "==> machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(rustc -V)"
-    echo "==> building the benchmarks (release)"
+    echo "==> load average before: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine skews every number)"
+    busy=$(ps -eo pcpu=,comm= --sort=-pcpu | awk '$1 >= 20 {printf "%s%s (%s%%)", sep, $2, $1; sep=", "}')
+    [[ -z $busy ]] || echo "    warning: busy processes besides this run: $busy"
+    echo "==> building the benchmarks: cargo bench --all-features --no-run ${benches[*]/#/--bench=}"
     start=$SECONDS
-    cargo bench --all-features --no-run "${benches[@]/#/--bench=}" 2>&1 | tail -n 2
+    # Built once, then run directly: sources edited during the run cannot trigger a rebuild
+    # between two benchmarks.
+    cargo bench --all-features --no-run --message-format=json "${benches[@]/#/--bench=}" \
+        >"$log_dir/build.json"
     echo "    built in $((SECONDS - start)) s"
     for bench in "${benches[@]}"; do
-        echo "==> $bench ($mode): cargo bench --all-features --bench $bench -- ${criterion_args[*]}"
+        exe=$(BENCH="$bench" python3 -c '
+import json, os, sys
+for line in open(sys.argv[1]):
+    m = json.loads(line)
+    t = m.get("target", {})
+    if m.get("reason") == "compiler-artifact" and "bench" in t.get("kind", []) \
+            and t.get("name") == os.environ["BENCH"] and m.get("executable"):
+        print(m["executable"])' "$log_dir/build.json" | tail -n 1)
+        [[ -n $exe ]] || { echo "no executable for bench $bench" >&2; exit 1; }
+        echo "==> $bench ($mode): $exe --bench ${criterion_args[*]}"
         rm -rf "${criterion_dir:?}/$bench"
         start=$SECONDS
-        cargo bench --all-features --bench "$bench" -- "${criterion_args[@]}" \
-            2>&1 | tee "$log_dir/$bench.log" | grep -E '^[a-z_]+/[a-z0-9_]+ *time:|^ +time:|STORM_SOURCE_CALLS|panicked' || true
-        if [[ ${PIPESTATUS[0]} -ne 0 ]]; then
+        set +e
+        CRITERION_HOME="$criterion_dir" "$exe" --bench "${criterion_args[@]}" 2>&1 |
+            tee "$log_dir/$bench.log" |
+            grep -E '^[a-z0-9_]+/[a-z0-9_]+ +time:|^ +time:|STORM_SOURCE_CALLS|PAIRED|panicked'
+        status=${PIPESTATUS[0]}
+        set -e
+        if [[ $status -ne 0 ]]; then
             echo "benchmark $bench failed; see $log_dir/$bench.log" >&2
             exit 1
         fi
         echo "    $bench took $((SECONDS - start)) s"
     done
+    echo "$mode" >"$log_dir/mode"
+    echo "==> load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+    busy=$(ps -eo pcpu=,comm= --sort=-pcpu | awk '$1 >= 20 {printf "%s%s (%s%%)", sep, $2, $1; sep=", "}')
+    [[ -z $busy ]] || echo "    warning: busy processes at the end: $busy"
 fi
 
 CRITERION_DIR="$criterion_dir" LOG_DIR="$log_dir" STRICT="$strict" MODE="$mode" python3 - <<'EOF'
@@ -85,6 +108,16 @@ def calls(name):
     found = re.findall(r"^STORM_SOURCE_CALLS %s (\d+) (\d+)$" % re.escape(name), text, re.M)
     return (int(found[-1][0]), int(found[-1][1])) if found else None
 
+def paired(group, num, den):
+    """The paired check's median time ratio num/den, from the log (None if absent)."""
+    path = os.path.join(logs, group + ".log")
+    try:
+        text = open(path).read()
+    except OSError:
+        return None
+    found = re.findall(r"^PAIRED %s/%s:%s ([0-9.]+) \d+$" % (group, num, den), text, re.M)
+    return float(found[-1]) if found else None
+
 def ns(v):
     if v is None:
         return "-"
@@ -95,12 +128,15 @@ def ns(v):
 
 rows, missed = [], 0
 
-def row(name, value, target, ok, detail=""):
+def row(name, value, target, ok, detail="", check="-", check_ok=None):
+    """`ok` judges criterion's ratio; when the paired check disagrees, `met` says so."""
     global missed
     met = "-" if ok is None else ("yes" if ok else "NO")
+    if ok is not None and check_ok is not None and check_ok != ok:
+        met += " (paired: %s)" % ("yes" if check_ok else "no")
     if ok is False:
         missed += 1
-    rows.append((name, value, target, met, detail))
+    rows.append((name, value, target, met, check, detail))
 
 def time_ratio(label, group, num, den, limit):
     """num/den of median times; met if <= limit (limit None: for information)."""
@@ -109,8 +145,10 @@ def time_ratio(label, group, num, den, limit):
         row(label, "missing", "≤ %.2f" % limit if limit else "", False if limit else None)
         return
     r = a / b
+    p = paired(group, num, den)
     row(label, "%.3f" % r, ("≤ %.2f" % limit) if limit else "(info)",
-        (r <= limit) if limit else None, "%s vs %s" % (ns(a), ns(b)))
+        (r <= limit) if limit else None, "%s vs %s" % (ns(a), ns(b)),
+        "-" if p is None else "%.3f" % p, (p <= limit) if limit and p else None)
 
 def throughput_ratio(label, group, ours, base, limit):
     """Throughput of `ours` relative to `base` (= base time / our time); met if >= limit."""
@@ -119,8 +157,10 @@ def throughput_ratio(label, group, ours, base, limit):
         row(label, "missing", "≥ %.2f" % limit if limit else "", False if limit else None)
         return
     r = b / a
+    p = paired(group, ours, base)
     row(label, "%.3f" % r, ("≥ %.2f" % limit) if limit else "(info)",
-        (r >= limit) if limit else None, "%s vs %s per batch" % (ns(a), ns(b)))
+        (r >= limit) if limit else None, "%s vs %s" % (ns(a), ns(b)),
+        "-" if p is None else "%.3f" % (1 / p), (1 / p >= limit) if limit and p else None)
 
 def storm(label, name, base):
     c = calls("storms/" + name)
@@ -138,6 +178,8 @@ time_ratio("1. cached path, replay on / hand-written floor with replay", "reques
            "bearer_replay", "floor_replay", 1.10)
 time_ratio("1. hand-written floor / AddAuthorization", "request_path",
            "floor", "add_authorization", None)
+time_ratio("1. floor with one plain atomic load / AddAuthorization", "request_path",
+           "floor_local", "add_authorization", None)
 time_ratio("1. Arc<Mutex<Option<Token>>> / AddAuthorization", "request_path",
            "mutex_cache", "add_authorization", None)
 time_ratio("1. replay on / AddAuthorization", "request_path",
@@ -146,6 +188,8 @@ throughput_ratio("2. contention, replay on: throughput / AddAuthorization", "con
                  "bearer_replay", "add_authorization", 0.95)
 throughput_ratio("2. contention, replay off: throughput / AddAuthorization", "contention",
                  "bearer_no_replay", "add_authorization", 0.95)
+throughput_ratio("2. contention, floor (ArcSwap load) / AddAuthorization", "contention",
+                 "floor", "add_authorization", None)
 throughput_ratio("2. contention, floor with replay / AddAuthorization", "contention",
                  "floor_replay", "add_authorization", None)
 throughput_ratio("2. contention, Arc<Mutex<..>> / AddAuthorization", "contention",
@@ -156,20 +200,36 @@ throughput_ratio("4. loopback HTTP/1.1: throughput / bare", "loopback",
                  "http1_bearer", "http1_bare", 0.97)
 throughput_ratio("4. loopback HTTP/2: throughput / bare", "loopback",
                  "http2_bearer", "http2_bare", 0.97)
+throughput_ratio("4. HTTP/1.1: layer / static AddAuthorization header", "loopback",
+                 "http1_bearer", "http1_add_authorization", None)
+throughput_ratio("4. HTTP/1.1: layer, replay off / static AddAuthorization header", "loopback",
+                 "http1_bearer_no_replay", "http1_add_authorization", None)
+throughput_ratio("4. HTTP/2: layer / static AddAuthorization header", "loopback",
+                 "http2_bearer", "http2_add_authorization", None)
+throughput_ratio("4. HTTP/2: static AddAuthorization header / bare", "loopback",
+                 "http2_add_authorization", "http2_bare", None)
+throughput_ratio("4. HTTP/2: same header, indexable (not sensitive) / bare", "loopback",
+                 "http2_add_authorization_indexed", "http2_bare", None)
+throughput_ratio("4. HTTP/2: static header sensitive / indexable", "loopback",
+                 "http2_add_authorization", "http2_add_authorization_indexed", None)
 throughput_ratio("5. client credentials: speed / oauth2 crate", "acquisition",
                  "tower_bearer", "oauth2_crate", 1.00)
 
-w = [max(len(r[i]) for r in rows + [("benchmark", "ratio", "target", "met", "")]) for i in range(4)]
+head = ("benchmark", "ratio", "target", "met", "paired", "medians (ours vs reference)")
+w = [max(len(r[i]) for r in rows + [head]) for i in range(5)]
 print()
-print("mode: %s (median point estimates)" % os.environ["MODE"])
-print("| %s | %s | %s | %s | %s |" % ("benchmark".ljust(w[0]), "ratio".ljust(w[1]),
-                                      "target".ljust(w[2]), "met".ljust(w[3]), "measured"))
-print("|%s|%s|%s|%s|---|" % tuple("-" * (x + 2) for x in w))
+try:
+    mode = open(os.path.join(logs, "mode")).read().strip()
+except OSError:
+    mode = "unknown"
+print("mode: %s; ratio from criterion's median estimates; paired = median ratio of the same "
+      "work run alternately in one process (a check on drift)" % mode)
+print("| " + " | ".join(h.ljust(w[i]) if i < 5 else h for i, h in enumerate(head)) + " |")
+print("|" + "|".join("-" * (x + 2) for x in w) + "|---|")
 for r in rows:
-    print("| %s | %s | %s | %s | %s |" % (r[0].ljust(w[0]), r[1].ljust(w[1]), r[2].ljust(w[2]),
-                                          r[3].ljust(w[3]), r[4]))
+    print("| " + " | ".join(c.ljust(w[i]) if i < 5 else c for i, c in enumerate(r)) + " |")
 print()
-print("targets missed: %d" % missed)
+print("targets missed (criterion's ratio): %d" % missed)
 if missed and os.environ["STRICT"] == "1":
     sys.exit(1)
 EOF
