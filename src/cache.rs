@@ -86,6 +86,8 @@ pub struct TokenCache {
 
 struct Shared {
     current: ArcSwapOption<Entry>,
+    /// Bumped after every change of `current`, so that a [`Local`] copy knows when to reload.
+    generation: AtomicU64,
     slow: Mutex<Slow>,
     /// The outcome of the last fetch. Waiters subscribe while holding `slow` and the fetch task
     /// publishes while holding it, so no waiter can miss the outcome it waits for.
@@ -132,9 +134,14 @@ struct Padded(AtomicU64);
 impl Striped {
     #[inline]
     fn add(&self) {
+        self.add_many(1);
+    }
+
+    #[inline]
+    fn add_many(&self, n: u64) {
         self.cells[stripe::index()]
             .0
-            .fetch_add(1, Ordering::Relaxed);
+            .fetch_add(n, Ordering::Relaxed);
     }
 
     fn sum(&self) -> u64 {
@@ -154,6 +161,7 @@ pub struct CacheStats {
     /// Calls to the token source that failed or timed out, and tokens refused as invalid.
     pub fetch_failures: u64,
     /// Requests (and [`TokenCache::token`] calls) served with the cached token, without waiting.
+    /// Each service clone adds its hits in batches of 256, and the rest when it is dropped.
     pub hits: u64,
     /// Requests (and [`TokenCache::token`] calls) that had to wait for a token: none was cached,
     /// the cached one had expired, or theirs was rejected and they waited for a new one to be
@@ -286,6 +294,7 @@ impl TokenCacheBuilder {
         TokenCache {
             shared: Arc::new(Shared {
                 current: ArcSwapOption::empty(),
+                generation: AtomicU64::new(0),
                 slow: Mutex::new(Slow::default()),
                 outcome,
                 source: Mutex::new(self.source),
@@ -340,6 +349,7 @@ impl TokenCache {
         let mut slow = self.shared.lock_slow();
         slow.rejected = false;
         self.shared.current.store(None);
+        self.shared.changed();
     }
 
     /// Fetches a new token now, replacing the cached one, and returns it. Requests made
@@ -369,31 +379,27 @@ impl TokenCache {
         }
     }
 
-    /// The request path: a lock-free look at the current token. Returns `None` when there is no
-    /// usable token; starts one background refresh when the token is due for one.
+    /// A lock-free look at the current token. Returns `None` when there is no usable token;
+    /// starts one background refresh when the token is due for one.
     #[inline]
     pub(crate) fn with_current<R>(&self, f: impl FnOnce(&Entry) -> R) -> Option<R> {
         let guard = self.shared.current.load();
         let entry = guard.as_ref()?;
-        match entry.phase.load(Ordering::Relaxed) {
-            FRESH => {}
-            DUE => {
-                if entry
-                    .phase
-                    .compare_exchange(DUE, KICKED, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    self.shared.refresh_ahead(entry);
-                }
-                if !entry.usable() {
-                    return None;
-                }
-            }
-            KICKED if entry.usable() => {}
-            _ => return None,
+        if !self.shared.check(entry) {
+            return None;
         }
         self.shared.counters.hits.add();
         Some(f(entry))
+    }
+
+    /// A copy of the current token for one service: see [`Local`].
+    pub(crate) fn local(&self) -> Local {
+        Local {
+            cache: self.clone(),
+            generation: u64::MAX,
+            entry: None,
+            hits: 0,
+        }
     }
 
     /// Waits for a usable token (the slow path of a request).
@@ -467,6 +473,31 @@ impl fmt::Debug for TokenCache {
 }
 
 impl Shared {
+    /// Whether `entry` may be sent now; starts one background refresh when it is due for one.
+    #[inline]
+    fn check(self: &Arc<Self>, entry: &Arc<Entry>) -> bool {
+        match entry.phase.load(Ordering::Relaxed) {
+            FRESH => true,
+            DUE => {
+                if entry
+                    .phase
+                    .compare_exchange(DUE, KICKED, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    self.refresh_ahead(entry);
+                }
+                entry.usable()
+            }
+            KICKED => entry.usable(),
+            _ => false,
+        }
+    }
+
+    /// Announces a change of `current` to [`Local`] copies.
+    fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
     fn lock_slow(&self) -> MutexGuard<'_, Slow> {
         // Nothing that can panic runs under this lock; still, a poisoned lock must not turn
         // every later request into a panic.
@@ -478,6 +509,7 @@ impl Shared {
         if matches!(&*current, Some(entry) if entry.id == id) {
             let previous = self.current.compare_and_swap(&current, None);
             if matches!(&*previous, Some(entry) if entry.id == id) {
+                self.changed();
                 self.lock_slow().rejected = true;
                 tracing::debug!(token.id = id, "token rejected by the server; dropped");
             }
@@ -597,6 +629,7 @@ impl Shared {
                 slow.last_error = None;
                 slow.rejected = false;
                 self.current.store(Some(entry.clone()));
+                self.changed();
             }
             Err(error) if back_off => {
                 self.counters.fetch_failures.fetch_add(1, Ordering::Relaxed);
@@ -775,6 +808,66 @@ impl Drop for FetchGuard {
             let back_off = std::thread::panicking();
             self.shared.finish(Err(error), Instant::now(), back_off);
         }
+    }
+}
+
+/// One service's copy of the current token.
+///
+/// `BearerAuth::call` has `&mut self`, so each service clone keeps the entry it last used and
+/// only compares a generation number with the cache's before using it again: one plain atomic
+/// load, where a look at the shared `ArcSwap` costs a few fenced atomic operations. Hits are
+/// counted locally and added to the shared counter in batches.
+pub(crate) struct Local {
+    cache: TokenCache,
+    generation: u64,
+    entry: Option<Arc<Entry>>,
+    hits: u64,
+}
+
+/// Hits counted by a [`Local`] before they are added to the shared counter.
+const HIT_BATCH: u64 = 256;
+
+impl Local {
+    /// The request path: the current token if it may be sent. Returns `None` when there is no
+    /// usable token; starts one background refresh when the token is due for one.
+    #[inline]
+    pub(crate) fn with_current<R>(&mut self, f: impl FnOnce(&Entry) -> R) -> Option<R> {
+        let shared = &self.cache.shared;
+        let generation = shared.generation.load(Ordering::Acquire);
+        if generation != self.generation {
+            // Read after the generation: a change in between only costs another reload.
+            self.entry = shared.current.load_full();
+            self.generation = generation;
+        }
+        let entry = self.entry.as_ref()?;
+        if !shared.check(entry) {
+            return None;
+        }
+        let result = f(entry);
+        self.hits += 1;
+        if self.hits == HIT_BATCH {
+            self.flush();
+        }
+        Some(result)
+    }
+
+    fn flush(&mut self) {
+        let hits = std::mem::take(&mut self.hits);
+        if hits > 0 {
+            self.cache.shared.counters.hits.add_many(hits);
+        }
+    }
+}
+
+impl Clone for Local {
+    fn clone(&self) -> Self {
+        self.cache.local()
+    }
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 

@@ -133,6 +133,8 @@ struct Endpoint {
     addr: SocketAddr,
     state: Arc<State>,
     accept: Mutex<Option<JoinHandle<()>>>,
+    /// While refusing: the port, bound but not listening.
+    reserved: Mutex<Option<tokio::net::TcpSocket>>,
 }
 
 fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -154,6 +156,7 @@ impl Endpoint {
         let endpoint = Self {
             addr,
             accept: Mutex::new(Some(spawn_accept(listener, state.clone()))),
+            reserved: Mutex::new(None),
             state,
         };
         endpoint.set_mode(mode).await;
@@ -178,10 +181,17 @@ impl Endpoint {
             (Some(task), true) => {
                 task.abort();
                 let _ = task.await; // the listener is dropped with the task
+                                    // Keep the port bound without listening: connections are refused, and no other
+                                    // test running in parallel can be given this port and answer in our place.
+                let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+                socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+                socket.bind(self.addr).expect("keep the port");
+                *self.reserved.lock().unwrap() = Some(socket);
             }
             (Some(task), false) => *self.accept.lock().unwrap() = Some(task),
             (None, true) => {}
             (None, false) => {
+                drop(self.reserved.lock().unwrap().take());
                 let mut attempts = 0;
                 let listener = loop {
                     match listen(self.addr) {

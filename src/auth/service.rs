@@ -6,6 +6,7 @@ use tower_service::Service;
 
 use super::future::ResponseFuture;
 use super::{BearerAuthLayer, Configs};
+use crate::cache::Local;
 use crate::replay::{CloneBody, ReplayPolicy};
 use crate::{BoxError, Placement, TokenCache, TokenSource};
 
@@ -30,6 +31,8 @@ pub struct BearerAuth<S, P = CloneBody> {
     inner: S,
     configs: Configs,
     policy: P,
+    /// This clone's view of the current token.
+    local: Local,
 }
 
 impl<S> BearerAuth<S> {
@@ -57,10 +60,12 @@ impl BearerAuthLayer {
 
 impl<S, P> BearerAuth<S, P> {
     pub(crate) fn with_configs(inner: S, configs: Configs, policy: P) -> Self {
+        let local = configs.config().cache.local();
         Self {
             inner,
             configs,
             policy,
+            local,
         }
     }
 
@@ -96,6 +101,7 @@ impl<S: Clone, P: Clone> Clone for BearerAuth<S, P> {
             inner: self.inner.clone(),
             configs: self.configs.clone(),
             policy: self.policy.clone(),
+            local: self.local.clone(),
         }
     }
 }
@@ -135,8 +141,8 @@ where
             return ResponseFuture::passed(future, config.clone(), self.policy.clone());
         }
         let (mut req, kept) = self.policy.prepare(req);
-        let stamped = config
-            .cache
+        let stamped = self
+            .local
             .with_current(|entry| config.placement.stamp(&mut req, entry).then_some(entry.id));
         match stamped {
             Some(Some(id)) => {
