@@ -492,7 +492,10 @@ fn is_quotable(b: u8) -> bool {
 pub(crate) fn rejects_token<B>(response: &http::Response<B>) -> bool {
     match response.status() {
         http::StatusCode::UNAUTHORIZED => !insufficient_scope(response.headers()),
-        http::StatusCode::OK => grpc_unauthenticated(response.headers()),
+        // gRPC runs over HTTP/2 only: other responses skip the header lookup.
+        http::StatusCode::OK if response.version() == http::Version::HTTP_2 => {
+            grpc_unauthenticated(response.headers())
+        }
         _ => false,
     }
 }

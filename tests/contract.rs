@@ -1173,6 +1173,8 @@ async fn a_grpc_unauthenticated_answer_is_a_rejection_and_is_replayed() {
                 "0"
             };
             let mut response = Response::new(String::new());
+            // gRPC runs over HTTP/2 only, and the layer looks for its status there only.
+            *response.version_mut() = http::Version::HTTP_2;
             response
                 .headers_mut()
                 .insert("content-type", HeaderValue::from_static("application/grpc"));
