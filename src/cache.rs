@@ -114,42 +114,11 @@ struct Slow {
 struct Counters {
     fetches: AtomicU64,
     fetch_failures: AtomicU64,
-    hits: Striped,
+    hits: AtomicU64,
     waits: AtomicU64,
     rejections: AtomicU64,
     replays: AtomicU64,
     replay_rejections: AtomicU64,
-}
-
-/// A counter bumped on every request, spread over cache lines (see [`stripe`](crate::stripe)).
-#[derive(Default)]
-struct Striped {
-    cells: [Padded; STRIPES],
-}
-
-#[derive(Default)]
-#[repr(align(128))]
-struct Padded(AtomicU64);
-
-impl Striped {
-    #[inline]
-    fn add(&self) {
-        self.add_many(1);
-    }
-
-    #[inline]
-    fn add_many(&self, n: u64) {
-        self.cells[stripe::index()]
-            .0
-            .fetch_add(n, Ordering::Relaxed);
-    }
-
-    fn sum(&self) -> u64 {
-        self.cells
-            .iter()
-            .map(|cell| cell.0.load(Ordering::Relaxed))
-            .fold(0, u64::wrapping_add)
-    }
 }
 
 /// What a cache has done so far. Read it with [`TokenCache::stats`].
@@ -338,8 +307,10 @@ impl TokenCache {
     /// When no valid token is cached and the fetch fails, or when a recent failure is still
     /// being backed off from; see [`ErrorKind`].
     pub async fn token(&self) -> Result<Token, Error> {
-        if let Some(token) = self.with_current(|entry| entry.token.clone()) {
-            return Ok(token);
+        let cached = self.shared.current.load_full();
+        if let Some(entry) = cached.filter(|entry| self.shared.check(entry)) {
+            self.shared.counters.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(entry.token.clone());
         }
         Ok(self.shared.acquire(None).await?.token.clone())
     }
@@ -371,25 +342,12 @@ impl TokenCache {
         CacheStats {
             fetches: c.fetches.load(Ordering::Relaxed),
             fetch_failures: c.fetch_failures.load(Ordering::Relaxed),
-            hits: c.hits.sum(),
+            hits: c.hits.load(Ordering::Relaxed),
             waits: c.waits.load(Ordering::Relaxed),
             rejections: c.rejections.load(Ordering::Relaxed),
             replays: c.replays.load(Ordering::Relaxed),
             replay_rejections: c.replay_rejections.load(Ordering::Relaxed),
         }
-    }
-
-    /// A lock-free look at the current token. Returns `None` when there is no usable token;
-    /// starts one background refresh when the token is due for one.
-    #[inline]
-    pub(crate) fn with_current<R>(&self, f: impl FnOnce(&Entry) -> R) -> Option<R> {
-        let guard = self.shared.current.load();
-        let entry = guard.as_ref()?;
-        if !self.shared.check(entry) {
-            return None;
-        }
-        self.shared.counters.hits.add();
-        Some(f(entry))
     }
 
     /// A copy of the current token for one service: see [`Local`].
@@ -399,6 +357,7 @@ impl TokenCache {
             generation: u64::MAX,
             entry: None,
             hits: 0,
+            stripe: stripe::next(),
         }
     }
 
@@ -427,9 +386,9 @@ impl TokenCache {
             let Some(entry) = current.as_ref() else {
                 return;
             };
-            let raw = entry.raw().as_bytes();
-            let stamped = value == entry.bearer()
-                || value == entry.raw()
+            let raw = entry.raw(0).as_bytes();
+            let stamped = value == entry.bearer(0)
+                || value == entry.raw(0)
                 || value
                     .as_bytes()
                     .strip_suffix(raw)
@@ -816,18 +775,26 @@ impl Drop for FetchGuard {
 /// `BearerAuth::call` has `&mut self`, so each service clone keeps the entry it last used and
 /// only compares a generation number with the cache's before using it again: one plain atomic
 /// load, where a look at the shared `ArcSwap` costs a few fenced atomic operations. Hits are
-/// counted locally and added to the shared counter in batches.
+/// counted locally and added to the shared counter in batches, so that the counter is not a
+/// cache line every request writes.
 pub(crate) struct Local {
     cache: TokenCache,
     generation: u64,
     entry: Option<Arc<Entry>>,
     hits: u64,
+    stripe: usize,
 }
 
 /// Hits counted by a [`Local`] before they are added to the shared counter.
 const HIT_BATCH: u64 = 256;
 
 impl Local {
+    /// This clone's stripe (see [`stripe`]).
+    #[inline]
+    pub(crate) fn stripe(&self) -> usize {
+        self.stripe
+    }
+
     /// The request path: the current token if it may be sent. Returns `None` when there is no
     /// usable token; starts one background refresh when the token is due for one.
     #[inline]
@@ -854,7 +821,11 @@ impl Local {
     fn flush(&mut self) {
         let hits = std::mem::take(&mut self.hits);
         if hits > 0 {
-            self.cache.shared.counters.hits.add_many(hits);
+            self.cache
+                .shared
+                .counters
+                .hits
+                .fetch_add(hits, Ordering::Relaxed);
         }
     }
 }
@@ -886,16 +857,16 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
-    /// The access token alone, as a sensitive header value.
+    /// The access token alone, as a sensitive header value: the copy of `stripe`.
     #[inline]
-    pub(crate) fn raw(&self) -> &HeaderValue {
-        &self.raw[stripe::index() % self.raw.len()]
+    pub(crate) fn raw(&self, stripe: usize) -> &HeaderValue {
+        &self.raw[stripe % self.raw.len()]
     }
 
-    /// `Bearer <access token>`, as a sensitive header value.
+    /// `Bearer <access token>`, as a sensitive header value: the copy of `stripe`.
     #[inline]
-    pub(crate) fn bearer(&self) -> &HeaderValue {
-        &self.bearer[stripe::index() % self.bearer.len()]
+    pub(crate) fn bearer(&self, stripe: usize) -> &HeaderValue {
+        &self.bearer[stripe % self.bearer.len()]
     }
 
     /// Whether the token may still be sent. A fresh token is, without reading the clock; in its
@@ -934,8 +905,8 @@ impl fmt::Debug for Entry {
     }
 }
 
-/// The header values for a token, one per stripe: each its own allocation, so that requests on
-/// different threads do not share a reference count.
+/// The header values for a token, one per stripe: each its own allocation, so that requests of
+/// different service clones do not share a reference count.
 fn header_values(prefix: &[u8], secret: &str) -> Option<Box<[HeaderValue]>> {
     (0..STRIPES).map(|_| header_value(prefix, secret)).collect()
 }

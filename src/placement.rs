@@ -109,28 +109,29 @@ impl Placement {
         Self { kind: Kind::Query }
     }
 
-    /// Puts the token of `entry` on `req`. Returns `false`, leaving `req` without a token, in
+    /// Puts the token of `entry` on `req`, using the header values of `stripe`. Returns `false`, leaving `req` without a token, in
     /// the unlikely case that the token cannot be placed.
     #[inline]
-    pub(crate) fn stamp<B>(&self, req: &mut Request<B>, entry: &Entry) -> bool {
+    pub(crate) fn stamp<B>(&self, req: &mut Request<B>, entry: &Entry, stripe: usize) -> bool {
         match &self.kind {
             Kind::Bearer => {
                 req.headers_mut()
-                    .insert(header::AUTHORIZATION, entry.bearer().clone());
+                    .insert(header::AUTHORIZATION, entry.bearer(stripe).clone());
                 true
             }
             Kind::Header { name, scheme: None } => {
-                req.headers_mut().insert(name.clone(), entry.raw().clone());
+                req.headers_mut()
+                    .insert(name.clone(), entry.raw(stripe).clone());
                 true
             }
             Kind::Header {
                 name,
                 scheme: Some(scheme),
             } => {
-                let mut value = Vec::with_capacity(scheme.len() + 1 + entry.raw().len());
+                let mut value = Vec::with_capacity(scheme.len() + 1 + entry.raw(stripe).len());
                 value.extend_from_slice(scheme.as_bytes());
                 value.push(b' ');
-                value.extend_from_slice(entry.raw().as_bytes());
+                value.extend_from_slice(entry.raw(stripe).as_bytes());
                 // Both parts were checked (an HTTP token, and a valid header value).
                 let Ok(mut value) = HeaderValue::from_bytes(&value) else {
                     return false;

@@ -161,7 +161,7 @@ where
                     let (Some(mut inner), Some(mut req)) = (inner.take(), req.take()) else {
                         unreachable!("ResponseFuture polled after completion");
                     };
-                    if !this.config.placement.stamp(&mut req, &entry) {
+                    if !this.config.placement.stamp(&mut req, &entry, 0) {
                         return Poll::Ready(Err(Error::new(ErrorKind::InvalidToken, None).into()));
                     }
                     let replay = kept.take().map(|kept| (kept, inner.clone()));
@@ -206,7 +206,7 @@ where
                     let (Some(inner), Some(mut req)) = (inner.take(), req.take()) else {
                         unreachable!("ResponseFuture polled after completion");
                     };
-                    if !this.config.placement.stamp(&mut req, &entry) {
+                    if !this.config.placement.stamp(&mut req, &entry, 0) {
                         return Poll::Ready(Err(Error::new(ErrorKind::InvalidToken, None).into()));
                     }
                     this.state.set(State::ReplayReady {

@@ -117,7 +117,7 @@ impl<P> BearerAuthLayer<P> {
     /// response was already streaming); a trailers-only UNAUTHENTICATED is replayed by this layer
     /// itself. See [`grpc`](crate::grpc).
     pub fn reject_on_trailers(&self) -> RejectOnTrailersLayer {
-        RejectOnTrailersLayer::new(self.configs.get().clone())
+        RejectOnTrailersLayer::new(self.configs.get(0).clone())
     }
 
     /// Never replays a request whose token was rejected; the rejection is returned as it came

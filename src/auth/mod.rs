@@ -12,11 +12,11 @@ use std::fmt;
 
 use std::sync::Arc;
 
-use crate::stripe::{self, STRIPES};
+use crate::stripe::STRIPES;
 use crate::{Origin, Placement, TokenCache};
 
-/// The configuration, once per stripe: a response future keeps an `Arc` of it, and requests on
-/// different threads should not share that reference count (see [`stripe`]).
+/// The configuration, once per stripe: a response future keeps an `Arc` of it, and requests of
+/// different service clones should not share that reference count (see [`stripe`](crate::stripe)).
 #[derive(Clone)]
 pub(crate) struct Configs(Arc<[Arc<Config>]>);
 
@@ -25,10 +25,10 @@ impl Configs {
         Self((0..STRIPES).map(|_| Arc::new(config.clone())).collect())
     }
 
-    /// This thread's copy.
+    /// The copy of `stripe`.
     #[inline]
-    pub(crate) fn get(&self) -> &Arc<Config> {
-        &self.0[stripe::index() % self.0.len()]
+    pub(crate) fn get(&self, stripe: usize) -> &Arc<Config> {
+        &self.0[stripe % self.0.len()]
     }
 
     /// The configuration, to read or to derive another from.

@@ -134,16 +134,20 @@ where
 
     #[inline]
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let config = self.configs.get();
+        let stripe = self.local.stripe();
+        let config = self.configs.get(stripe);
         if !config.stamps(req.uri()) {
             let req = self.policy.pass(req);
             let future = self.inner.call(req);
             return ResponseFuture::passed(future, config.clone(), self.policy.clone());
         }
         let (mut req, kept) = self.policy.prepare(req);
-        let stamped = self
-            .local
-            .with_current(|entry| config.placement.stamp(&mut req, entry).then_some(entry.id));
+        let stamped = self.local.with_current(|entry| {
+            config
+                .placement
+                .stamp(&mut req, entry, stripe)
+                .then_some(entry.id)
+        });
         match stamped {
             Some(Some(id)) => {
                 let replay = kept.map(|kept| (kept, self.inner.clone()));

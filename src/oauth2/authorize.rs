@@ -8,7 +8,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::task::Poll;
 use std::time::Duration;
@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::client::check_url;
 use super::error::{Error, ErrorCode};
 
 /// What `Debug` prints in place of a secret.
@@ -317,53 +318,16 @@ fn encode_into(out: &mut String, text: &str) {
     }
 }
 
-/// Checks that the authorization endpoint is an absolute http(s) URL, https unless loopback or
-/// allowed, without a fragment (RFC 6749 §3.1).
+/// Checks the authorization endpoint as token URLs are checked ([`check_url`]), and that it has
+/// no fragment (RFC 6749 §3.1).
 fn check_endpoint(endpoint: &str, allow_insecure: bool) -> Result<(), Error> {
-    let uri: http::Uri = endpoint
-        .parse()
-        .map_err(|e| Error::config(format!("invalid authorization endpoint {endpoint:?}: {e}")))?;
-    let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.host()) else {
-        return Err(Error::config(format!(
-            "the authorization endpoint {endpoint:?} is not an absolute http or https URL"
-        )));
-    };
+    check_url("authorization endpoint", endpoint, allow_insecure)?;
     if endpoint.contains('#') {
         return Err(Error::config(format!(
             "the authorization endpoint {endpoint:?} has a fragment (RFC 6749 §3.1)"
         )));
     }
-    if scheme.eq_ignore_ascii_case("https") {
-        Ok(())
-    } else if scheme.eq_ignore_ascii_case("http") {
-        if allow_insecure || is_loopback_host(host) {
-            Ok(())
-        } else {
-            Err(Error::config(format!(
-                "the authorization endpoint {endpoint:?} is plain http to a remote host; use \
-                 https (or allow insecure endpoints explicitly)"
-            )))
-        }
-    } else {
-        Err(Error::config(format!(
-            "the authorization endpoint {endpoint:?} is not an http or https URL"
-        )))
-    }
-}
-
-/// `localhost`, `127.0.0.0/8` or `[::1]`.
-fn is_loopback_host(host: &str) -> bool {
-    if host.eq_ignore_ascii_case("localhost") {
-        return true;
-    }
-    if let Ok(ip) = host.parse::<Ipv4Addr>() {
-        return ip.is_loopback();
-    }
-    let bare = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    bare.parse::<Ipv6Addr>().is_ok_and(|ip| ip.is_loopback())
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------

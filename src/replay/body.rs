@@ -175,8 +175,7 @@ where
                 let Some(body) = rest else {
                     return Poll::Ready(None);
                 };
-                let frame = ready_frame(body, cx);
-                let Poll::Ready(frame) = frame else {
+                let Poll::Ready(frame) = poll_bytes(body, cx) else {
                     return Poll::Pending;
                 };
                 let mut state = shared.lock();
@@ -275,17 +274,6 @@ where
 
 /// Polls `body` for a frame with its data as [`Bytes`] (a no-op conversion when it already is).
 fn poll_bytes<B>(body: &mut B, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>>
-where
-    B: Body + Unpin,
-    B::Data: Buf,
-{
-    ready_frame(body, cx)
-}
-
-fn ready_frame<B>(
-    body: &mut B,
-    cx: &mut Context<'_>,
-) -> Poll<Option<Result<Frame<Bytes>, B::Error>>>
 where
     B: Body + Unpin,
     B::Data: Buf,
