@@ -10,8 +10,7 @@
 
 use std::convert::Infallible;
 use std::hint::black_box;
-use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -19,11 +18,15 @@ use http::header;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use oauth2::basic::BasicClient;
 use oauth2::{ClientId, ClientSecret, TokenResponse as _, TokenUrl};
-use tokio::net::TcpListener;
 use tower_bearer::oauth2::{Client, ClientCredentials};
+
+// Not every benchmark uses every shared item.
+#[allow(dead_code)]
+mod common;
+
+use common::{paired_enabled, run_paired, spawn_server, timed_on, Body};
 
 const CLIENT_ID: &str = "bench-client";
 const CLIENT_SECRET: &str = "bench-secret";
@@ -33,7 +36,7 @@ const TOKEN_RESPONSE: &str = r#"{"access_token":"eyJhbGciOiJSUzI1NiIsInR5cCI6Ikp
 
 /// The token endpoint: a client-credentials POST with HTTP Basic client authentication gets the
 /// fixed token response; anything else gets 400.
-async fn token_endpoint(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn token_endpoint(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let basic = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -64,38 +67,8 @@ async fn token_endpoint(req: Request<Incoming>) -> Result<Response<Full<Bytes>>,
     Ok(response)
 }
 
-/// Starts the token endpoint on its own runtime and thread; returns its address.
-fn server() -> SocketAddr {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        rt.block_on(async move {
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
-                stream.set_nodelay(true).unwrap();
-                tokio::spawn(async move {
-                    let builder =
-                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    let _ = builder
-                        .serve_connection(
-                            TokioIo::new(stream),
-                            hyper::service::service_fn(token_endpoint),
-                        )
-                        .await;
-                });
-            }
-        })
-    });
-    addr
-}
-
 fn acquisition(c: &mut Criterion) {
-    let addr = server();
+    let addr = spawn_server(token_endpoint);
     let token_url = format!("http://{addr}/oauth2/token");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -151,87 +124,33 @@ fn acquisition(c: &mut Criterion) {
 
     if paired_enabled() {
         // Chunks of 20 token requests, alternately (the order swapped every round).
-        let chunk_ours = || async {
-            let start = Instant::now();
-            for _ in 0..20 {
-                black_box(ours.request_token().await.expect("token"));
-            }
-            start.elapsed().as_secs_f64()
+        let chunk_ours = || {
+            timed_on(&rt, async {
+                for _ in 0..20 {
+                    black_box(ours.request_token().await.expect("token"));
+                }
+            })
         };
-        let chunk_theirs = || async {
-            let start = Instant::now();
-            for _ in 0..20 {
-                let response = theirs
-                    .exchange_client_credentials()
-                    .request_async(&http)
-                    .await
-                    .expect("token");
-                black_box(response);
-            }
-            start.elapsed().as_secs_f64()
+        let chunk_theirs = || {
+            timed_on(&rt, async {
+                for _ in 0..20 {
+                    let response = theirs
+                        .exchange_client_credentials()
+                        .request_async(&http)
+                        .await
+                        .expect("token");
+                    black_box(response);
+                }
+            })
         };
-        let mut ratios = Vec::new();
-        let end = Instant::now() + Duration::from_secs(3);
-        rt.block_on(async {
-            while Instant::now() < end || ratios.len() < 20 {
-                let (a, b) = if ratios.len() % 2 == 0 {
-                    let a = chunk_ours().await;
-                    (a, chunk_theirs().await)
-                } else {
-                    let b = chunk_theirs().await;
-                    (chunk_ours().await, b)
-                };
-                ratios.push(a / b);
-            }
-        });
-        report_paired("acquisition/tower_bearer:oauth2_crate", &mut ratios);
+        run_paired(
+            "acquisition/tower_bearer:oauth2_crate",
+            Duration::from_secs(3),
+            20,
+            chunk_ours,
+            chunk_theirs,
+        );
     }
-}
-
-// --- The paired check. -----------------------------------------------------------------------
-
-/// Whether to run the paired check after the criterion benchmarks: not in `--test`, `--list` or
-/// `--profile-time` runs, not when a benchmark filter is given, and not with `BENCH_PAIRED=0`.
-fn paired_enabled() -> bool {
-    if std::env::var("BENCH_PAIRED").is_ok_and(|v| v == "0") {
-        return false;
-    }
-    let takes_value = [
-        "--warm-up-time",
-        "--measurement-time",
-        "--sample-size",
-        "--save-baseline",
-        "--baseline",
-        "--load-baseline",
-        "--noise-threshold",
-        "--confidence-level",
-        "--significance-level",
-        "--nresamples",
-        "--plotting-backend",
-        "--output-format",
-        "--color",
-        "--format",
-    ];
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut previous = "";
-    for arg in &args {
-        if matches!(arg.as_str(), "--test" | "--list") || arg.starts_with("--profile-time") {
-            return false;
-        }
-        if !arg.starts_with('-') && !takes_value.contains(&previous) {
-            return false;
-        }
-        previous = arg;
-    }
-    true
-}
-
-/// The median of `ratios`, printed for `scripts/bench.sh` as
-/// `PAIRED <group>/<numerator>:<denominator> <median time ratio> <rounds>`.
-fn report_paired(label: &str, ratios: &mut [f64]) {
-    ratios.sort_by(f64::total_cmp);
-    let median = ratios[ratios.len() / 2];
-    println!("PAIRED {label} {median:.4} {}", ratios.len());
 }
 
 criterion_group!(benches, acquisition);

@@ -25,20 +25,20 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
+use hyper_util::rt::TokioExecutor;
 use tokio::runtime::Runtime;
 use tower::{Layer, Service, ServiceExt};
 use tower_bearer::{BearerAuthLayer, StaticToken, Token};
 use tower_http::auth::AddAuthorizationLayer;
 
+// Not every benchmark uses every shared item.
+#[allow(dead_code)]
+mod common;
+
+use common::{paired_enabled, run_paired, spawn_server, timed_on, Body, TOKEN};
+
 const TASKS: usize = 16;
 const PER_TASK: usize = 32;
-
-/// A JWT-sized access token.
-const TOKEN: &str = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6ImJlbmNoIn0.eyJpc3MiOiJodHRwczovL2F1dGguZXhhbXBsZS5jb20iLCJzdWIiOiJiZW5jaC1jbGllbnQiLCJhdWQiOiJodHRwczovL2FwaS5leGFtcGxlLmNvbSIsImV4cCI6NDEwMjQ0NDgwMCwic2NvcGUiOiJvcmRlcnM6d3JpdGUifQ.c2lnbmF0dXJlLXNpZ25hdHVyZS1zaWduYXR1cmUtc2lnbmF0dXJlLXNpZ25hdHVyZQ";
-
-type Body = Full<Bytes>;
 
 /// The API: reads the body, answers 200 with a small body and says whether the request carried
 /// the token.
@@ -55,33 +55,6 @@ async fn api(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
         header::HeaderValue::from_static(if authorized { "yes" } else { "no" }),
     );
     Ok(response)
-}
-
-/// Starts the server on its own runtime and thread; returns its address.
-fn server() -> SocketAddr {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        rt.block_on(async move {
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
-                stream.set_nodelay(true).unwrap();
-                tokio::spawn(async move {
-                    let builder =
-                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    let _ = builder
-                        .serve_connection(TokioIo::new(stream), hyper::service::service_fn(api))
-                        .await;
-                });
-            }
-        })
-    });
-    addr
 }
 
 fn request(addr: SocketAddr) -> Request<Body> {
@@ -163,7 +136,7 @@ where
 }
 
 fn loopback(c: &mut Criterion) {
-    let addr = server();
+    let addr = spawn_server(api);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -270,10 +243,8 @@ fn loopback(c: &mut Criterion) {
 
 // --- The paired check. -----------------------------------------------------------------------
 
-/// Whether to run the paired check after the criterion benchmarks: not in `--test`, `--list` or
-/// `--profile-time` runs, not when a benchmark filter is given, and not with `BENCH_PAIRED=0`.
-/// Runs batches through `a` and `b` alternately (the order swapped every round) for about three
-/// seconds, and reports the median ratio of `a`'s batch time to `b`'s.
+/// Runs batches through `a` and `b` alternately for about three seconds (see [`run_paired`]) and
+/// reports the median ratio of `a`'s batch time to `b`'s.
 fn paired<A, B>(rt: &Runtime, addr: SocketAddr, label: &str, a: (A, bool), b: (B, bool))
 where
     A: Service<Request<Body>, Response = Response<Incoming>> + Clone + 'static,
@@ -281,73 +252,13 @@ where
     B: Service<Request<Body>, Response = Response<Incoming>> + Clone + 'static,
     B::Error: std::fmt::Debug,
 {
-    let mut ratios = Vec::new();
-    let end = Instant::now() + Duration::from_secs(3);
-    rt.block_on(async {
-        while Instant::now() < end || ratios.len() < 10 {
-            let even = ratios.len() % 2 == 0;
-            let first = Instant::now();
-            if even {
-                batch(&a.0, addr, a.1).await;
-            } else {
-                batch(&b.0, addr, b.1).await;
-            }
-            let second = Instant::now();
-            if even {
-                batch(&b.0, addr, b.1).await;
-            } else {
-                batch(&a.0, addr, a.1).await;
-            }
-            let (t1, t2) = (
-                (second - first).as_secs_f64(),
-                second.elapsed().as_secs_f64(),
-            );
-            ratios.push(if even { t1 / t2 } else { t2 / t1 });
-        }
-    });
-    report_paired(label, &mut ratios);
-}
-
-fn paired_enabled() -> bool {
-    if std::env::var("BENCH_PAIRED").is_ok_and(|v| v == "0") {
-        return false;
-    }
-    let takes_value = [
-        "--warm-up-time",
-        "--measurement-time",
-        "--sample-size",
-        "--save-baseline",
-        "--baseline",
-        "--load-baseline",
-        "--noise-threshold",
-        "--confidence-level",
-        "--significance-level",
-        "--nresamples",
-        "--plotting-backend",
-        "--output-format",
-        "--color",
-        "--format",
-    ];
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut previous = "";
-    for arg in &args {
-        if matches!(arg.as_str(), "--test" | "--list") || arg.starts_with("--profile-time") {
-            return false;
-        }
-        if !arg.starts_with('-') && !takes_value.contains(&previous) {
-            return false;
-        }
-        previous = arg;
-    }
-    true
-}
-
-/// The median of `ratios`, printed for `scripts/bench.sh` as
-/// `PAIRED <group>/<numerator>:<denominator> <median time ratio> <rounds>`.
-fn report_paired(label: &str, ratios: &mut [f64]) {
-    ratios.sort_by(f64::total_cmp);
-    let median = ratios[ratios.len() / 2];
-    println!("PAIRED {label} {median:.4} {}", ratios.len());
+    run_paired(
+        label,
+        Duration::from_secs(3),
+        10,
+        || timed_on(rt, batch(&a.0, addr, a.1)),
+        || timed_on(rt, batch(&b.0, addr, b.1)),
+    );
 }
 
 criterion_group!(benches, loopback);

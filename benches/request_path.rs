@@ -7,12 +7,14 @@
 //! - `add_authorization`: tower-http's `AddAuthorization::bearer`, a static header (the lower
 //!   bound of any bearer middleware);
 //! - `mutex_cache`: a hand-written `Arc<Mutex<Option<Token>>>` cache, what users write today;
-//! - `floor` / `floor_replay`: a hand-written floor of the work the layer must do: one lock-free
+//! - `floor` / `floor_replay`: a hand-written floor of the work the layer must do (`Floor`, in
+//!   `benches/common/mod.rs`, shared with `benches/contention.rs`): one lock-free
 //!   load of a prepared header value (`ArcSwap`, the safe-Rust atomic load of a shared pointer),
 //!   one insert, the 401 check and, for replay, one clone of the request and of the service kept
 //!   until the response;
 //! - `floor_local`: a stricter floor, for information: each service clone keeps the value it
-//!   last saw, checked with one plain atomic load of a shared generation counter;
+//!   last saw, checked with one plain atomic load of a shared generation counter (the crate's
+//!   own access pattern, without its expiry check);
 //! - `bearer_no_replay` / `bearer_replay`: `BearerAuthLayer` with replay off and on.
 //!
 //! Each request is built (with `Request::builder`, as a client builds it) outside the timed
@@ -28,47 +30,31 @@ use std::convert::Infallible;
 use std::fmt::Debug;
 use std::future::{ready, Future, Ready};
 use std::hint::black_box;
-use std::pin::{pin, Pin};
+use std::pin::pin;
 use std::sync::{Arc, Mutex};
-use std::task::{ready as ready_poll, Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body_util::Full;
-use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 use tower_bearer::{BearerAuthLayer, StaticToken, Token};
 use tower_http::auth::AddAuthorizationLayer;
 
+// Not every benchmark uses every shared item.
+#[allow(dead_code)]
+mod common;
+
+use common::{
+    paired_enabled, prepared_value, request, run_paired, Body, CachedToken, Floor, MutexAuth, TOKEN,
+};
+
 /// Requests built ahead of each timed batch. Small, so that the batch's memory is reused from
 /// one batch to the next instead of being returned to the system and faulted in again.
 const BATCH: u64 = 256;
-
-/// A JWT-sized access token.
-const TOKEN: &str = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6ImJlbmNoIn0.eyJpc3MiOiJodHRwczovL2F1dGguZXhhbXBsZS5jb20iLCJzdWIiOiJiZW5jaC1jbGllbnQiLCJhdWQiOiJodHRwczovL2FwaS5leGFtcGxlLmNvbSIsImV4cCI6NDEwMjQ0NDgwMCwic2NvcGUiOiJvcmRlcnM6d3JpdGUifQ.c2lnbmF0dXJlLXNpZ25hdHVyZS1zaWduYXR1cmUtc2lnbmF0dXJlLXNpZ25hdHVyZQ";
-
-type Body = Full<Bytes>;
-
-/// A request as a client sends it: six headers and a small JSON body.
-fn request() -> Request<Body> {
-    Request::builder()
-        .method(Method::POST)
-        .uri("https://api.example.com/v1/orders?limit=10")
-        .header(header::HOST, "api.example.com")
-        .header(header::USER_AGENT, "loadgen/1.0")
-        .header(header::ACCEPT, "application/json")
-        .header(header::ACCEPT_ENCODING, "gzip, br")
-        .header(header::CONTENT_TYPE, "application/json")
-        .header("x-request-id", "7d4c6a1e-93b5-4b8f-a3a0-2f1e9c7b5d10")
-        .body(Full::new(Bytes::from_static(
-            br#"{"item":42,"quantity":1}"#,
-        )))
-        .unwrap()
-}
 
 /// The inner service: looks at the token and answers 200 at once. With `check`, it also
 /// asserts the token is the expected one (done once per variant, outside the measurement).
@@ -106,167 +92,13 @@ impl<B> Service<Request<B>> for Api {
     }
 }
 
-// --- What users write today: a token behind a mutex. ---------------------------------------
-
-struct CachedToken {
-    access_token: String,
-    expires_at: Instant,
-}
-
-#[derive(Clone)]
-struct MutexAuth<S> {
-    inner: S,
-    token: Arc<Mutex<Option<CachedToken>>>,
-}
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-impl<S, B> Service<Request<B>> for MutexAuth<S>
-where
-    S: Service<Request<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<tower::BoxError>,
-    B: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = tower::BoxError;
-    type Future = MutexFuture<S::Future, S::Response>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let value = {
-            let guard = self.token.lock().unwrap();
-            match &*guard {
-                Some(token) if token.expires_at > Instant::now() => {
-                    HeaderValue::from_str(&format!("Bearer {}", token.access_token)).ok()
-                }
-                _ => None,
-            }
-        };
-        match value {
-            Some(value) => {
-                req.headers_mut().insert(header::AUTHORIZATION, value);
-                MutexFuture::Cached {
-                    inner: self.inner.call(req),
-                }
-            }
-            None => {
-                // The slow path users write: fetch, store, then send. Not taken here.
-                let token = self.token.clone();
-                let mut inner = self.inner.clone();
-                MutexFuture::Fetching {
-                    inner: Box::pin(async move {
-                        let fetched = TOKEN.to_owned();
-                        let value = HeaderValue::from_str(&format!("Bearer {fetched}"))?;
-                        *token.lock().unwrap() = Some(CachedToken {
-                            access_token: fetched,
-                            expires_at: Instant::now() + Duration::from_secs(3600),
-                        });
-                        req.headers_mut().insert(header::AUTHORIZATION, value);
-                        tower::ServiceExt::ready(&mut inner)
-                            .await
-                            .map_err(Into::into)?
-                            .call(req)
-                            .await
-                            .map_err(Into::into)
-                    }),
-                }
-            }
-        }
-    }
-}
-
-pin_project! {
-    /// The cached path sends at once; the slow path is boxed.
-    #[project = MutexProj]
-    enum MutexFuture<F, T> {
-        Cached { #[pin] inner: F },
-        Fetching { inner: BoxFuture<Result<T, tower::BoxError>> },
-    }
-}
-
-impl<F, T, E> Future for MutexFuture<F, T>
-where
-    F: Future<Output = Result<T, E>>,
-    E: Into<tower::BoxError>,
-{
-    type Output = Result<T, tower::BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            MutexProj::Cached { inner } => inner.poll(cx).map_err(Into::into),
-            MutexProj::Fetching { inner } => inner.as_mut().poll(cx),
-        }
-    }
-}
-
-// --- The floor: the same work the layer must do, and nothing else. -------------------------
-
-#[derive(Clone)]
-struct Floor<S> {
-    inner: S,
-    current: Arc<ArcSwap<HeaderValue>>,
-    replay: bool,
-}
-
-pin_project! {
-    struct FloorFuture<F, B, S> {
-        #[pin]
-        future: F,
-        kept: Option<(Request<B>, S)>,
-    }
-}
-
-impl<F, B, S, RB, E> Future for FloorFuture<F, B, S>
-where
-    F: Future<Output = Result<Response<RB>, E>>,
-{
-    type Output = Result<Response<RB>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let response = ready_poll!(this.future.poll(cx))?;
-        if response.status() == StatusCode::UNAUTHORIZED {
-            // A replay would be sent from `kept` here; never taken in this benchmark.
-            black_box(this.kept.take());
-        }
-        Poll::Ready(Ok(response))
-    }
-}
-
-impl<S, B, RB> Service<Request<B>> for Floor<S>
-where
-    S: Service<Request<B>, Response = Response<RB>> + Clone,
-    B: Clone,
-{
-    type Response = Response<RB>;
-    type Error = S::Error;
-    type Future = FloorFuture<S::Future, B, S>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let kept = self.replay.then(|| (req.clone(), self.inner.clone()));
-        req.headers_mut().insert(
-            header::AUTHORIZATION,
-            HeaderValue::clone(&self.current.load()),
-        );
-        FloorFuture {
-            future: self.inner.call(req),
-            kept,
-        }
-    }
-}
+// --- A stricter floor. ---------------------------------------------------------------------
 
 /// A stricter floor: each clone of the service keeps the header value it last saw and the
 /// generation it was published with; a request does one plain atomic load of the shared
 /// generation and, if it is unchanged, clones the value it already holds (no shared pointer
-/// load, no lock). Not what the crate does today; shown to size what that design would save.
+/// load, no lock). This is the crate's own access pattern (`Local` in `src/cache.rs`) without
+/// its expiry check and batched hit counting.
 #[derive(Clone)]
 struct LocalFloor<S> {
     inner: S,
@@ -303,13 +135,6 @@ where
             .insert(header::AUTHORIZATION, self.local.1.clone());
         self.inner.call(req)
     }
-}
-
-fn prepared_value() -> HeaderValue {
-    // Built like the crate's: a shared `Bytes`, marked sensitive.
-    let mut value = HeaderValue::from_maybe_shared(Bytes::from(format!("Bearer {TOKEN}"))).unwrap();
-    value.set_sensitive(true);
-    value
 }
 
 // --- The harness. ---------------------------------------------------------------------------
@@ -463,11 +288,8 @@ fn request_path(c: &mut Criterion) {
 
 // --- The paired check. -----------------------------------------------------------------------
 
-/// Whether to run the paired check after the criterion benchmarks: not in `--test`, `--list` or
-/// `--profile-time` runs, not when a benchmark filter is given, and not with `BENCH_PAIRED=0`.
-/// Times `BATCH` requests through `a` and `b` alternately (the order swapped every round) for
-/// about two seconds, and reports the median ratio of `a`'s time to `b`'s. Both see the same
-/// moments of the machine, so a slow patch of it cannot fall on one side only.
+/// Times `BATCH` requests through `a` and `b` alternately for about two seconds (see
+/// [`run_paired`]) and reports the median ratio of `a`'s time to `b`'s.
 fn paired<A, B>(label: &str, mut a: A, mut b: B)
 where
     A: Service<Request<Body>, Response = Response<Body>>,
@@ -475,77 +297,32 @@ where
     B: Service<Request<Body>, Response = Response<Body>>,
     B::Error: Debug,
 {
-    fn timed<S>(svc: &mut S, cx: &mut Context<'_>, out: &mut Vec<Response<Body>>) -> f64
+    /// `BATCH` requests, built before the timed section; their responses are kept in `out` and
+    /// dropped at the next call, also outside it.
+    fn timed<S>(svc: &mut S, waker: &Waker, out: &mut Vec<Response<Body>>) -> f64
     where
         S: Service<Request<Body>, Response = Response<Body>>,
         S::Error: Debug,
     {
+        let mut cx = Context::from_waker(waker);
         let requests: Vec<_> = (0..BATCH).map(|_| request()).collect();
         out.clear();
         let start = Instant::now();
         for req in requests {
-            out.push(call_now(svc, cx, black_box(req)));
+            out.push(call_now(svc, &mut cx, black_box(req)));
         }
         start.elapsed().as_secs_f64()
     }
     let waker = Waker::from(Arc::new(NoopWake));
-    let mut cx = Context::from_waker(&waker);
-    let mut out = Vec::with_capacity(BATCH as usize);
-    let mut ratios = Vec::new();
-    let end = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < end || ratios.len() < 100 {
-        let (ta, tb) = if ratios.len() % 2 == 0 {
-            let ta = timed(&mut a, &mut cx, &mut out);
-            (ta, timed(&mut b, &mut cx, &mut out))
-        } else {
-            let tb = timed(&mut b, &mut cx, &mut out);
-            (timed(&mut a, &mut cx, &mut out), tb)
-        };
-        ratios.push(ta / tb);
-    }
-    report_paired(label, &mut ratios);
-}
-
-fn paired_enabled() -> bool {
-    if std::env::var("BENCH_PAIRED").is_ok_and(|v| v == "0") {
-        return false;
-    }
-    let takes_value = [
-        "--warm-up-time",
-        "--measurement-time",
-        "--sample-size",
-        "--save-baseline",
-        "--baseline",
-        "--load-baseline",
-        "--noise-threshold",
-        "--confidence-level",
-        "--significance-level",
-        "--nresamples",
-        "--plotting-backend",
-        "--output-format",
-        "--color",
-        "--format",
-    ];
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut previous = "";
-    for arg in &args {
-        if matches!(arg.as_str(), "--test" | "--list") || arg.starts_with("--profile-time") {
-            return false;
-        }
-        if !arg.starts_with('-') && !takes_value.contains(&previous) {
-            return false;
-        }
-        previous = arg;
-    }
-    true
-}
-
-/// The median of `ratios`, printed for `scripts/bench.sh` as
-/// `PAIRED <group>/<numerator>:<denominator> <median time ratio> <rounds>`.
-fn report_paired(label: &str, ratios: &mut [f64]) {
-    ratios.sort_by(f64::total_cmp);
-    let median = ratios[ratios.len() / 2];
-    println!("PAIRED {label} {median:.4} {}", ratios.len());
+    let mut out_a = Vec::with_capacity(BATCH as usize);
+    let mut out_b = Vec::with_capacity(BATCH as usize);
+    run_paired(
+        label,
+        Duration::from_secs(2),
+        100,
+        || timed(&mut a, &waker, &mut out_a),
+        || timed(&mut b, &waker, &mut out_b),
+    );
 }
 
 criterion_group!(benches, request_path);

@@ -25,38 +25,25 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use tokio::runtime::Runtime;
 use tokio::sync::{watch, Barrier};
 use tower::{Layer, Service, ServiceExt};
 use tower_bearer::{source_fn, BearerAuthLayer, Token, TokenCache, TokenRequest};
 
+// Only `request` and `Body` are used here.
+#[allow(dead_code)]
+mod common;
+
+use common::{request, Body};
+
 const EXPIRED_STORM: usize = 10_000;
 const REJECTED_STORM: usize = 1_000;
 /// How long the token source takes to answer.
 const FETCH_LATENCY: Duration = Duration::from_millis(1);
-
-type Body = Full<Bytes>;
-
-fn request() -> Request<Body> {
-    Request::builder()
-        .method(Method::POST)
-        .uri("https://api.example.com/v1/orders?limit=10")
-        .header(header::HOST, "api.example.com")
-        .header(header::USER_AGENT, "loadgen/1.0")
-        .header(header::ACCEPT, "application/json")
-        .header(header::ACCEPT_ENCODING, "gzip, br")
-        .header(header::CONTENT_TYPE, "application/json")
-        .header("x-request-id", "7d4c6a1e-93b5-4b8f-a3a0-2f1e9c7b5d10")
-        .body(Full::new(Bytes::from_static(
-            br#"{"item":42,"quantity":1}"#,
-        )))
-        .unwrap()
-}
 
 /// A token source that numbers its tokens (`tok-1`, `tok-2`, …), counts its calls, answers
 /// after `FETCH_LATENCY`, and gives its tokens the lifetime currently set.

@@ -7,6 +7,7 @@ use http::uri::{PathAndQuery, Uri};
 use http::Request;
 
 use crate::cache::Entry;
+use crate::token::secret_bytes;
 
 /// Where the layer puts the token on each request.
 ///
@@ -133,7 +134,7 @@ impl Placement {
                 value.push(b' ');
                 value.extend_from_slice(entry.raw(stripe).as_bytes());
                 // Both parts were checked (an HTTP token, and a valid header value).
-                let Ok(mut value) = HeaderValue::from_bytes(&value) else {
+                let Ok(mut value) = HeaderValue::from_maybe_shared(secret_bytes(value)) else {
                     return false;
                 };
                 value.set_sensitive(true);
@@ -176,7 +177,10 @@ fn stamp_query<B>(req: &mut Request<B>, token: &str) -> bool {
     }
     path_and_query.push_str("access_token=");
     path_and_query.extend(form_urlencoded::byte_serialize(token.as_bytes()));
-    let Ok(path_and_query) = PathAndQuery::try_from(path_and_query) else {
+    // The URI carries the token: its bytes are zeroed when the last copy is dropped.
+    let Ok(path_and_query) =
+        PathAndQuery::from_maybe_shared(secret_bytes(path_and_query.into_bytes()))
+    else {
         return false;
     };
     let mut parts = uri.clone().into_parts();

@@ -947,3 +947,29 @@ async fn no_debug_output_shows_a_secret() {
     }
     future.await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn grpc_status_16_counts_only_on_http2_responses() {
+    // gRPC runs over HTTP/2 only. An HTTP/1.1 200 that happens to carry `grpc-status: 16` is an
+    // ordinary response; the same on HTTP/2 is a rejection, replayed once.
+    for (version, expected_calls) in [(http::Version::HTTP_11, 1), (http::Version::HTTP_2, 2)] {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let inner = {
+            let calls = calls.clone();
+            service_fn(move |_req: Request<Body>| {
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                let mut response = Response::new(Body::default());
+                *response.version_mut() = version;
+                let status = if n == 0 { "16" } else { "0" };
+                response
+                    .headers_mut()
+                    .insert("grpc-status", HeaderValue::from_static(status));
+                async move { Ok::<_, Infallible>(response) }
+            })
+        };
+        let svc = BearerAuth::new(inner, StaticToken::new("tok"));
+        svc.clone().oneshot(get("http://grpc.test/")).await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), expected_calls, "{version:?}");
+        assert_eq!(svc.cache().stats().replays, expected_calls as u64 - 1);
+    }
+}

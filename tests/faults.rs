@@ -654,10 +654,46 @@ async fn http_503() {
     .await;
 }
 
+/// Fetches within `span` when every delay between them is at least `gap`.
+fn fetches_with_gap(span: Duration, gap: Duration) -> u64 {
+    1 + (span.as_nanos() / gap.as_nanos()) as u64
+}
+
+/// The fetches a failing endpoint gets in one second of sequential requests.
+async fn fetches_in_one_second(fault: Mode) -> (u64, Duration) {
+    let mut h = Harness::new(fault).await;
+    let start = Instant::now();
+    h.run_until(start + Duration::from_secs(1)).await;
+    (h.snapshot().stats.fetches, start.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_and_refusals_stretch_the_backoff() {
+    // `Retry-After: 7` is honoured up to the backoff maximum: every delay is 400 ms.
+    let (fetches, span) = fetches_in_one_second(Mode::Status(429, Some("7"))).await;
+    let bound = fetches_with_gap(span, BACKOFF_MAX);
+    assert!(
+        fetches <= bound,
+        "{fetches} fetches in {span:?}, at most {bound}"
+    );
+    // A 400 is not worth retrying soon: every delay is at least half the maximum.
+    let (fetches, span) = fetches_in_one_second(Mode::Status(400, None)).await;
+    let bound = fetches_with_gap(span, BACKOFF_MAX / 2);
+    assert!(
+        fetches <= bound,
+        "{fetches} fetches in {span:?}, at most {bound}"
+    );
+    // Both tighter than the schedule without them.
+    assert!(
+        fetches_with_gap(Duration::from_secs(1), BACKOFF_MAX / 2)
+            < max_fetches(Duration::from_secs(1))
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_429_with_retry_after() {
-    // The cache backs off by its own schedule (the bounds above hold); the server's
-    // `Retry-After` reaches the caller in the error.
+    // The bounds of the plain schedule hold too; the server's `Retry-After` reaches the caller
+    // in the error.
     bounded(exercise(Mode::Status(429, Some("7")), |err| {
         let cause = expect_http(err, 429);
         assert_eq!(cause.retry_after(), Some(Duration::from_secs(7)));

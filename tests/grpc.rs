@@ -86,6 +86,17 @@ impl Api {
     fn uploads(&self) -> Vec<Vec<String>> {
         lock(&self.uploads).clone()
     }
+
+    /// Whether the interceptor sees `call` within `LIMIT / 2` (so a caller bounded by `LIMIT`
+    /// still gets to report it).
+    async fn saw(&self, call: (String, bool)) -> bool {
+        let wait = async {
+            while !lock(&self.calls).contains(&call) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        tokio::time::timeout(LIMIT / 2, wait).await.is_ok()
+    }
 }
 
 fn accepted(token: &str) -> (String, bool) {
@@ -252,6 +263,20 @@ impl Fixture {
         }
     }
 
+    /// A fixture whose client made one call with tok-1, which the server then revoked.
+    async fn revoked() -> Self {
+        let f = Self::new().await;
+        f.assert_serving().await;
+        f.api.revoke("tok-1");
+        f
+    }
+
+    /// A unary Health `Check` through the client answers SERVING.
+    async fn assert_serving(&self) {
+        let status = check(self.client.clone()).await.unwrap();
+        assert_eq!(status, ServingStatus::Serving);
+    }
+
     fn issued(&self) -> usize {
         self.issued.load(Ordering::SeqCst)
     }
@@ -320,18 +345,12 @@ fn names(messages: &[HealthCheckRequest]) -> Vec<String> {
 async fn unary_call_carries_the_token() {
     let f = Fixture::new().await;
 
-    assert_eq!(
-        check(f.client.clone()).await.unwrap(),
-        ServingStatus::Serving
-    );
+    f.assert_serving().await;
     assert_eq!(f.api.calls(), [accepted("tok-1")]);
     assert_eq!(f.stats(), (1, 0, 0));
 
     // The cached token is reused.
-    assert_eq!(
-        check(f.client.clone()).await.unwrap(),
-        ServingStatus::Serving
-    );
+    f.assert_serving().await;
     assert_eq!(f.api.calls(), [accepted("tok-1"), accepted("tok-1")]);
     assert_eq!(f.stats(), (1, 0, 0));
     assert_eq!(f.issued(), 1);
@@ -339,19 +358,11 @@ async fn unary_call_carries_the_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_token_is_replayed_once() {
-    let f = Fixture::new().await;
-    assert_eq!(
-        check(f.client.clone()).await.unwrap(),
-        ServingStatus::Serving
-    );
+    let f = Fixture::revoked().await;
 
-    f.api.revoke("tok-1");
     // The interceptor rejects tok-1 (trailers-only UNAUTHENTICATED); the layer fetches tok-2 and
     // replays; the caller sees only the success.
-    assert_eq!(
-        check(f.client.clone()).await.unwrap(),
-        ServingStatus::Serving
-    );
+    f.assert_serving().await;
     assert_eq!(
         f.api.calls(),
         [accepted("tok-1"), rejected("tok-1"), accepted("tok-2")]
@@ -360,22 +371,14 @@ async fn revoked_token_is_replayed_once() {
     assert_eq!(f.issued(), 2);
 
     // tok-2 stays in use.
-    assert_eq!(
-        check(f.client.clone()).await.unwrap(),
-        ServingStatus::Serving
-    );
+    f.assert_serving().await;
     assert_eq!(f.api.calls().last(), Some(&accepted("tok-2")));
     assert_eq!(f.stats(), (2, 1, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_streaming_call_is_replayed_with_all_its_messages() {
-    let f = Fixture::new().await;
-    assert_eq!(
-        check(f.client.clone()).await.unwrap(),
-        ServingStatus::Serving
-    );
-    f.api.revoke("tok-1");
+    let f = Fixture::revoked().await;
 
     // Five messages of ~8 KiB: several HTTP/2 data frames, well under the 64 KiB cap.
     let sent = messages(5, 8 * 1024);
@@ -393,34 +396,35 @@ async fn client_streaming_call_is_replayed_with_all_its_messages() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_rejected_while_still_streaming_is_replayed_with_the_rest() {
-    let f = Fixture::new().await;
-    assert_eq!(
-        check(f.client.clone()).await.unwrap(),
-        ServingStatus::Serving
-    );
-    f.api.revoke("tok-1");
+    let f = Fixture::revoked().await;
 
-    // Two messages at once, then the rest trickling in, so the server rejects the first attempt
-    // before the upload ends: the replay sends what the first attempt kept, then what it never
-    // read.
+    // Two messages at once, the rest only once the server has rejected the first attempt, so
+    // the rejection always arrives mid-upload: the replay must send what the first attempt kept,
+    // then what it never read.
     let sent = messages(6, 100);
     let (tx, rx) = mpsc::channel(8);
     let producer = tokio::spawn({
         let sent = sent.clone();
+        let api = f.api.clone();
         async move {
+            let mut rejected_mid_upload = false;
             for (i, message) in sent.into_iter().enumerate() {
-                if i >= 2 {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                if i == 2 {
+                    rejected_mid_upload = api.saw(rejected("tok-1")).await;
                 }
                 if tx.send(message).await.is_err() {
                     break;
                 }
             }
+            rejected_mid_upload
         }
     });
     let status = upload_through(&f.client, ReceiverStream::new(rx)).await;
     assert_eq!(status.unwrap(), ServingStatus::Serving);
-    bounded(producer).await.unwrap();
+    assert!(
+        bounded(producer).await.unwrap(),
+        "the server did not reject tok-1 while the upload was open"
+    );
 
     assert_eq!(f.api.uploads(), [names(&sent)]);
     assert_eq!(
@@ -433,10 +437,7 @@ async fn upload_rejected_while_still_streaming_is_replayed_with_the_rest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unauthenticated_in_trailers_drops_the_token_without_replay() {
     let f = Fixture::new().await;
-    assert_eq!(
-        check(f.client.clone()).await.unwrap(),
-        ServingStatus::Serving
-    );
+    f.assert_serving().await;
 
     let mut grpc = tonic::client::Grpc::new(f.client.clone());
     bounded(grpc.ready()).await.unwrap();
@@ -459,10 +460,7 @@ async fn unauthenticated_in_trailers_drops_the_token_without_replay() {
     assert_eq!(f.stats(), (1, 1, 0));
 
     // ...so the next call fetches tok-2 first, rather than being rejected and replayed.
-    assert_eq!(
-        check(f.client.clone()).await.unwrap(),
-        ServingStatus::Serving
-    );
+    f.assert_serving().await;
     assert_eq!(
         f.api.calls(),
         [accepted("tok-1"), accepted("tok-1"), accepted("tok-2")]
@@ -472,12 +470,7 @@ async fn unauthenticated_in_trailers_drops_the_token_without_replay() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_calls_after_revocation_share_one_fetch() {
-    let f = Fixture::new().await;
-    assert_eq!(
-        check(f.client.clone()).await.unwrap(),
-        ServingStatus::Serving
-    );
-    f.api.revoke("tok-1");
+    let f = Fixture::revoked().await;
 
     // Spawned: the stack's futures are `Send`.
     let calls: Vec<_> = (0..8)

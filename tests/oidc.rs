@@ -354,7 +354,7 @@ async fn authorization_code_with_pkce_then_refresh_with_rotation() {
     assert!(err.needs_reauthorization());
     assert!(!err.is_retryable());
     assert!(err.to_string().contains("authorize again"));
-    // The source does not call the server again.
+    // It stays refused (that the server is not called again is shown in tests/secrets.rs).
     let again = stale.refresh().await.unwrap_err();
     assert_eq!(again.code(), Some(&ErrorCode::InvalidGrant));
 }

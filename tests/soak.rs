@@ -419,7 +419,6 @@ async fn one_million_requests() {
     );
 
     // Every request came back, and none hung.
-    assert!(set.is_empty());
     assert_eq!(tally.total(), u64::from(REQUESTS), "{tally:?}");
     assert_eq!(tally.hung, 0, "{tally:?}");
     assert_eq!(tally.other_errors, 0, "{tally:?}");

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use tower::{service_fn, BoxError, ServiceExt};
+use tower::{service_fn, BoxError, Service, ServiceExt};
 use tower_bearer::replay::{ReplayBody, StreamingReplay};
 use tower_bearer::{BearerAuthLayer, StaticToken};
 
@@ -87,9 +87,9 @@ enum Read {
     All,
     First,
     Nothing,
-    /// Answers at once but keeps the unread body for a while, as a connection still sending it
-    /// would.
-    HoldFor(Duration),
+    /// Reads the first frame, answers, and keeps the rest of the body for a while, as a
+    /// connection still sending it would.
+    FirstThenHold(Duration),
     /// Reads the body, answers, and keeps the finished body object for a while.
     AllThenHold(Duration),
 }
@@ -145,7 +145,10 @@ fn inner(
                         drop(body);
                     });
                 }
-                Read::HoldFor(delay) => {
+                Read::FirstThenHold(delay) => {
+                    if let Some(frame) = body.frame().await {
+                        data.extend_from_slice(frame?.data_ref().unwrap());
+                    }
                     tokio::spawn(async move {
                         tokio::time::sleep(delay).await;
                         drop(body);
@@ -296,9 +299,12 @@ async fn a_server_that_read_part_of_the_body_gets_the_kept_part_then_the_rest() 
 #[tokio::test]
 async fn the_replay_waits_for_a_connection_still_holding_the_first_body() {
     let data = chunks(3, 500);
-    let hold = Read::HoldFor(Duration::from_millis(100));
+    // The first attempt read one chunk; its body, holding the unread rest, lives on for 100 ms.
+    // The replay must wait for it: without the rest it could only send the kept chunk.
+    let hold = Read::FirstThenHold(Duration::from_millis(100));
     let (response, seen) = send(Chunks::new(&data, None), hold, 1, 64 * 1024).await;
     assert_eq!(response.unwrap().status(), StatusCode::OK);
+    assert_eq!(seen[0].body, data[0].to_vec());
     assert_eq!(seen[1].body, concat(&data));
 }
 
@@ -402,6 +408,27 @@ async fn no_copy_of_the_body_is_kept_after_the_response() {
         "the kept copy was released with the response"
     );
 
+    // Released when the response is returned, even if the caller keeps the finished future.
+    let freed = Arc::new(AtomicUsize::new(0));
+    let data = tracked_chunks(4, 1000, &freed);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let hold = Read::AllThenHold(Duration::from_secs(3600));
+    let mut svc = tower::ServiceBuilder::new()
+        .layer(BearerAuthLayer::new(tokens()).replay_streaming())
+        .service(inner(hold, 0, seen));
+    svc.ready().await.unwrap();
+    let future = svc.call(Request::new(Chunks::new(&data, None)));
+    tokio::pin!(future);
+    let response = (&mut future).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    drop(data);
+    assert_eq!(
+        freed.load(Ordering::SeqCst),
+        4,
+        "released while the future lives"
+    );
+    // `future` is still alive here: it is dropped at the end of the test.
+
     // And after a replay.
     let freed = Arc::new(AtomicUsize::new(0));
     let data = tracked_chunks(4, 1000, &freed);
@@ -424,6 +451,8 @@ async fn cloneable_bodies_are_cloned_not_wrapped() {
             move |req: Request<ReplayBody<http_body_util::Full<Bytes>>>| {
                 let n = calls.fetch_add(1, Ordering::SeqCst);
                 async move {
+                    // Passed through as it is on both attempts, not wrapped to keep a copy.
+                    assert!(format!("{:?}", req.body()).contains("plain"));
                     let body = req.into_body().collect().await?.to_bytes();
                     assert_eq!(body, "payload");
                     let mut response = Response::new(());

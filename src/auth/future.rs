@@ -174,16 +174,19 @@ where
                     });
                 }
                 StateProj::Sent { future, id, replay } => {
-                    let response = ready!(future.poll(cx)).map_err(Into::into)?;
+                    let result = ready!(future.poll(cx));
+                    // Taken now, so that the kept copy and the inner clone are released with the
+                    // response even if the caller keeps this future around.
+                    let replay = replay.take();
+                    let response = result.map_err(Into::into)?;
                     if !rejects_token(&response) {
                         return Poll::Ready(Ok(response));
                     }
                     let cache = &this.config.cache;
                     cache.count_rejection();
                     let id = *id;
-                    let replay = replay
-                        .take()
-                        .and_then(|(kept, inner)| Some((this.policy.replay(kept)?, inner)));
+                    let replay =
+                        replay.and_then(|(kept, inner)| Some((this.policy.replay(kept)?, inner)));
                     let Some((req, inner)) = replay else {
                         tracing::debug!(token.id = id, "token rejected; request not replayable");
                         cache.reject(id);
