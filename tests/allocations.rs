@@ -1,5 +1,6 @@
 //! The cached path allocates nothing of its own: with replay off, a request through the layer
-//! makes no allocation at all (the request and the response are built before and after).
+//! makes no allocation at all (the request and the response are built before and after); with
+//! replay on, one (the copy of the request's head).
 
 use std::alloc::System;
 use std::convert::Infallible;
@@ -85,15 +86,11 @@ fn the_cached_path_allocates_nothing_with_replay_off() {
         .expect("first request");
     assert_eq!(allocations_per_request(&mut off, 1_000), 0);
 
-    // With replay on, the copy of each request's head is the only work added: a few
-    // allocations for the header map, none per request besides.
+    // With replay on, the copy of each request's head is the only work added, and it is one
+    // allocation: the names and values go into one buffer (cloning the header map would take
+    // two for its tables and one per value made by `HeaderValue::from_str`, four here).
     let mut on = tower::ServiceBuilder::new().layer(layer).service(api);
-    let with_replay = allocations_per_request(&mut on, 1_000);
-    eprintln!("replay on: {with_replay} allocations per request");
-    assert!(
-        with_replay > 0 && with_replay <= 6,
-        "{with_replay} per request"
-    );
+    assert_eq!(allocations_per_request(&mut on, 1_000), 1);
 }
 
 /// Sends one request, so that the token is fetched and cached.

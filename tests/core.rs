@@ -164,7 +164,9 @@ async fn two_concurrent_rejections_of_one_token_cause_one_refresh() {
         service_fn(move |req: Request<Body>| {
             let (api, barrier, accepted) = (api.clone(), barrier.clone(), accepted.clone());
             async move {
-                if req.headers()[AUTHORIZATION] == "Bearer tok-1" {
+                let token = req.headers()[AUTHORIZATION].to_str().unwrap();
+                let n: u32 = token.strip_prefix("Bearer tok-").unwrap().parse().unwrap();
+                if n % 2 == 1 {
                     if barrier.wait().await.is_leader() {
                         accepted.lock().unwrap().push("tok-2".to_owned());
                         accepted.lock().unwrap().retain(|t| t != "tok-1");
@@ -972,4 +974,97 @@ async fn grpc_status_16_counts_only_on_http2_responses() {
         assert_eq!(calls.load(Ordering::SeqCst), expected_calls, "{version:?}");
         assert_eq!(svc.cache().stats().replays, expected_calls as u64 - 1);
     }
+}
+
+/// An API that rejects the odd tokens (`tok-1`, `tok-3`, ...), answers with its tag and counts
+/// its clones.
+struct Tagged {
+    tag: &'static str,
+    clones: Arc<AtomicUsize>,
+}
+
+impl Clone for Tagged {
+    fn clone(&self) -> Self {
+        self.clones.fetch_add(1, Ordering::SeqCst);
+        Self {
+            tag: self.tag,
+            clones: self.clones.clone(),
+        }
+    }
+}
+
+impl Service<Request<Body>> for Tagged {
+    type Response = Response<String>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Response<String>, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let mut response = Response::new(self.tag.to_owned());
+        let token = req.headers()[AUTHORIZATION].to_str().unwrap();
+        let n: u32 = token.strip_prefix("Bearer tok-").unwrap().parse().unwrap();
+        if n % 2 == 1 {
+            *response.status_mut() = StatusCode::UNAUTHORIZED;
+        }
+        std::future::ready(Ok(response))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_inner_service_is_cloned_for_replays_not_for_every_request() {
+    let tokens = Counting::new();
+    let clones = Arc::new(AtomicUsize::new(0));
+    let inner = Tagged {
+        tag: "first",
+        clones: clones.clone(),
+    };
+    let mut svc = BearerAuth::new(
+        inner,
+        tokens.source(Duration::ZERO, Duration::from_secs(600)),
+    );
+    // The first request waits for the token: it takes the ready inner service and leaves a
+    // clone (1), and the spare that replays are cloned from is made (2). `tok-1` is rejected and
+    // the replay clones the spare (3).
+    let response = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(get("http://api.test/"))
+        .await;
+    assert_eq!(response.unwrap().status(), StatusCode::OK);
+    assert_eq!(clones.load(Ordering::SeqCst), 3);
+    assert_eq!(svc.cache().stats().replays, 1);
+
+    // A thousand accepted requests on the cached path clone nothing.
+    for _ in 0..1_000 {
+        let response = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(get("http://api.test/"))
+            .await;
+        assert_eq!(response.unwrap().status(), StatusCode::OK);
+    }
+    assert_eq!(clones.load(Ordering::SeqCst), 3);
+
+    // After `get_mut`, replays go through the inner service as changed: `tok-3` is rejected
+    // and the replay with `tok-4` answers from a clone of the changed service.
+    svc.get_mut().tag = "second";
+    svc.cache().invalidate();
+    let response = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(get("http://api.test/"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.body(), "second");
+    assert_eq!((tokens.calls(), svc.cache().stats().replays), (4, 2));
 }

@@ -1,13 +1,14 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::task::{ready, Context, Poll};
 
 use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
+use super::service::Spare;
 use super::Config;
 use crate::cache::Entry;
 use crate::challenge::rejects_token;
@@ -43,14 +44,14 @@ pin_project! {
             acquire: Acquire,
             inner: Option<S>,
             req: Option<Request<P::Body>>,
-            kept: Option<P::Kept>,
+            replay: Option<(P::Kept, Spare<S>)>,
         },
         // Sent with the token `id`; `replay` holds what a replay needs, if one is possible.
         Sent {
             #[pin]
             future: S::Future,
             id: u64,
-            replay: Option<(P::Kept, S)>,
+            replay: Option<(P::Kept, Spare<S>)>,
         },
         // The token was rejected: waiting for a fresh one to replay with.
         Reacquiring {
@@ -89,7 +90,7 @@ where
     pub(super) fn sent(
         future: S::Future,
         id: u64,
-        replay: Option<(P::Kept, S)>,
+        replay: Option<(P::Kept, Spare<S>)>,
         config: Arc<Config>,
         policy: P,
     ) -> Self {
@@ -103,7 +104,7 @@ where
     pub(super) fn waiting(
         inner: S,
         req: Request<P::Body>,
-        kept: Option<P::Kept>,
+        replay: Option<(P::Kept, Spare<S>)>,
         config: Arc<Config>,
         policy: P,
     ) -> Self {
@@ -113,7 +114,7 @@ where
                 acquire: Box::pin(async move { cache.acquire().await }),
                 inner: Some(inner),
                 req: Some(req),
-                kept,
+                replay,
             },
             config,
             policy,
@@ -155,7 +156,7 @@ where
                     acquire,
                     inner,
                     req,
-                    kept,
+                    replay,
                 } => {
                     let entry = ready!(acquire.as_mut().poll(cx))?;
                     let (Some(mut inner), Some(mut req)) = (inner.take(), req.take()) else {
@@ -164,7 +165,7 @@ where
                     if !this.config.placement.stamp(&mut req, &entry, 0) {
                         return Poll::Ready(Err(Error::new(ErrorKind::InvalidToken, None).into()));
                     }
-                    let replay = kept.take().map(|kept| (kept, inner.clone()));
+                    let replay = replay.take();
                     // `inner` is the service that `poll_ready` reported ready.
                     let future = inner.call(req);
                     this.state.set(State::Sent {
@@ -185,8 +186,11 @@ where
                     let cache = &this.config.cache;
                     cache.count_rejection();
                     let id = *id;
-                    let replay =
-                        replay.and_then(|(kept, inner)| Some((this.policy.replay(kept)?, inner)));
+                    let replay = replay.and_then(|(kept, spare)| {
+                        let req = this.policy.replay(kept)?;
+                        let inner = spare.lock().unwrap_or_else(PoisonError::into_inner).clone();
+                        Some((req, inner))
+                    });
                     let Some((req, inner)) = replay else {
                         tracing::debug!(token.id = id, "token rejected; request not replayable");
                         cache.reject(id);

@@ -1,4 +1,5 @@
 use std::fmt;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
@@ -17,8 +18,10 @@ use crate::{BoxError, Placement, TokenCache, TokenSource};
 ///
 /// The inner service must be `Clone`: a request that waits for a token takes the ready inner
 /// service with it and leaves a clone behind, and a replay is sent through a clone that is
-/// polled ready again. Cloning should be cheap and clones should share their connection pool, as
-/// hyper-util's `Client` and tonic's `Channel` do. Wrap a service that is not `Clone` in
+/// polled ready again. That clone is not made for every request: each `BearerAuth` keeps one
+/// spare clone of its inner service, made on its first replayable request (and again after
+/// [`get_mut`](Self::get_mut)), and a replay clones the spare. Clones should share their
+/// connection pool, as hyper-util's `Client` and tonic's `Channel` do. Wrap a service that is not `Clone` in
 /// [`tower::buffer::Buffer`](https://docs.rs/tower/0.5/tower/buffer/struct.Buffer.html).
 ///
 /// # Backpressure
@@ -33,7 +36,14 @@ pub struct BearerAuth<S, P = CloneBody> {
     policy: P,
     /// This clone's view of the current token.
     local: Local,
+    /// A clone of `inner` that replays are cloned from, shared with the response futures that
+    /// may replay. Made on the first replayable request, so that a request that is never
+    /// rejected costs a reference count instead of a clone of the inner service.
+    spare: Option<Spare<S>>,
 }
+
+/// The spare clone of the inner service that replays are cloned from.
+pub(crate) type Spare<S> = Arc<Mutex<S>>;
 
 impl<S> BearerAuth<S> {
     /// Wraps `inner` with a new [`TokenCache`] (default timing) over `source`.
@@ -66,6 +76,7 @@ impl<S, P> BearerAuth<S, P> {
             configs,
             policy,
             local,
+            spare: None,
         }
     }
 
@@ -74,8 +85,10 @@ impl<S, P> BearerAuth<S, P> {
         &self.inner
     }
 
-    /// The inner service, mutably.
+    /// The inner service, mutably. Replays from this service go through clones of the inner
+    /// service as it is after this change.
     pub fn get_mut(&mut self) -> &mut S {
+        self.spare = None;
         &mut self.inner
     }
 
@@ -102,8 +115,16 @@ impl<S: Clone, P: Clone> Clone for BearerAuth<S, P> {
             configs: self.configs.clone(),
             policy: self.policy.clone(),
             local: self.local.clone(),
+            spare: None,
         }
     }
+}
+
+/// The spare clone that replays of requests sent now are cloned from, made if there is none.
+#[inline]
+fn spare<S: Clone>(slot: &mut Option<Spare<S>>, inner: &S) -> Spare<S> {
+    slot.get_or_insert_with(|| Arc::new(Mutex::new(inner.clone())))
+        .clone()
 }
 
 impl<S: fmt::Debug, P: fmt::Debug> fmt::Debug for BearerAuth<S, P> {
@@ -150,7 +171,7 @@ where
         });
         match stamped {
             Some(Some(id)) => {
-                let replay = kept.map(|kept| (kept, self.inner.clone()));
+                let replay = kept.map(|kept| (kept, spare(&mut self.spare, &self.inner)));
                 let future = self.inner.call(req);
                 ResponseFuture::sent(future, id, replay, config.clone(), self.policy.clone())
             }
@@ -160,6 +181,7 @@ where
                 // into the future, which calls it once the token arrives.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
+                let kept = kept.map(|kept| (kept, spare(&mut self.spare, &self.inner)));
                 ResponseFuture::waiting(inner, req, kept, config.clone(), self.policy.clone())
             }
         }

@@ -13,6 +13,7 @@
 //! - [`NoReplay`] turns replays off.
 
 mod body;
+mod head;
 
 use std::any::Any;
 use std::convert::Infallible;
@@ -20,13 +21,13 @@ use std::fmt;
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
-use http::request::Parts;
 use http::Request;
 use http_body::{Body, SizeHint};
 use http_body_util::{Empty, Full};
 
 pub use body::ReplayBody;
 use body::Shared;
+use head::Head;
 
 /// Decides whether a request can be replayed after its token was rejected, and keeps what a
 /// replay needs.
@@ -69,15 +70,18 @@ pub struct CloneBody;
 
 impl<B: 'static> ReplayPolicy<B> for CloneBody {
     type Body = B;
-    type Kept = Request<B>;
+    type Kept = KeptRequest<B>;
 
     #[inline]
-    fn prepare(&self, req: Request<B>) -> (Request<B>, Option<Request<B>>) {
+    fn prepare(&self, req: Request<B>) -> (Request<B>, Option<KeptRequest<B>>) {
         let Some(body) = clone_body(req.body()) else {
             return (req, None);
         };
-        let copy = Request::from_parts(copy_head(&req), body);
-        (req, Some(copy))
+        let kept = Head::copy(&req).map(|head| KeptRequest {
+            head: Some(head),
+            body: Some(KeptBody::Cloned(body)),
+        });
+        (req, kept)
     }
 
     #[inline]
@@ -85,21 +89,14 @@ impl<B: 'static> ReplayPolicy<B> for CloneBody {
         req
     }
 
-    #[inline]
-    fn replay(&self, kept: Request<B>) -> Option<Request<B>> {
-        Some(kept)
+    fn replay(&self, mut kept: KeptRequest<B>) -> Option<Request<B>> {
+        let head = kept.take_head()?;
+        match kept.body.take()? {
+            KeptBody::Cloned(body) => Some(Request::from_parts(head, body)),
+            // `CloneBody` keeps cloned bodies only.
+            KeptBody::Streamed { .. } => None,
+        }
     }
-}
-
-/// A copy of a request's head: method, URI, version, headers and extensions.
-fn copy_head<B>(req: &Request<B>) -> Parts {
-    let (mut head, ()) = Request::new(()).into_parts();
-    head.method = req.method().clone();
-    head.uri = req.uri().clone();
-    head.version = req.version();
-    head.headers = req.headers().clone();
-    head.extensions = req.extensions().clone();
-    head
 }
 
 /// Replays requests with any body: cloneable bodies are cloned as [`CloneBody`] does, and
@@ -154,11 +151,18 @@ impl Default for StreamingReplay {
     }
 }
 
-/// What [`StreamingReplay`] keeps for a replay: the request's head, and its cloned body or a
-/// handle on what its [`ReplayBody`] kept. Dropping it releases the kept bytes.
+/// What [`CloneBody`] and [`StreamingReplay`] keep for a replay: a copy of the request's head,
+/// and its cloned body or a handle on what its [`ReplayBody`] kept. Dropping it releases the
+/// kept bytes.
 pub struct KeptRequest<B> {
-    head: Parts,
+    head: Option<Head>,
     body: Option<KeptBody<B>>,
+}
+
+impl<B> KeptRequest<B> {
+    fn take_head(&mut self) -> Option<http::request::Parts> {
+        self.head.take()?.into_parts()
+    }
 }
 
 enum KeptBody<B> {
@@ -181,7 +185,7 @@ impl<B> fmt::Debug for KeptRequest<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The head is not shown: its headers may carry credentials of their own.
         f.debug_struct("KeptRequest")
-            .field("method", &self.head.method)
+            .field("method", &self.head.as_ref().map(Head::method))
             .finish_non_exhaustive()
     }
 }
@@ -195,11 +199,14 @@ where
     type Kept = KeptRequest<B>;
 
     fn prepare(&self, req: Request<B>) -> (Request<ReplayBody<B>>, Option<KeptRequest<B>>) {
-        let head = copy_head(&req);
+        let head = Head::copy(&req);
         let (parts, body) = req.into_parts();
+        let Some(head) = head else {
+            return (Request::from_parts(parts, ReplayBody::plain(body)), None);
+        };
         if let Some(copy) = clone_body(&body) {
             let kept = KeptRequest {
-                head,
+                head: Some(head),
                 body: Some(KeptBody::Cloned(copy)),
             };
             return (
@@ -214,7 +221,7 @@ where
         }
         let (body, shared) = ReplayBody::first(body, self.cap);
         let kept = KeptRequest {
-            head,
+            head: Some(head),
             body: Some(KeptBody::Streamed { shared, hint }),
         };
         (Request::from_parts(parts, body), Some(kept))
@@ -225,7 +232,7 @@ where
     }
 
     fn replay(&self, mut kept: KeptRequest<B>) -> Option<Request<ReplayBody<B>>> {
-        let head = std::mem::replace(&mut kept.head, Request::new(()).into_parts().0);
+        let head = kept.take_head()?;
         let body = match kept.body.take()? {
             KeptBody::Cloned(body) => ReplayBody::plain(body),
             KeptBody::Streamed { shared, hint } => {
