@@ -217,6 +217,29 @@ fn loopback(c: &mut Criterion) {
                 paired(
                     &rt,
                     addr,
+                    "loopback/http1_bearer:http1_bearer_no_replay",
+                    (layer.layer(client.clone()), true),
+                    (layer.clone().without_replay().layer(client.clone()), true),
+                );
+                paired(
+                    &rt,
+                    addr,
+                    "loopback/http1_bearer_no_replay:http1_bare",
+                    (layer.clone().without_replay().layer(client.clone()), true),
+                    (client.clone(), false),
+                );
+                if std::env::var_os("BENCH_AA").is_some() {
+                    paired(
+                        &rt,
+                        addr,
+                        "loopback/http1_bearer:http1_bearer",
+                        (layer.layer(client.clone()), true),
+                        (layer.layer(client.clone()), true),
+                    );
+                }
+                paired(
+                    &rt,
+                    addr,
                     "loopback/http1_bearer_no_replay:http1_add_authorization",
                     (layer.clone().without_replay().layer(client.clone()), true),
                     (static_header.layer(client.clone()), true),

@@ -63,6 +63,7 @@ where
 
 #[test]
 fn the_cached_path_allocates_nothing_with_replay_off() {
+    the_response_future_does_not_grow_with_the_inner_service();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -91,6 +92,45 @@ fn the_cached_path_allocates_nothing_with_replay_off() {
     // two for its tables and one per value made by `HeaderValue::from_str`, four here).
     let mut on = tower::ServiceBuilder::new().layer(layer).service(api);
     assert_eq!(allocations_per_request(&mut on, 1_000), 1);
+}
+
+/// The response future keeps what a request waiting for a token holds (the inner service and the
+/// request) in a box, so the future every request moves around stays small whatever the size of
+/// the inner service. (Run from the test above: a second test running at the same time would
+/// allocate inside its measured region.)
+fn the_response_future_does_not_grow_with_the_inner_service() {
+    #[derive(Clone)]
+    struct Big(#[allow(dead_code)] [u64; 64]);
+
+    impl Service<Request<Full<Bytes>>> for Big {
+        type Response = Response<()>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<Response<()>, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Request<Full<Bytes>>) -> Self::Future {
+            ready(Ok(Response::new(())))
+        }
+    }
+
+    type On = tower_bearer::ResponseFuture<Big, tower_bearer::replay::CloneBody, Full<Bytes>>;
+    type Off = tower_bearer::ResponseFuture<Big, tower_bearer::replay::NoReplay, Full<Bytes>>;
+    let inner = std::mem::size_of::<<Big as Service<Request<Full<Bytes>>>>::Future>();
+    let (on, off) = (std::mem::size_of::<On>(), std::mem::size_of::<Off>());
+    assert_eq!(std::mem::size_of::<Big>(), 512);
+    // The inner future, the token's id, the shared configuration, and with replay the kept copy
+    // (an allocated buffer, the method, version and extensions, a cloned body) and the spare.
+    assert!(
+        off <= inner + 24,
+        "{off} bytes without replay, the inner future {inner}"
+    );
+    assert!(
+        on <= inner + 136,
+        "{on} bytes with replay, the inner future {inner}"
+    );
 }
 
 /// Sends one request, so that the token is fetched and cached.

@@ -33,6 +33,9 @@ pin_project! {
 }
 
 pin_project! {
+    // The states a request waits in (for a token, or for the inner service before a replay)
+    // keep what they hold in a box: those paths are rare, and a small future is cheaper to move
+    // on the path every request takes.
     #[project = StateProj]
     enum State<S, P, B>
     where
@@ -42,9 +45,7 @@ pin_project! {
         // No usable token when the request came: waiting for the fetch in flight.
         Waiting {
             acquire: Acquire,
-            inner: Option<S>,
-            req: Option<Request<P::Body>>,
-            replay: Option<(P::Kept, Spare<S>)>,
+            parked: Option<Box<Parked<S, P, B>>>,
         },
         // Sent with the token `id`; `replay` holds what a replay needs, if one is possible.
         Sent {
@@ -56,13 +57,11 @@ pin_project! {
         // The token was rejected: waiting for a fresh one to replay with.
         Reacquiring {
             acquire: Acquire,
-            inner: Option<S>,
-            req: Option<Request<P::Body>>,
+            parked: Option<Box<(S, Option<Request<P::Body>>)>>,
         },
         // Waiting for the clone of the inner service to be ready for the replay.
         ReplayReady {
-            inner: S,
-            req: Option<Request<P::Body>>,
+            parked: Box<(S, Option<Request<P::Body>>)>,
             id: u64,
         },
         // The replay is in flight; whatever it answers is returned.
@@ -80,6 +79,13 @@ pin_project! {
             error: Option<Error>,
         },
     }
+}
+
+/// A request waiting for a token, with the ready inner service that will send it.
+struct Parked<S, P: ReplayPolicy<B>, B> {
+    inner: S,
+    req: Request<P::Body>,
+    replay: Option<(P::Kept, Spare<S>)>,
 }
 
 impl<S, P, B> ResponseFuture<S, P, B>
@@ -112,9 +118,7 @@ where
         Self {
             state: State::Waiting {
                 acquire: Box::pin(async move { cache.acquire().await }),
-                inner: Some(inner),
-                req: Some(req),
-                replay,
+                parked: Some(Box::new(Parked { inner, req, replay })),
             },
             config,
             policy,
@@ -152,20 +156,19 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Waiting {
-                    acquire,
-                    inner,
-                    req,
-                    replay,
-                } => {
+                StateProj::Waiting { acquire, parked } => {
                     let entry = ready!(acquire.as_mut().poll(cx))?;
-                    let (Some(mut inner), Some(mut req)) = (inner.take(), req.take()) else {
+                    let Some(parked) = parked.take() else {
                         unreachable!("ResponseFuture polled after completion");
                     };
+                    let Parked {
+                        mut inner,
+                        mut req,
+                        replay,
+                    } = *parked;
                     if !this.config.placement.stamp(&mut req, &entry, 0) {
                         return Poll::Ready(Err(Error::new(ErrorKind::InvalidToken, None).into()));
                     }
-                    let replay = replay.take();
                     // `inner` is the service that `poll_ready` reported ready.
                     let future = inner.call(req);
                     this.state.set(State::Sent {
@@ -200,29 +203,27 @@ where
                     let cache = cache.clone();
                     this.state.set(State::Reacquiring {
                         acquire: Box::pin(async move { cache.reject_and_acquire(id).await }),
-                        inner: Some(inner),
-                        req: Some(req),
+                        parked: Some(Box::new((inner, Some(req)))),
                     });
                 }
-                StateProj::Reacquiring {
-                    acquire,
-                    inner,
-                    req,
-                } => {
+                StateProj::Reacquiring { acquire, parked } => {
                     let entry = ready!(acquire.as_mut().poll(cx))?;
-                    let (Some(inner), Some(mut req)) = (inner.take(), req.take()) else {
+                    let Some(mut parked) = parked.take() else {
                         unreachable!("ResponseFuture polled after completion");
                     };
-                    if !this.config.placement.stamp(&mut req, &entry, 0) {
+                    let Some(req) = parked.1.as_mut() else {
+                        unreachable!("ResponseFuture polled after completion");
+                    };
+                    if !this.config.placement.stamp(req, &entry, 0) {
                         return Poll::Ready(Err(Error::new(ErrorKind::InvalidToken, None).into()));
                     }
                     this.state.set(State::ReplayReady {
-                        inner,
-                        req: Some(req),
+                        parked,
                         id: entry.id,
                     });
                 }
-                StateProj::ReplayReady { inner, req, id } => {
+                StateProj::ReplayReady { parked, id } => {
+                    let (inner, req) = &mut **parked;
                     ready!(inner.poll_ready(cx)).map_err(Into::into)?;
                     let Some(req) = req.take() else {
                         unreachable!("ResponseFuture polled after completion");

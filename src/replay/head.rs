@@ -5,11 +5,18 @@
 //! allocate its two tables, and every header value made by `HeaderValue::from_str` (what the
 //! request builder makes) is a `Bytes` that allocates a shared header on its first clone: about
 //! eight allocations for a request with six headers, and atomic reference counting on each value
-//! the connection later drops. Here the names and values are copied into one buffer, one
-//! allocation in all; the map is rebuilt from it only for a replay.
+//! the connection later drops (the URI's parts too). Here the URI and the header names and values
+//! are copied into one buffer, one allocation in all; the URI and the map are rebuilt from it only
+//! for a replay.
 
 use http::request::Parts;
+use http::uri::{self, Authority, PathAndQuery, Scheme};
 use http::{Extensions, HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
+
+/// Bytes before the URI's parts at the start of the buffer: the lengths of the scheme (`u8`, at
+/// most 64 bytes), the authority and the path and query (`u16` each, as a `Uri` is shorter than
+/// 64 KiB), and whether there is a path and query at all (a CONNECT request's URI has none).
+const URI_PREFIX: usize = 1 + 2 + 2 + 1;
 
 /// Bytes before each header's name and value: the name's length (`u16`, as `HeaderName` is at
 /// most 64 KiB), the value's length (`u32`), and whether the value is marked sensitive.
@@ -19,44 +26,58 @@ const PREFIX: usize = 2 + 4 + 1;
 /// stamped.
 pub(crate) struct Head {
     method: Method,
-    uri: Uri,
     version: Version,
     extensions: Extensions,
-    /// Each header in turn, in the order the map iterates: `PREFIX`, the name, the value.
-    headers: Vec<u8>,
+    /// `URI_PREFIX` and the URI's parts, then each header in turn, in the order the map
+    /// iterates: `PREFIX`, the name, the value.
+    bytes: Vec<u8>,
     /// The number of header values.
     count: usize,
 }
 
 impl Head {
     /// Copies a request's head. `None` when a header value is longer than 4 GiB, which this
-    /// format does not hold (such a request is not replayed).
+    /// format does not hold (such a request is not replayed); a `Uri`'s parts always fit.
     #[inline]
     pub(crate) fn copy<B>(req: &Request<B>) -> Option<Self> {
+        let uri = req.uri();
+        let scheme = uri.scheme_str().unwrap_or("").as_bytes();
+        let authority = uri.authority().map_or("", Authority::as_str).as_bytes();
+        let path = uri.path_and_query().map(PathAndQuery::as_str);
+        let path_bytes = path.unwrap_or("").as_bytes();
         let map = req.headers();
-        let len = map
-            .iter()
-            .map(|(name, value)| PREFIX + name.as_str().len() + value.len())
-            .sum();
-        let mut headers = Vec::with_capacity(len);
+        let len = URI_PREFIX
+            + scheme.len()
+            + authority.len()
+            + path_bytes.len()
+            + map
+                .iter()
+                .map(|(name, value)| PREFIX + name.as_str().len() + value.len())
+                .sum::<usize>();
+        let mut bytes = Vec::with_capacity(len);
+        let [a0, a1] = u16::try_from(authority.len()).ok()?.to_le_bytes();
+        let [p0, p1] = u16::try_from(path_bytes.len()).ok()?.to_le_bytes();
+        let scheme_len = u8::try_from(scheme.len()).ok()?;
+        bytes.extend_from_slice(&[scheme_len, a0, a1, p0, p1, u8::from(path.is_some())]);
+        bytes.extend_from_slice(scheme);
+        bytes.extend_from_slice(authority);
+        bytes.extend_from_slice(path_bytes);
         for (name, value) in map {
             let name = name.as_str().as_bytes();
-            let value_len = u32::try_from(value.len()).ok()?;
             // `HeaderName` never exceeds `u16::MAX` bytes.
             let [n0, n1] = (name.len() as u16).to_le_bytes();
-            let [v0, v1, v2, v3] = value_len.to_le_bytes();
+            let [v0, v1, v2, v3] = u32::try_from(value.len()).ok()?.to_le_bytes();
             let sensitive = u8::from(value.is_sensitive());
             // One fixed-size write, which compiles to a few moves rather than three calls.
-            headers.extend_from_slice(&[n0, n1, v0, v1, v2, v3, sensitive]);
-            headers.extend_from_slice(name);
-            headers.extend_from_slice(value.as_bytes());
+            bytes.extend_from_slice(&[n0, n1, v0, v1, v2, v3, sensitive]);
+            bytes.extend_from_slice(name);
+            bytes.extend_from_slice(value.as_bytes());
         }
         Some(Self {
             method: req.method().clone(),
-            uri: req.uri().clone(),
             version: req.version(),
             extensions: req.extensions().clone(),
-            headers,
+            bytes,
             count: map.len(),
         })
     }
@@ -70,14 +91,36 @@ impl Head {
     /// value built in a release build by `HeaderValue::from_maybe_shared_unchecked` from bytes a
     /// header value may not hold can cause. Such a request is not replayed.
     pub(crate) fn into_parts(self) -> Option<Parts> {
+        let mut rest = self.bytes.as_slice();
+        let prefix = take(&mut rest, URI_PREFIX)?;
+        let scheme = take(&mut rest, usize::from(prefix[0]))?;
+        let authority = take(
+            &mut rest,
+            usize::from(u16::from_le_bytes([prefix[1], prefix[2]])),
+        )?;
+        let path = take(
+            &mut rest,
+            usize::from(u16::from_le_bytes([prefix[3], prefix[4]])),
+        )?;
+        let mut uri = uri::Parts::default();
+        if !scheme.is_empty() {
+            uri.scheme = Some(Scheme::try_from(scheme).ok()?);
+        }
+        if !authority.is_empty() {
+            uri.authority = Some(Authority::try_from(authority).ok()?);
+        }
+        if prefix[5] != 0 {
+            uri.path_and_query = Some(PathAndQuery::try_from(path).ok()?);
+        }
+        let uri = Uri::from_parts(uri).ok()?;
+
         let mut headers = HeaderMap::with_capacity(self.count);
-        let mut rest = self.headers.as_slice();
-        while let Some((prefix, tail)) = rest.split_first_chunk::<PREFIX>() {
+        while !rest.is_empty() {
+            let prefix = take(&mut rest, PREFIX)?;
             let name_len = usize::from(u16::from_le_bytes([prefix[0], prefix[1]]));
             let value_len = u32::from_le_bytes([prefix[2], prefix[3], prefix[4], prefix[5]]);
-            let (name, tail) = tail.split_at(name_len);
-            let (value, tail) = tail.split_at(value_len as usize);
-            rest = tail;
+            let name = take(&mut rest, name_len)?;
+            let value = take(&mut rest, value_len as usize)?;
             let name = HeaderName::from_bytes(name).ok()?;
             let mut value = HeaderValue::from_bytes(value).ok()?;
             value.set_sensitive(prefix[6] != 0);
@@ -85,12 +128,19 @@ impl Head {
         }
         let (mut parts, ()) = Request::new(()).into_parts();
         parts.method = self.method;
-        parts.uri = self.uri;
+        parts.uri = uri;
         parts.version = self.version;
         parts.headers = headers;
         parts.extensions = self.extensions;
         Some(parts)
     }
+}
+
+/// The next `n` bytes of `rest`.
+fn take<'a>(rest: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+    let (head, tail) = (rest.get(..n)?, rest.get(n..)?);
+    *rest = tail;
+    Some(head)
 }
 
 #[cfg(test)]
@@ -146,10 +196,10 @@ mod tests {
     }
 
     #[test]
-    fn a_request_without_headers_copies_without_allocating_a_buffer() {
+    fn a_request_without_headers_keeps_its_uri_only() {
         let req = Request::get("/").body(()).unwrap();
         let head = Head::copy(&req).unwrap();
-        assert_eq!(head.headers.capacity(), 0);
+        assert_eq!(head.bytes.len(), URI_PREFIX + 1);
         let parts = head.into_parts().unwrap();
         assert!(parts.headers.is_empty());
         assert_eq!(parts.uri, "/");
@@ -163,8 +213,36 @@ mod tests {
             .body(())
             .unwrap();
         let head = Head::copy(&req).unwrap();
-        let expected = 2 * PREFIX + "user-agent".len() + 11 + "x-request-id".len() + 8;
-        assert_eq!(head.headers.len(), expected);
-        assert_eq!(head.headers.capacity(), expected);
+        let uri = URI_PREFIX + "/".len();
+        let expected = uri + 2 * PREFIX + "user-agent".len() + 11 + "x-request-id".len() + 8;
+        assert_eq!(head.bytes.len(), expected);
+        assert_eq!(head.bytes.capacity(), expected);
+    }
+
+    #[test]
+    fn every_form_of_uri_comes_back() {
+        for text in [
+            "/",
+            "/v1/items?x=1&y=%20",
+            "*",
+            "http://a.example",
+            "https://a.example/",
+            "https://user:pw@a.example:8443/p/q?r#ignored",
+            "custom+scheme-1.0://host/p",
+            "a.example:443",
+            "[::1]:8080",
+            "http://[::1]:8080/x",
+        ] {
+            let uri: Uri = text.parse().unwrap();
+            let req = Request::get(uri.clone()).body(()).unwrap();
+            let back = round_trip(&req).uri;
+            assert_eq!(back, uri, "{text}");
+            assert_eq!(back.to_string(), uri.to_string(), "{text}");
+            assert_eq!(back.path_and_query(), uri.path_and_query(), "{text}");
+            assert_eq!(back.authority(), uri.authority(), "{text}");
+            assert_eq!(back.scheme(), uri.scheme(), "{text}");
+        }
+        let req = Request::get(Uri::default()).body(()).unwrap();
+        assert_eq!(round_trip(&req).uri, Uri::default());
     }
 }
