@@ -203,6 +203,13 @@ fn contention(c: &mut Criterion) {
             &rt,
             "contention/bearer_no_replay:add_authorization",
             layer.clone().without_replay().layer(api),
+            add_authorization.clone(),
+        );
+        // The same service on both sides: how far from 1 the paired check strays by itself.
+        paired(
+            &rt,
+            "contention/add_authorization:add_authorization",
+            add_authorization.clone(),
             add_authorization,
         );
     }

@@ -162,6 +162,12 @@ def throughput_ratio(label, group, ours, base, limit):
         (r >= limit) if limit else None, "%s vs %s" % (ns(a), ns(b)),
         "-" if p is None else "%.3f" % (1 / p), (1 / p >= limit) if limit and p else None)
 
+def paired_only(label, group, ours, base):
+    """A paired check with no criterion counterpart, shown as throughput (base time / ours)."""
+    p = paired(group, ours, base)
+    row(label, "-", "(info)", None, "paired check only",
+        "-" if p is None else "%.3f" % (1 / p))
+
 def storm(label, name, base):
     c = calls("storms/" + name)
     a, b = median("storms", name), median("storms", base)
@@ -194,6 +200,8 @@ throughput_ratio("2. contention, floor with replay / AddAuthorization", "content
                  "floor_replay", "add_authorization", None)
 throughput_ratio("2. contention, Arc<Mutex<..>> / AddAuthorization", "contention",
                  "mutex_cache", "add_authorization", None)
+paired_only("2. contention, A/A: AddAuthorization / itself (the check's own noise)",
+            "contention", "add_authorization", "add_authorization")
 storm("3. storm: 10,000 requests on an expired token", "expired_10000", "fresh_10000")
 storm("3. storm: 1,000 concurrent 401s for one token", "rejected_1000", "accepted_1000")
 throughput_ratio("4. loopback HTTP/1.1: throughput / bare", "loopback",
@@ -204,6 +212,12 @@ throughput_ratio("4. HTTP/1.1: layer / static AddAuthorization header", "loopbac
                  "http1_bearer", "http1_add_authorization", None)
 throughput_ratio("4. HTTP/1.1: layer, replay off / static AddAuthorization header", "loopback",
                  "http1_bearer_no_replay", "http1_add_authorization", None)
+throughput_ratio("4. HTTP/1.1: layer, replay off / bare", "loopback",
+                 "http1_bearer_no_replay", "http1_bare", None)
+throughput_ratio("4. HTTP/1.1: layer, replay on / replay off", "loopback",
+                 "http1_bearer", "http1_bearer_no_replay", None)
+paired_only("4. HTTP/1.1, A/A: bare / itself (the check's own noise)",
+            "loopback", "http1_bare", "http1_bare")
 throughput_ratio("4. HTTP/2: layer / static AddAuthorization header", "loopback",
                  "http2_bearer", "http2_add_authorization", None)
 throughput_ratio("4. HTTP/2: static AddAuthorization header / bare", "loopback",
