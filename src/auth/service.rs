@@ -18,10 +18,18 @@ use crate::{BoxError, Placement, TokenCache, TokenSource};
 ///
 /// The inner service must be `Clone`: a request that waits for a token takes the ready inner
 /// service with it and leaves a clone behind, and a replay is sent through a clone that is
-/// polled ready again. That clone is not made for every request: each `BearerAuth` keeps one
-/// spare clone of its inner service, made on its first replayable request (and again after
-/// [`get_mut`](Self::get_mut)), and a replay clones the spare. Clones should share their
-/// connection pool, as hyper-util's `Client` and tonic's `Channel` do. Wrap a service that is not `Clone` in
+/// polled ready again. Clones should share their connection pool, as hyper-util's `Client` and
+/// tonic's `Channel` do.
+///
+/// That clone is not made for every request. Each `BearerAuth` keeps one spare clone of its
+/// inner service, made by its first replayable request (and again after
+/// [`get_mut`](Self::get_mut)); a replay clones the spare. So a service used for many requests
+/// pays one clone, and each request a reference count; a `BearerAuth` cloned for every request
+/// (`svc.clone().oneshot(req)`, or inside tower-http's `FollowRedirect`) pays a clone and a small
+/// allocation per request. A replay goes through a clone of the inner service as it was when the
+/// spare was made: the same thing for services whose clones share their state (hyper-util's
+/// `Client`, tonic's `Channel`, `Buffer`, `ConcurrencyLimit`), but not for a service whose
+/// clones copy state it changes through `&mut self`. Wrap a service that is not `Clone` in
 /// [`tower::buffer::Buffer`](https://docs.rs/tower/0.5/tower/buffer/struct.Buffer.html).
 ///
 /// # Backpressure

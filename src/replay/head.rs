@@ -12,11 +12,12 @@
 use http::request::Parts;
 use http::uri::{self, Authority, PathAndQuery, Scheme};
 use http::{Extensions, HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
+use zeroize::Zeroize;
 
-/// Bytes before the URI's parts at the start of the buffer: the lengths of the scheme (`u8`, at
-/// most 64 bytes), the authority and the path and query (`u16` each, as a `Uri` is shorter than
-/// 64 KiB), and whether there is a path and query at all (a CONNECT request's URI has none).
-const URI_PREFIX: usize = 1 + 2 + 2 + 1;
+/// Bytes before the URI's parts at the start of the buffer: the lengths of the scheme, the
+/// authority and the path and query (`u32` each), and whether there is a path and query at all
+/// (a CONNECT request's URI has none).
+const URI_PREFIX: usize = 4 + 4 + 4 + 1;
 
 /// Bytes before each header's name and value: the name's length (`u16`, as `HeaderName` is at
 /// most 64 KiB), the value's length (`u32`), and whether the value is marked sensitive.
@@ -28,16 +29,30 @@ pub(crate) struct Head {
     method: Method,
     version: Version,
     extensions: Extensions,
-    /// `URI_PREFIX` and the URI's parts, then each header in turn, in the order the map
-    /// iterates: `PREFIX`, the name, the value.
+    bytes: Packed,
+}
+
+/// `URI_PREFIX` and the URI's parts, then each header in turn, in the order the map iterates:
+/// `PREFIX`, the name, the value. Zeroed when dropped if a value was marked sensitive (a cookie
+/// or a credential of the caller's own): the copy must not outlive the request in freed memory.
+struct Packed {
     bytes: Vec<u8>,
-    /// The number of header values.
-    count: usize,
+    /// The number of header names (a `HeaderMap` holds at most 32,768).
+    names: u32,
+    sensitive: bool,
+}
+
+impl Drop for Packed {
+    fn drop(&mut self) {
+        if self.sensitive {
+            self.bytes.zeroize();
+        }
+    }
 }
 
 impl Head {
-    /// Copies a request's head. `None` when a header value is longer than 4 GiB, which this
-    /// format does not hold (such a request is not replayed); a `Uri`'s parts always fit.
+    /// Copies a request's head. `None` when a header value or a part of the URI is longer than
+    /// 4 GiB, which this format does not hold (such a request is not replayed).
     #[inline]
     pub(crate) fn copy<B>(req: &Request<B>) -> Option<Self> {
         let uri = req.uri();
@@ -55,21 +70,26 @@ impl Head {
                 .map(|(name, value)| PREFIX + name.as_str().len() + value.len())
                 .sum::<usize>();
         let mut bytes = Vec::with_capacity(len);
-        let [a0, a1] = u16::try_from(authority.len()).ok()?.to_le_bytes();
-        let [p0, p1] = u16::try_from(path_bytes.len()).ok()?.to_le_bytes();
-        let scheme_len = u8::try_from(scheme.len()).ok()?;
-        bytes.extend_from_slice(&[scheme_len, a0, a1, p0, p1, u8::from(path.is_some())]);
+        let mut uri_prefix = [0; URI_PREFIX];
+        for (at, part) in [(0, scheme), (4, authority), (8, path_bytes)] {
+            let len = u32::try_from(part.len()).ok()?.to_le_bytes();
+            uri_prefix[at..at + 4].copy_from_slice(&len);
+        }
+        uri_prefix[12] = u8::from(path.is_some());
+        bytes.extend_from_slice(&uri_prefix);
         bytes.extend_from_slice(scheme);
         bytes.extend_from_slice(authority);
         bytes.extend_from_slice(path_bytes);
+        let mut sensitive = false;
         for (name, value) in map {
             let name = name.as_str().as_bytes();
             // `HeaderName` never exceeds `u16::MAX` bytes.
             let [n0, n1] = (name.len() as u16).to_le_bytes();
             let [v0, v1, v2, v3] = u32::try_from(value.len()).ok()?.to_le_bytes();
-            let sensitive = u8::from(value.is_sensitive());
+            sensitive |= value.is_sensitive();
+            let flag = u8::from(value.is_sensitive());
             // One fixed-size write, which compiles to a few moves rather than three calls.
-            bytes.extend_from_slice(&[n0, n1, v0, v1, v2, v3, sensitive]);
+            bytes.extend_from_slice(&[n0, n1, v0, v1, v2, v3, flag]);
             bytes.extend_from_slice(name);
             bytes.extend_from_slice(value.as_bytes());
         }
@@ -77,8 +97,11 @@ impl Head {
             method: req.method().clone(),
             version: req.version(),
             extensions: req.extensions().clone(),
-            bytes,
-            count: map.len(),
+            bytes: Packed {
+                bytes,
+                names: u32::try_from(map.keys_len()).ok()?,
+                sensitive,
+            },
         })
     }
 
@@ -91,17 +114,15 @@ impl Head {
     /// value built in a release build by `HeaderValue::from_maybe_shared_unchecked` from bytes a
     /// header value may not hold can cause. Such a request is not replayed.
     pub(crate) fn into_parts(self) -> Option<Parts> {
-        let mut rest = self.bytes.as_slice();
+        let mut rest = self.bytes.bytes.as_slice();
         let prefix = take(&mut rest, URI_PREFIX)?;
-        let scheme = take(&mut rest, usize::from(prefix[0]))?;
-        let authority = take(
-            &mut rest,
-            usize::from(u16::from_le_bytes([prefix[1], prefix[2]])),
-        )?;
-        let path = take(
-            &mut rest,
-            usize::from(u16::from_le_bytes([prefix[3], prefix[4]])),
-        )?;
+        let len = |at: usize| {
+            let len = [prefix[at], prefix[at + 1], prefix[at + 2], prefix[at + 3]];
+            u32::from_le_bytes(len) as usize
+        };
+        let scheme = take(&mut rest, len(0))?;
+        let authority = take(&mut rest, len(4))?;
+        let path = take(&mut rest, len(8))?;
         let mut uri = uri::Parts::default();
         if !scheme.is_empty() {
             uri.scheme = Some(Scheme::try_from(scheme).ok()?);
@@ -109,12 +130,13 @@ impl Head {
         if !authority.is_empty() {
             uri.authority = Some(Authority::try_from(authority).ok()?);
         }
-        if prefix[5] != 0 {
+        if prefix[12] != 0 {
             uri.path_and_query = Some(PathAndQuery::try_from(path).ok()?);
         }
         let uri = Uri::from_parts(uri).ok()?;
 
-        let mut headers = HeaderMap::with_capacity(self.count);
+        // At most as many names as the original map held, so within what a map can hold.
+        let mut headers = HeaderMap::with_capacity(self.bytes.names as usize);
         while !rest.is_empty() {
             let prefix = take(&mut rest, PREFIX)?;
             let name_len = usize::from(u16::from_le_bytes([prefix[0], prefix[1]]));
@@ -199,7 +221,7 @@ mod tests {
     fn a_request_without_headers_keeps_its_uri_only() {
         let req = Request::get("/").body(()).unwrap();
         let head = Head::copy(&req).unwrap();
-        assert_eq!(head.bytes.len(), URI_PREFIX + 1);
+        assert_eq!(head.bytes.bytes.len(), URI_PREFIX + 1);
         let parts = head.into_parts().unwrap();
         assert!(parts.headers.is_empty());
         assert_eq!(parts.uri, "/");
@@ -215,8 +237,9 @@ mod tests {
         let head = Head::copy(&req).unwrap();
         let uri = URI_PREFIX + "/".len();
         let expected = uri + 2 * PREFIX + "user-agent".len() + 11 + "x-request-id".len() + 8;
-        assert_eq!(head.bytes.len(), expected);
-        assert_eq!(head.bytes.capacity(), expected);
+        assert_eq!(head.bytes.bytes.len(), expected);
+        assert_eq!(head.bytes.bytes.capacity(), expected);
+        assert!(!head.bytes.sensitive);
     }
 
     #[test]
@@ -244,5 +267,30 @@ mod tests {
         }
         let req = Request::get(Uri::default()).body(()).unwrap();
         assert_eq!(round_trip(&req).uri, Uri::default());
+    }
+
+    #[test]
+    fn many_values_of_one_name_come_back() {
+        // More values than `HeaderMap::with_capacity` accepts as a capacity (it panics above
+        // 24,576): the map is rebuilt with room for its names, and grows for the values.
+        let mut req = Request::get("/").body(()).unwrap();
+        for i in 0..30_000 {
+            req.headers_mut()
+                .append("x-many", HeaderValue::from_str(&i.to_string()).unwrap());
+        }
+        let parts = round_trip(&req);
+        assert_eq!(parts.headers.len(), 30_000);
+        assert_eq!(parts.headers, *req.headers());
+    }
+
+    #[test]
+    fn a_copy_holding_a_sensitive_value_is_marked_for_zeroing() {
+        let mut secret = HeaderValue::from_static("session=s3cr3t");
+        secret.set_sensitive(true);
+        let req = Request::get("/")
+            .header(header::COOKIE, secret)
+            .body(())
+            .unwrap();
+        assert!(Head::copy(&req).unwrap().bytes.sensitive);
     }
 }

@@ -183,10 +183,12 @@ impl<B> Drop for KeptRequest<B> {
 
 impl<B> fmt::Debug for KeptRequest<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // The head is not shown: its headers may carry credentials of their own.
-        f.debug_struct("KeptRequest")
-            .field("method", &self.head.as_ref().map(Head::method))
-            .finish_non_exhaustive()
+        // Only the method is shown: the headers may carry credentials of their own.
+        let mut out = f.debug_struct("KeptRequest");
+        if let Some(head) = &self.head {
+            out.field("method", head.method());
+        }
+        out.finish_non_exhaustive()
     }
 }
 
