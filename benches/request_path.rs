@@ -277,6 +277,17 @@ fn request_path(c: &mut Criterion) {
                 replay: true,
             },
         );
+        paired(
+            "request_path/bearer_replay:add_authorization",
+            layer.layer(Api::FAST),
+            add_authorization.layer(Api::FAST),
+        );
+        // The same service on both sides: how far from 1 the paired check strays by itself.
+        paired(
+            "request_path/add_authorization:add_authorization",
+            add_authorization.layer(Api::FAST),
+            add_authorization.layer(Api::FAST),
+        );
     }
     let stats = layer.cache().stats();
     assert_eq!(

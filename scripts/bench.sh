@@ -168,6 +168,11 @@ def paired_only(label, group, ours, base):
     row(label, "-", "(info)", None, "paired check only",
         "-" if p is None else "%.3f" % (1 / p))
 
+def paired_only_time(label, group, num, den):
+    """A paired check with no criterion counterpart, shown as a time ratio."""
+    p = paired(group, num, den)
+    row(label, "-", "(info)", None, "paired check only", "-" if p is None else "%.3f" % p)
+
 def storm(label, name, base):
     c = calls("storms/" + name)
     a, b = median("storms", name), median("storms", base)
@@ -190,6 +195,8 @@ time_ratio("1. Arc<Mutex<Option<Token>>> / AddAuthorization", "request_path",
            "mutex_cache", "add_authorization", None)
 time_ratio("1. replay on / AddAuthorization", "request_path",
            "bearer_replay", "add_authorization", None)
+paired_only_time("1. A/A: AddAuthorization / itself (the check's own noise)", "request_path",
+                 "add_authorization", "add_authorization")
 throughput_ratio("2. contention, replay on: throughput / AddAuthorization", "contention",
                  "bearer_replay", "add_authorization", 0.95)
 throughput_ratio("2. contention, replay off: throughput / AddAuthorization", "contention",
