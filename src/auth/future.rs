@@ -179,8 +179,8 @@ where
                 }
                 StateProj::Sent { future, id, replay } => {
                     let result = ready!(future.poll(cx));
-                    // Taken now, so that the kept copy and the inner clone are released with the
-                    // response even if the caller keeps this future around.
+                    // Taken now, so that the kept copy and the hold on the spare inner service are
+                    // released with the response even if the caller keeps this future around.
                     let replay = replay.take();
                     let response = result.map_err(Into::into)?;
                     if !rejects_token(&response) {
