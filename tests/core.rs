@@ -1026,28 +1026,20 @@ async fn the_inner_service_is_cloned_for_replays_not_for_every_request() {
         inner,
         tokens.source(Duration::ZERO, Duration::from_secs(600)),
     );
+    async fn send(svc: &mut BearerAuth<Tagged>) -> Response<String> {
+        let svc = svc.ready().await.unwrap();
+        svc.call(get("http://api.test/")).await.unwrap()
+    }
     // The first request waits for the token: it takes the ready inner service and leaves a
     // clone (1), and the spare that replays are cloned from is made (2). `tok-1` is rejected and
     // the replay clones the spare (3).
-    let response = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(get("http://api.test/"))
-        .await;
-    assert_eq!(response.unwrap().status(), StatusCode::OK);
+    assert_eq!(send(&mut svc).await.status(), StatusCode::OK);
     assert_eq!(clones.load(Ordering::SeqCst), 3);
     assert_eq!(svc.cache().stats().replays, 1);
 
     // A thousand accepted requests on the cached path clone nothing.
     for _ in 0..1_000 {
-        let response = svc
-            .ready()
-            .await
-            .unwrap()
-            .call(get("http://api.test/"))
-            .await;
-        assert_eq!(response.unwrap().status(), StatusCode::OK);
+        assert_eq!(send(&mut svc).await.status(), StatusCode::OK);
     }
     assert_eq!(clones.load(Ordering::SeqCst), 3);
 
@@ -1055,13 +1047,7 @@ async fn the_inner_service_is_cloned_for_replays_not_for_every_request() {
     // and the replay with `tok-4` answers from a clone of the changed service.
     svc.get_mut().tag = "second";
     svc.cache().invalidate();
-    let response = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(get("http://api.test/"))
-        .await
-        .unwrap();
+    let response = send(&mut svc).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.body(), "second");
     assert_eq!((tokens.calls(), svc.cache().stats().replays), (4, 2));
