@@ -1,6 +1,7 @@
 //! Hostile input: property tests for the token-response parser, the `WWW-Authenticate` parser
 //! and header stamping. Whatever comes in, the answer is `Ok` or a typed error, never a panic,
-//! and a request never reaches the inner service without its token.
+//! and a request never reaches the inner service without its token. Also: the copy kept for a
+//! replay gives back the request's head as it came, whatever its method, URI and headers.
 //!
 //! Failing cases are not persisted to files (the suite must not write into the source tree):
 //! proptest prints the minimal input, which then becomes a plain test below.
@@ -848,5 +849,142 @@ fn query_placement_replaces_an_encoded_access_token() {
             .map(|(_, value)| value.into_owned())
             .collect();
         assert_eq!(tokens, ["t0k3n"], "{uri} became {}", req.uri());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The copy kept for a replay
+// ---------------------------------------------------------------------------------------------
+
+fn method() -> impl Strategy<Value = http::Method> {
+    prop_oneof![
+        prop::sample::select(vec![
+            http::Method::GET,
+            http::Method::POST,
+            http::Method::PUT,
+            http::Method::DELETE,
+            http::Method::PATCH,
+            http::Method::OPTIONS,
+            http::Method::CONNECT,
+        ]),
+        "[A-Z]{1,12}".prop_map(|m| http::Method::from_bytes(m.as_bytes()).unwrap()),
+    ]
+}
+
+fn replay_uri() -> impl Strategy<Value = Uri> {
+    let path = "(/[a-zA-Z0-9._~%!$&'()*+,;=:@-]{0,12}){1,4}(\\?[a-zA-Z0-9._~%&=/?-]{0,20})?";
+    let authority =
+        "(user(:pw)?@)?([a-z0-9-]{1,12}(\\.[a-z]{2,5})?|127\\.0\\.0\\.1|\\[::1\\])(:[0-9]{1,5})?";
+    prop_oneof![
+        path.prop_map(|p| p.parse::<Uri>().ok()),
+        (
+            prop::sample::select(vec!["http", "https", "grpc+tls"]),
+            authority,
+            path
+        )
+            .prop_map(|(s, a, p)| format!("{s}://{a}{p}").parse::<Uri>().ok()),
+        (prop::sample::select(vec!["http", "https"]), authority).prop_map(|(s, a)| format!(
+            "{s}://{a}"
+        )
+        .parse::<Uri>()
+        .ok()),
+        authority.prop_map(|a| a.parse::<Uri>().ok()),
+        Just(Some(Uri::from_static("*"))),
+    ]
+    .prop_filter_map("a URI", |uri| uri)
+}
+
+fn replay_headers() -> impl Strategy<Value = HeaderMap> {
+    let name = prop_oneof![
+        prop::sample::select(vec![
+            CONTENT_TYPE,
+            AUTHORIZATION,
+            http::header::COOKIE,
+            http::header::ACCEPT,
+            http::header::HOST,
+        ]),
+        "[a-z][a-z0-9-]{0,20}".prop_map(|n| HeaderName::from_bytes(n.as_bytes()).unwrap()),
+    ];
+    prop::collection::vec((name, header_value(), any::<bool>()), 0..12).prop_map(|entries| {
+        let mut map = HeaderMap::new();
+        for (name, mut value, sensitive) in entries {
+            value.set_sensitive(sensitive);
+            map.append(name, value);
+        }
+        map
+    })
+}
+
+/// Every header in iteration order, with its sensitive flag.
+fn listed(map: &HeaderMap) -> Vec<(HeaderName, HeaderValue, bool)> {
+    map.iter()
+        .map(|(name, value)| (name.clone(), value.clone(), value.is_sensitive()))
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(config(512))]
+
+    /// What a replay sends is the request as it came: method, URI, version, every header in
+    /// order with its sensitive flag, extensions and body.
+    #[test]
+    fn a_replay_rebuilds_the_request_head_as_it_came(
+        method in method(),
+        uri in replay_uri(),
+        http2 in any::<bool>(),
+        headers in replay_headers(),
+        body in prop::collection::vec(any::<u8>(), 0..64),
+        tag in any::<u32>(),
+    ) {
+        use bytes::Bytes;
+        use http_body_util::{BodyExt, Full};
+        use tower_bearer::replay::{CloneBody, ReplayPolicy, StreamingReplay};
+
+        let mut req = Request::new(Full::new(Bytes::from(body.clone())));
+        *req.method_mut() = method.clone();
+        *req.uri_mut() = uri.clone();
+        *req.version_mut() = if http2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
+        *req.headers_mut() = headers.clone();
+        req.extensions_mut().insert(tag);
+
+        let check = |copy: Request<Full<Bytes>>| -> Result<(), TestCaseError> {
+            prop_assert_eq!(copy.method(), &method);
+            prop_assert_eq!(copy.uri(), &uri);
+            prop_assert_eq!(copy.uri().to_string(), uri.to_string());
+            prop_assert_eq!(copy.version(), req.version());
+            prop_assert_eq!(listed(copy.headers()), listed(&headers));
+            prop_assert_eq!(copy.extensions().get::<u32>(), Some(&tag));
+            let copied = runtime().block_on(copy.into_body().collect()).unwrap().to_bytes();
+            prop_assert_eq!(&copied[..], &body[..]);
+            Ok(())
+        };
+
+        let (sent, kept) = CloneBody.prepare(req.clone_for_test());
+        prop_assert_eq!(listed(sent.headers()), listed(&headers));
+        check(CloneBody.replay(kept.expect("a Full body is replayable")).expect("rebuilt"))?;
+
+        let (_, kept) = StreamingReplay::new().prepare(req.clone_for_test());
+        let replay = StreamingReplay::new()
+            .replay(kept.expect("a Full body is replayable"))
+            .expect("rebuilt");
+        let (parts, _) = replay.into_parts();
+        check(Request::from_parts(parts, Full::new(Bytes::from(body.clone()))))?;
+    }
+}
+
+/// A copy of a test request, body included (`Request` itself is not `Clone`).
+trait CloneForTest {
+    fn clone_for_test(&self) -> Self;
+}
+
+impl CloneForTest for Request<http_body_util::Full<bytes::Bytes>> {
+    fn clone_for_test(&self) -> Self {
+        let mut copy = Request::new(self.body().clone());
+        *copy.method_mut() = self.method().clone();
+        *copy.uri_mut() = self.uri().clone();
+        *copy.version_mut() = self.version();
+        *copy.headers_mut() = self.headers().clone();
+        *copy.extensions_mut() = self.extensions().clone();
+        copy
     }
 }
