@@ -940,18 +940,22 @@ proptest! {
         use http_body_util::{BodyExt, Full};
         use tower_bearer::replay::{CloneBody, ReplayPolicy, StreamingReplay};
 
-        let mut req = Request::new(Full::new(Bytes::from(body.clone())));
-        *req.method_mut() = method.clone();
-        *req.uri_mut() = uri.clone();
-        *req.version_mut() = if http2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
-        *req.headers_mut() = headers.clone();
-        req.extensions_mut().insert(tag);
+        let version = if http2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
+        let request = || {
+            let mut req = Request::new(Full::new(Bytes::from(body.clone())));
+            *req.method_mut() = method.clone();
+            *req.uri_mut() = uri.clone();
+            *req.version_mut() = version;
+            *req.headers_mut() = headers.clone();
+            req.extensions_mut().insert(tag);
+            req
+        };
 
         let check = |copy: Request<Full<Bytes>>| -> Result<(), TestCaseError> {
             prop_assert_eq!(copy.method(), &method);
             prop_assert_eq!(copy.uri(), &uri);
             prop_assert_eq!(copy.uri().to_string(), uri.to_string());
-            prop_assert_eq!(copy.version(), req.version());
+            prop_assert_eq!(copy.version(), version);
             prop_assert_eq!(listed(copy.headers()), listed(&headers));
             prop_assert_eq!(copy.extensions().get::<u32>(), Some(&tag));
             let copied = runtime().block_on(copy.into_body().collect()).unwrap().to_bytes();
@@ -959,32 +963,15 @@ proptest! {
             Ok(())
         };
 
-        let (sent, kept) = CloneBody.prepare(req.clone_for_test());
+        let (sent, kept) = CloneBody.prepare(request());
         prop_assert_eq!(listed(sent.headers()), listed(&headers));
         check(CloneBody.replay(kept.expect("a Full body is replayable")).expect("rebuilt"))?;
 
-        let (_, kept) = StreamingReplay::new().prepare(req.clone_for_test());
+        let (_, kept) = StreamingReplay::new().prepare(request());
         let replay = StreamingReplay::new()
             .replay(kept.expect("a Full body is replayable"))
             .expect("rebuilt");
         let (parts, _) = replay.into_parts();
         check(Request::from_parts(parts, Full::new(Bytes::from(body.clone()))))?;
-    }
-}
-
-/// A copy of a test request, body included (`Request` itself is not `Clone`).
-trait CloneForTest {
-    fn clone_for_test(&self) -> Self;
-}
-
-impl CloneForTest for Request<http_body_util::Full<bytes::Bytes>> {
-    fn clone_for_test(&self) -> Self {
-        let mut copy = Request::new(self.body().clone());
-        *copy.method_mut() = self.method().clone();
-        *copy.uri_mut() = self.uri().clone();
-        *copy.version_mut() = self.version();
-        *copy.headers_mut() = self.headers().clone();
-        *copy.extensions_mut() = self.extensions().clone();
-        copy
     }
 }

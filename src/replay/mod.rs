@@ -201,30 +201,27 @@ where
     type Kept = KeptRequest<B>;
 
     fn prepare(&self, req: Request<B>) -> (Request<ReplayBody<B>>, Option<KeptRequest<B>>) {
-        let head = Head::copy(&req);
+        let cloned = clone_body(req.body());
+        let hint = req.body().size_hint();
+        // A body known to outgrow the cap is never replayed: nothing is copied for it.
+        let head = match &cloned {
+            None if hint.lower() > self.cap as u64 => None,
+            _ => Head::copy(&req),
+        };
         let (parts, body) = req.into_parts();
         let Some(head) = head else {
             return (Request::from_parts(parts, ReplayBody::plain(body)), None);
         };
-        if let Some(copy) = clone_body(&body) {
-            let kept = KeptRequest {
-                head: Some(head),
-                body: Some(KeptBody::Cloned(copy)),
-            };
-            return (
-                Request::from_parts(parts, ReplayBody::plain(body)),
-                Some(kept),
-            );
-        }
-        let hint = body.size_hint();
-        if hint.lower() > self.cap as u64 {
-            // Known to outgrow the cap: keep nothing at all.
-            return (Request::from_parts(parts, ReplayBody::plain(body)), None);
-        }
-        let (body, shared) = ReplayBody::first(body, self.cap);
+        let (body, kept) = match cloned {
+            Some(copy) => (ReplayBody::plain(body), KeptBody::Cloned(copy)),
+            None => {
+                let (body, shared) = ReplayBody::first(body, self.cap);
+                (body, KeptBody::Streamed { shared, hint })
+            }
+        };
         let kept = KeptRequest {
             head: Some(head),
-            body: Some(KeptBody::Streamed { shared, hint }),
+            body: Some(kept),
         };
         (Request::from_parts(parts, body), Some(kept))
     }
