@@ -248,8 +248,10 @@ where
 
 // --- The paired check. -----------------------------------------------------------------------
 
-/// Whether to run the paired check after the criterion benchmarks: not in `--test`, `--list` or
-/// `--profile-time` runs, not when a benchmark filter is given, and not with `BENCH_PAIRED=0`.
+/// Whether to run the paired check after the criterion benchmarks: only when criterion measures
+/// (`--bench`, which `cargo bench` passes; without it, as under `cargo test --all-targets`,
+/// criterion only tests that each benchmark runs), not in `--test`, `--list` or `--profile-time`
+/// runs, not when a benchmark filter is given, and not with `BENCH_PAIRED=0`.
 pub(crate) fn paired_enabled() -> bool {
     if std::env::var("BENCH_PAIRED").is_ok_and(|v| v == "0") {
         return false;
@@ -271,6 +273,9 @@ pub(crate) fn paired_enabled() -> bool {
         "--format",
     ];
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if !args.iter().any(|arg| arg == "--bench") {
+        return false;
+    }
     let mut previous = "";
     for arg in &args {
         if matches!(arg.as_str(), "--test" | "--list") || arg.starts_with("--profile-time") {
