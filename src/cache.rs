@@ -847,9 +847,9 @@ pub(crate) struct Entry {
     pub(crate) id: u64,
     pub(crate) token: Token,
     /// The access token alone, as sensitive header values (one per stripe).
-    raw: Box<[HeaderValue]>,
+    raw: [HeaderValue; STRIPES],
     /// `Bearer <access token>`, as sensitive header values (one per stripe).
-    bearer: Box<[HeaderValue]>,
+    bearer: [HeaderValue; STRIPES],
     phase: AtomicU8,
     usable_for: Duration,
     expires_at: Instant,
@@ -860,13 +860,13 @@ impl Entry {
     /// The access token alone, as a sensitive header value: the copy of `stripe`.
     #[inline]
     pub(crate) fn raw(&self, stripe: usize) -> &HeaderValue {
-        &self.raw[stripe % self.raw.len()]
+        &self.raw[stripe % STRIPES]
     }
 
     /// `Bearer <access token>`, as a sensitive header value: the copy of `stripe`.
     #[inline]
     pub(crate) fn bearer(&self, stripe: usize) -> &HeaderValue {
-        &self.bearer[stripe % self.bearer.len()]
+        &self.bearer[stripe % STRIPES]
     }
 
     /// Whether the token may still be sent. A fresh token is, without reading the clock; in its
@@ -907,8 +907,11 @@ impl fmt::Debug for Entry {
 
 /// The header values for a token, one per stripe: each its own allocation, so that requests of
 /// different service clones do not share a reference count.
-fn header_values(prefix: &[u8], secret: &str) -> Option<Box<[HeaderValue]>> {
-    (0..STRIPES).map(|_| header_value(prefix, secret)).collect()
+fn header_values(prefix: &[u8], secret: &str) -> Option<[HeaderValue; STRIPES]> {
+    let values: Vec<HeaderValue> = (0..STRIPES)
+        .map(|_| header_value(prefix, secret))
+        .collect::<Option<_>>()?;
+    values.try_into().ok()
 }
 
 fn header_value(prefix: &[u8], secret: &str) -> Option<HeaderValue> {

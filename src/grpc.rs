@@ -6,8 +6,8 @@
 //! - **In the response headers** (a *trailers-only* response, which is how servers reject a
 //!   call before handling it, for example in an interceptor): [`BearerAuth`](crate::BearerAuth)
 //!   treats it like an HTTP 401. It looks for it in HTTP/2 responses only, since gRPC runs over
-//!   HTTP/2 (a mock answering gRPC in tests must set the response's version). The token is dropped and the call is replayed once with a fresh
-//!   token, if its body can be replayed: use
+//!   HTTP/2 (a mock answering gRPC in tests must set the response's version). The token is
+//!   dropped and the call is replayed once with a fresh token, if its body can be replayed: use
 //!   [`BearerAuthLayer::replay_streaming`](crate::BearerAuthLayer::replay_streaming), since tonic's
 //!   request bodies are streams.
 //! - **In the trailers, after response data**: the call has already delivered part of its answer

@@ -110,8 +110,8 @@ impl Placement {
         Self { kind: Kind::Query }
     }
 
-    /// Puts the token of `entry` on `req`, using the header values of `stripe`. Returns `false`, leaving `req` without a token, in
-    /// the unlikely case that the token cannot be placed.
+    /// Puts the token of `entry` on `req`, using the header values of `stripe`. Returns `false`,
+    /// leaving `req` without a token, in the unlikely case that the token cannot be placed.
     #[inline]
     pub(crate) fn stamp<B>(&self, req: &mut Request<B>, entry: &Entry, stripe: usize) -> bool {
         match &self.kind {
@@ -160,7 +160,16 @@ impl Placement {
 
 fn stamp_query<B>(req: &mut Request<B>, token: &str) -> bool {
     let uri = req.uri();
-    let mut path_and_query = String::with_capacity(uri.path().len() + 64);
+    // Sized up front, so that the buffer holding the token never moves (leaving a copy behind):
+    // the path, `?`, the other parameters and `&`, then the token form-urlencoded (at most
+    // three bytes per byte).
+    const NAME: &str = "access_token=";
+    let capacity = uri.path().len()
+        + 1
+        + uri.query().map_or(0, |query| query.len() + 1)
+        + NAME.len()
+        + 3 * token.len();
+    let mut path_and_query = String::with_capacity(capacity);
     path_and_query.push_str(uri.path());
     path_and_query.push('?');
     // Other parameters are kept byte for byte: decoding and re-encoding them could change what
@@ -175,8 +184,13 @@ fn stamp_query<B>(req: &mut Request<B>, token: &str) -> bool {
             path_and_query.push('&');
         }
     }
-    path_and_query.push_str("access_token=");
+    path_and_query.push_str(NAME);
     path_and_query.extend(form_urlencoded::byte_serialize(token.as_bytes()));
+    debug_assert_eq!(
+        path_and_query.capacity(),
+        capacity,
+        "the query outgrew its buffer"
+    );
     // The URI carries the token: its bytes are zeroed when the last copy is dropped.
     let Ok(path_and_query) =
         PathAndQuery::from_maybe_shared(secret_bytes(path_and_query.into_bytes()))

@@ -18,17 +18,18 @@ use crate::{Origin, Placement, TokenCache};
 /// The configuration, once per stripe: a response future keeps an `Arc` of it, and requests of
 /// different service clones should not share that reference count (see [`stripe`](crate::stripe)).
 #[derive(Clone)]
-pub(crate) struct Configs(Arc<[Arc<Config>]>);
+pub(crate) struct Configs(Arc<[Arc<Config>; STRIPES]>);
 
 impl Configs {
     pub(crate) fn new(config: Config) -> Self {
-        Self((0..STRIPES).map(|_| Arc::new(config.clone())).collect())
+        Self(Arc::new(std::array::from_fn(|_| Arc::new(config.clone()))))
     }
 
     /// The copy of `stripe`.
     #[inline]
     pub(crate) fn get(&self, stripe: usize) -> &Arc<Config> {
-        &self.0[stripe % self.0.len()]
+        // A constant (8): compiled to a mask, where a slice's length would need a division.
+        &self.0[stripe % STRIPES]
     }
 
     /// The configuration, to read or to derive another from.

@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use tower::util::BoxCloneSyncService;
 use tower::ServiceExt;
 use tower_service::Service;
+use zeroize::Zeroizing;
 
 use super::error::Error;
 use super::response::{parse_token_response, TokenResponse, MAX_BODY};
@@ -192,7 +193,16 @@ impl Client {
     /// The token request: a form POST, with the client authenticated as configured.
     fn build_request(&self, params: &[(&str, &str)]) -> Request<Full<Bytes>> {
         let inner = &self.inner;
-        let mut form = form_urlencoded::Serializer::new(String::new());
+        // The form carries the client secret or a refresh token: sized up front so that it
+        // never moves (leaving a copy behind), and zeroed once sent. Form-urlencoding at most
+        // triples a byte; each pair adds `=` and `&`.
+        let size = |name: &str, value: &str| 3 * (name.len() + value.len()) + 2;
+        let secret_len = inner.secret.as_ref().map_or(0, |s| s.secret().len());
+        let capacity = params.iter().map(|(k, v)| size(k, v)).sum::<usize>()
+            + size("client_id", &inner.client_id)
+            + size("client_secret", "")
+            + 3 * secret_len;
+        let mut form = form_urlencoded::Serializer::new(String::with_capacity(capacity));
         form.extend_pairs(params);
         let mut headers = HeaderMap::new();
         match (inner.auth, &inner.secret) {
@@ -211,8 +221,9 @@ impl Client {
                 form.append_pair("client_id", &inner.client_id);
             }
         }
-        // The form carries the client secret or a refresh token: zeroed once sent.
-        let body = secret_bytes(form.finish().into_bytes());
+        let form = form.finish();
+        debug_assert_eq!(form.capacity(), capacity, "the form outgrew its buffer");
+        let body = secret_bytes(form.into_bytes());
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = Method::POST;
         *request.uri_mut() = inner.token_url.clone();
@@ -417,18 +428,27 @@ fn default_transport() -> Result<Transport, Error> {
 /// The `Authorization: Basic` value, with id and secret form-urlencoded first unless `raw`
 /// (RFC 6749 §2.3.1).
 fn basic_auth(id: &str, secret: &str, encode: bool) -> HeaderValue {
-    let credentials = if encode {
-        let id: String = form_urlencoded::byte_serialize(id.as_bytes()).collect();
-        let secret = zeroize::Zeroizing::new(
-            form_urlencoded::byte_serialize(secret.as_bytes()).collect::<String>(),
-        );
-        format!("{id}:{}", secret.as_str())
+    // Each buffer holding the secret is sized up front (a buffer that grows leaves a copy behind
+    // in the memory it moves out of) and zeroed when dropped. Form-urlencoding at most triples
+    // a byte.
+    let mut credentials = Zeroizing::new(String::with_capacity(3 * (id.len() + secret.len()) + 1));
+    if encode {
+        credentials.extend(form_urlencoded::byte_serialize(id.as_bytes()));
+        credentials.push(':');
+        credentials.extend(form_urlencoded::byte_serialize(secret.as_bytes()));
     } else {
-        format!("{id}:{secret}")
-    };
-    let credentials = zeroize::Zeroizing::new(credentials);
-    let encoded = format!("Basic {}", STANDARD.encode(credentials.as_bytes()));
-    let mut value = HeaderValue::from_maybe_shared(secret_bytes(encoded.into_bytes()))
+        credentials.push_str(id);
+        credentials.push(':');
+        credentials.push_str(secret);
+    }
+    const SCHEME: &[u8] = b"Basic ";
+    let mut encoded = vec![0; SCHEME.len() + credentials.len().div_ceil(3) * 4];
+    encoded[..SCHEME.len()].copy_from_slice(SCHEME);
+    let written = STANDARD
+        .encode_slice(credentials.as_bytes(), &mut encoded[SCHEME.len()..])
+        .expect("sized for the padded base64");
+    debug_assert_eq!(SCHEME.len() + written, encoded.len());
+    let mut value = HeaderValue::from_maybe_shared(secret_bytes(encoded))
         .expect("base64 is a valid header value");
     value.set_sensitive(true);
     value
