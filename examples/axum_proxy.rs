@@ -182,7 +182,10 @@ async fn upload(
                         let _ = tx.send(Err(io::Error::other("upstream saw nothing"))).await;
                         return Err("the upstream got no byte before the caller's second chunk");
                     }
-                    log(&"caller: the upstream has the first chunk; sending the other 127");
+                    log(&format_args!(
+                        "caller: the upstream has the first chunk; sending the other {}",
+                        chunks - 1
+                    ));
                 }
             }
             if tx.send(Ok(data.clone())).await.is_err() {

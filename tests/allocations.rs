@@ -53,7 +53,7 @@ where
         assert!(svc.poll_ready(&mut cx).is_ready());
         let mut future = pin!(svc.call(req));
         let Poll::Ready(response) = future.as_mut().poll(&mut cx) else {
-            panic!("the cached path answered at once");
+            panic!("the cached path did not answer at once");
         };
         responses.push(response.unwrap());
     }
@@ -83,9 +83,7 @@ fn the_cached_path_allocates_nothing_with_replay_off_and_once_with_replay_on() {
         .layer(layer.clone().without_replay())
         .service(api);
     // The first request fetches the token; after it, every request takes the cached path.
-    runtime
-        .block_on(off.ready_oneshot_cached())
-        .expect("first request");
+    runtime.block_on(warm(&mut off)).expect("first request");
     assert_eq!(allocations(&mut off, 1_000), 0);
 
     // With replay on, the copy of each request's head is the only work added, and it is one
@@ -94,9 +92,7 @@ fn the_cached_path_allocates_nothing_with_replay_off_and_once_with_replay_on() {
     // here). The spare clone of the inner service that replays are cloned from is made by the
     // first replayable request of each service clone, here the one that fetches the token.
     let mut on = tower::ServiceBuilder::new().layer(layer).service(api);
-    runtime
-        .block_on(on.ready_oneshot_cached())
-        .expect("first request");
+    runtime.block_on(warm(&mut on)).expect("first request");
     assert_eq!(allocations(&mut on, 1_000), 1_000);
 }
 
@@ -126,7 +122,6 @@ fn the_response_future_does_not_grow_with_the_inner_service() {
     type Off = tower_bearer::ResponseFuture<Big, tower_bearer::replay::NoReplay, Full<Bytes>>;
     let inner = std::mem::size_of::<<Big as Service<Request<Full<Bytes>>>>::Future>();
     let (on, off) = (std::mem::size_of::<On>(), std::mem::size_of::<Off>());
-    assert_eq!(std::mem::size_of::<Big>(), 512);
     // The inner future, the token's id, the shared configuration, and with replay the kept copy
     // (an allocated buffer, the method, version and extensions, a cloned body) and the spare.
     assert!(
@@ -140,18 +135,12 @@ fn the_response_future_does_not_grow_with_the_inner_service() {
 }
 
 /// Sends one request, so that the token is fetched and cached.
-trait Warm {
-    fn ready_oneshot_cached(&mut self) -> impl Future<Output = Result<(), String>>;
-}
-
-impl<S> Warm for S
+async fn warm<S>(svc: &mut S) -> Result<(), String>
 where
     S: Service<Request<Full<Bytes>>, Response = Response<()>>,
     S::Error: std::fmt::Debug,
 {
-    async fn ready_oneshot_cached(&mut self) -> Result<(), String> {
-        let svc = self.ready().await.map_err(|e| format!("{e:?}"))?;
-        svc.call(request()).await.map_err(|e| format!("{e:?}"))?;
-        Ok(())
-    }
+    let svc = svc.ready().await.map_err(|e| format!("{e:?}"))?;
+    svc.call(request()).await.map_err(|e| format!("{e:?}"))?;
+    Ok(())
 }

@@ -6,7 +6,8 @@
 //! client-streaming upload, and a server-streaming call that revokes its token and ends with
 //! UNAUTHENTICATED in the trailers after one message.
 //!
-//! The client stack is the one the `grpc` module documents:
+//! The client stack is the one the `grpc` module documents, plus the `map_request` that tonic's
+//! `Channel` needs (as in `examples/grpc.rs`):
 //!
 //! ```text
 //! BearerAuth (replay_streaming) -> map ReplayBody back to tonic's Body -> RejectOnTrailers -> Channel

@@ -440,7 +440,7 @@ fn no_secret_in_debug_display_or_trace_logs() {
 }
 
 /// The whole flow. Returns what was rendered and the secrets that are not spelled out in this
-/// file (the PKCE verifier and `state` are random).
+/// file (the PKCE verifiers are random).
 async fn flow() -> (Rendered, Vec<String>) {
     let mut out = Rendered::default();
     let mut secrets = Vec::new();

@@ -44,6 +44,8 @@ const FETCH_LATENCY: Duration = Duration::from_millis(1);
 const FAIL_EVERY: u64 = 37;
 /// A request still pending after this long (virtual time) counts as hung.
 const HANG: Duration = Duration::from_secs(3600);
+/// Real time the whole soak may take (about 15 s in a debug build on 2 cores).
+const WALL_LIMIT: Duration = Duration::from_secs(600);
 
 /// xorshift64*: deterministic, good enough to pick test cases.
 struct XorShift(u64);
@@ -388,6 +390,12 @@ async fn one_million_requests() {
         }
         max_live = max_live.max(issuer.live.load(Ordering::SeqCst));
         max_tasks = max_tasks.max(metrics.num_alive_tasks());
+        // `HANG` is virtual time: it catches a deadlock, not a livelock. This bounds real time.
+        assert!(
+            wall.elapsed() < WALL_LIMIT,
+            "batch {batch} still running after {:?}",
+            wall.elapsed()
+        );
     }
 
     let elapsed = started.elapsed();
@@ -425,7 +433,6 @@ async fn one_million_requests() {
     assert_eq!(tally.other_status, 0, "{tally:?}");
     // A 401 is replayed, and the replay carries a fresh token that the server accepts.
     assert_eq!(tally.unauthorized, 0, "{tally:?}");
-    assert!(tally.cancelled <= planned_cancels);
     assert!(tally.cancelled > 0 && tally.source_errors > 0, "{tally:?}");
 
     // No request was sent without a token, with an unknown one or with an expired one.
@@ -441,7 +448,6 @@ async fn one_million_requests() {
     );
     assert_eq!(stats.replay_rejections, 0);
     assert!(stats.replays <= stats.rejections);
-    assert!(unauthorized <= planned_rejects);
     assert!(
         stats.hits + stats.waits >= inner_calls,
         "every request that was sent got its token from the cache: {stats:?}, {inner_calls} sent"
@@ -459,18 +465,18 @@ async fn one_million_requests() {
         "{successes} tokens fetched; at most {bound} explained ({unauthorized} rejections, \
          {by_time} by time, {big_advances} jumps)"
     );
-    assert_eq!(failures, calls / FAIL_EVERY);
-    let rejected_fetches = reasons[3].1 as u64;
+    let rejected_fetches = issuer.count(Reason::Rejected) as u64;
     assert!(
         rejected_fetches <= unauthorized + failures,
         "{rejected_fetches} fetches for rejections"
     );
-    assert!(rejected_fetches > 0 && reasons[1].1 > 0 && reasons[2].1 > 0);
-    assert_eq!(reasons[0].1, 1, "one initial fetch");
+    assert!(rejected_fetches > 0, "{reasons:?}");
+    assert!(issuer.count(Reason::Expiring) > 0, "{reasons:?}");
+    assert!(issuer.count(Reason::Expired) > 0, "{reasons:?}");
+    assert_eq!(issuer.count(Reason::Initial), 1, "one initial fetch");
 
     // Nothing grows with the number of requests.
     assert!(max_live <= 2, "{max_live} tokens alive at once");
-    assert!(issuer.live.load(Ordering::SeqCst) <= 2);
     assert!(max_tasks <= 8, "{max_tasks} tasks alive after a batch");
     assert_eq!(
         Arc::strong_count(&issuer),

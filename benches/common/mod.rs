@@ -262,6 +262,7 @@ pub(crate) fn paired_enabled() -> bool {
         "--sample-size",
         "--save-baseline",
         "--baseline",
+        "--baseline-lenient",
         "--load-baseline",
         "--noise-threshold",
         "--confidence-level",
@@ -271,6 +272,9 @@ pub(crate) fn paired_enabled() -> bool {
         "--output-format",
         "--color",
         "--format",
+        "-s",
+        "-b",
+        "-c",
     ];
     let args: Vec<String> = std::env::args().skip(1).collect();
     if !args.iter().any(|arg| arg == "--bench") {
