@@ -75,11 +75,14 @@ impl Source {
                 Ok::<_, Infallible>(Token::new(format!("tok-{n}")).expires_in(lifetime))
             }
         });
-        // No skew and no refresh ahead: a short-lived token simply expires, untouched.
+        // No skew and no refresh ahead: a short-lived token simply expires, untouched. No floors
+        // either: the storms come back to back, each with its 20 ms token or its rejection.
         TokenCache::builder(source)
             .expiry_skew(Duration::ZERO)
             .refresh_ahead(Duration::ZERO)
             .jitter(0.0)
+            .min_lifetime(Duration::ZERO)
+            .rejection_interval(Duration::ZERO)
             .build()
     }
 }

@@ -75,6 +75,9 @@ async fn main() -> Result<(), BoxError> {
         .refresh_ahead(REFRESH_AHEAD)
         // A token endpoint that hangs must not hold requests for the default 30 s.
         .fetch_timeout(Duration::from_secs(1))
+        // Tokens shorter than 10 s are used for 10 s by default (so that an endpoint answering
+        // `expires_in: 0` is not called on every request); the demo's 2-second tokens are real.
+        .min_lifetime(Duration::from_millis(500))
         .build();
     let http = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     // `from_cache` rather than `BearerAuthLayer::new`: the demo keeps a handle on the cache to
@@ -170,6 +173,11 @@ async fn main() -> Result<(), BoxError> {
     check(
         stats.waits == 2 && stats.fetch_failures == 0,
         "2 waits, no failures",
+    )?;
+    // Every other request went out at once with the cached token, the revoked one included.
+    check(
+        stats.hits == demo.requests as u64 - 1,
+        "every request but the first was a cache hit",
     )?;
     println!("all checks passed");
     Ok(())

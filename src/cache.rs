@@ -15,7 +15,7 @@
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
@@ -28,6 +28,7 @@ use tokio::time::{sleep_until, Instant};
 use tower::ServiceExt;
 
 use crate::error::{Chain, ErrorKind};
+use crate::shown::shown;
 use crate::source::BoxSource;
 use crate::stripe::{self, STRIPES};
 use crate::token::secret_bytes;
@@ -41,6 +42,35 @@ const EXPIRED: u8 = 3;
 /// Lifetimes are capped so that adding them to an `Instant` can never overflow (Tokio caps its
 /// own timers the same way).
 const MAX_LIFETIME: Duration = Duration::from_secs(86_400 * 365 * 30);
+
+/// The largest access token the cache accepts: 64 KiB. Far above any real token (JWTs with many
+/// claims reach a few KiB) and above what HTTP servers accept in a header (8 to 64 KiB for all
+/// of them together).
+pub const MAX_TOKEN_BYTES: usize = 64 * 1024;
+
+/// Why the cache refused a token: the cause of an [`ErrorKind::InvalidToken`] error.
+#[derive(Debug)]
+enum Refused {
+    TooLarge(usize),
+    NotPrintable,
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TooLarge(len) => write!(
+                f,
+                "the access token is {len} bytes long, over the limit of {MAX_TOKEN_BYTES} bytes"
+            ),
+            Self::NotPrintable => f.write_str(
+                "the access token is empty or holds a byte that is not printable ASCII (a \
+                 control character, a line break, or a non-ASCII byte)",
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Refused {}
 
 /// A token cache: the shared state behind [`BearerAuthLayer`](crate::BearerAuthLayer).
 ///
@@ -57,8 +87,9 @@ const MAX_LIFETIME: Duration = Duration::from_secs(86_400 * 365 * 30);
 /// it enters its refresh window and when it expires. After `tokio::time::advance`, let that task
 /// run before the next request (`tokio::task::yield_now().await`, or use `tokio::time::sleep`,
 /// which runs due timers in order). Inside the refresh window the clock is read on every
-/// request, so a timer that runs late never lets an expired token out unless the refresh-ahead
-/// window was set to zero.
+/// request, so a timer that runs late never lets an expired token out unless the token has no
+/// refresh window: the refresh-ahead window was set to zero, or the token lives no longer than
+/// the [floor](TokenCacheBuilder::min_lifetime).
 ///
 /// ```
 /// use std::time::Duration;
@@ -95,7 +126,10 @@ struct Shared {
     source: Mutex<BoxSource>,
     config: Config,
     counters: Counters,
+    hits: Hits,
     next_id: AtomicU64,
+    /// Whether a lifetime under the floor was logged already (once per cache).
+    short_lifetime_logged: AtomicBool,
 }
 
 type Outcome = Result<Arc<Entry>, Error>;
@@ -108,15 +142,32 @@ struct Slow {
     last_error: Option<Error>,
     /// The last token was dropped because a server rejected it.
     rejected: bool,
+    /// When a rejection last dropped the current token (which makes the next request fetch).
+    last_rejection_drop: Option<Instant>,
+    /// Whether the rejections kept since that drop were logged already.
+    throttle_logged: bool,
+}
+
+/// What a server's rejection of a token did to the cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Rejection {
+    /// The token was the current one and was dropped: the next request fetches a new one.
+    Dropped,
+    /// The token had been replaced already: a newer one is there (or being fetched) to replay
+    /// with, at no extra fetch.
+    Replaced,
+    /// The token is the current one but a rejection already dropped a token less than the
+    /// rejection interval ago: it is kept, and the request is not replayed.
+    Kept,
 }
 
 #[derive(Default)]
 struct Counters {
     fetches: AtomicU64,
     fetch_failures: AtomicU64,
-    hits: AtomicU64,
     waits: AtomicU64,
     rejections: AtomicU64,
+    kept_rejections: AtomicU64,
     replays: AtomicU64,
     replay_rejections: AtomicU64,
 }
@@ -130,7 +181,8 @@ pub struct CacheStats {
     /// Calls to the token source that failed or timed out, and tokens refused as invalid.
     pub fetch_failures: u64,
     /// Requests (and [`TokenCache::token`] calls) served with the cached token, without waiting.
-    /// Each service clone adds its hits in batches of 256, and the rest when it is dropped.
+    /// Exact when read: every request that a service clone finished stamping before
+    /// [`TokenCache::stats`] was called is in it.
     pub hits: u64,
     /// Requests (and [`TokenCache::token`] calls) that had to wait for a token: none was cached,
     /// the cached one had expired, or theirs was rejected and they waited for a new one to be
@@ -138,6 +190,12 @@ pub struct CacheStats {
     pub waits: u64,
     /// Responses that rejected a token (HTTP 401 without `insufficient_scope`).
     pub rejections: u64,
+    /// Rejections (also counted in `rejections`) that did not drop the token and were not
+    /// replayed, because a rejection had dropped a token less than the
+    /// [rejection interval](TokenCacheBuilder::rejection_interval) before. A steady count means
+    /// the API refuses this client's tokens whatever they are (audience, scope, clock): a new
+    /// token would not help, so none is fetched.
+    pub kept_rejections: u64,
     /// Requests sent a second time with a fresh token after a rejection.
     pub replays: u64,
     /// Replays whose fresh token was rejected too (also counted in `rejections`). More than a
@@ -155,6 +213,8 @@ struct Config {
     fetch_timeout: Duration,
     backoff_min: Duration,
     backoff_max: Duration,
+    min_lifetime: Duration,
+    rejection_interval: Duration,
 }
 
 impl Default for Config {
@@ -167,6 +227,8 @@ impl Default for Config {
             fetch_timeout: Duration::from_secs(30),
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
+            min_lifetime: Duration::from_secs(10),
+            rejection_interval: Duration::from_secs(10),
         }
     }
 }
@@ -184,6 +246,16 @@ impl Default for Config {
 /// [refresh-ahead](Self::refresh_ahead) window (at most `U/2`) and `j` a random
 /// [jitter](Self::jitter) fraction. A token is always used for at least `3/8` of its usable life
 /// before a refresh starts, so short-lived tokens do not refresh in a loop.
+///
+/// Two floors keep a misbehaving server from making the cache call its source on every request:
+///
+/// - [`min_lifetime`](Self::min_lifetime): whatever lifetime a token states (`expires_in` of 0
+///   or negative included), it is used for at least this long and not refreshed before; so
+///   lifetimes never cause more than one fetch per `min_lifetime` (10 s by default).
+/// - [`rejection_interval`](Self::rejection_interval): rejections (401s) drop a token and cause
+///   a fetch at most once per interval (10 s by default); a rejection within it keeps the token
+///   and returns the 401 without a replay, since a token fetched moments ago that is refused
+///   points at the API, not at the token.
 pub struct TokenCacheBuilder {
     source: BoxSource,
     config: Config,
@@ -257,6 +329,40 @@ impl TokenCacheBuilder {
         self
     }
 
+    /// The shortest time a token is used for, whatever lifetime its source states, and before
+    /// which it is not refreshed ahead.
+    ///
+    /// A token endpoint that answers `expires_in: 0` (or a negative or tiny value) would
+    /// otherwise make every request fetch a token. Such a token is used for this long instead;
+    /// if it really is dead, the API's 401 says so, and [rejections](Self::rejection_interval)
+    /// have their own floor. The first time a lifetime under the floor is seen, a warning is
+    /// logged (once per cache). Lower this if your tokens legitimately live less than 10
+    /// seconds; `Duration::ZERO` turns the floor off.
+    ///
+    /// Default: 10 seconds.
+    pub fn min_lifetime(mut self, floor: Duration) -> Self {
+        self.config.min_lifetime = floor.min(MAX_LIFETIME);
+        self
+    }
+
+    /// How often at most a rejection (a 401 for the current token) may drop the token and make
+    /// the cache fetch a new one.
+    ///
+    /// The first rejection drops the token and the request is replayed with a fresh one. A
+    /// rejection of the current token less than this interval after that keeps the token: the
+    /// 401 is returned as it came, without a replay, and counted in
+    /// [`CacheStats::kept_rejections`]; a warning is logged once per such episode. So an API
+    /// that refuses every token (a wrong audience, a missing scope, a clock problem) costs at
+    /// most one token request per interval instead of two per API request. Rejections of a
+    /// token that was already replaced are not limited: they replay with the newer token at no
+    /// extra fetch. `Duration::ZERO` turns the limit off.
+    ///
+    /// Default: 10 seconds.
+    pub fn rejection_interval(mut self, interval: Duration) -> Self {
+        self.config.rejection_interval = interval.min(MAX_LIFETIME);
+        self
+    }
+
     /// Builds the cache. No token is fetched until one is needed.
     pub fn build(self) -> TokenCache {
         let (outcome, _) = watch::channel(None);
@@ -269,7 +375,9 @@ impl TokenCacheBuilder {
                 source: Mutex::new(self.source),
                 config: self.config,
                 counters: Counters::default(),
+                hits: Hits::default(),
                 next_id: AtomicU64::new(1),
+                short_lifetime_logged: AtomicBool::new(false),
             }),
         }
     }
@@ -309,7 +417,7 @@ impl TokenCache {
     pub async fn token(&self) -> Result<Token, Error> {
         let cached = self.shared.current.load_full();
         if let Some(entry) = cached.filter(|entry| self.shared.check(entry)) {
-            self.shared.counters.hits.fetch_add(1, Ordering::Relaxed);
+            self.shared.hits.direct.fetch_add(1, Ordering::Relaxed);
             return Ok(entry.token.clone());
         }
         Ok(self.shared.acquire(None).await?.token.clone())
@@ -342,9 +450,10 @@ impl TokenCache {
         CacheStats {
             fetches: c.fetches.load(Ordering::Relaxed),
             fetch_failures: c.fetch_failures.load(Ordering::Relaxed),
-            hits: c.hits.load(Ordering::Relaxed),
+            hits: self.shared.hits.total(),
             waits: c.waits.load(Ordering::Relaxed),
             rejections: c.rejections.load(Ordering::Relaxed),
+            kept_rejections: c.kept_rejections.load(Ordering::Relaxed),
             replays: c.replays.load(Ordering::Relaxed),
             replay_rejections: c.replay_rejections.load(Ordering::Relaxed),
         }
@@ -352,12 +461,13 @@ impl TokenCache {
 
     /// A copy of the current token for one service: see [`Local`].
     pub(crate) fn local(&self) -> Local {
+        let stripe = stripe::next();
         Local {
             cache: self.clone(),
             generation: u64::MAX,
             entry: None,
-            hits: 0,
-            stripe: stripe::next(),
+            hits: self.shared.hits.slot(stripe),
+            stripe,
         }
     }
 
@@ -366,16 +476,16 @@ impl TokenCache {
         self.shared.acquire(None).await
     }
 
-    /// Invalidates the token with this id if it is still the current one, then waits for a
-    /// usable token. If another request already replaced the token, no fetch happens.
-    pub(crate) async fn reject_and_acquire(&self, id: u64) -> Result<Arc<Entry>, Error> {
-        self.shared.reject(id);
+    /// Waits for a usable token to replay a rejected request with: the one that replaced the
+    /// rejected token, or the result of a fetch.
+    pub(crate) async fn acquire_for_replay(&self) -> Result<Arc<Entry>, Error> {
         self.shared.acquire(Some(Reason::Rejected)).await
     }
 
-    /// Invalidates the token with this id if it is still the current one.
-    pub(crate) fn reject(&self, id: u64) {
-        self.shared.reject(id);
+    /// Invalidates the token with this id if it is still the current one, unless a rejection
+    /// dropped a token less than the rejection interval ago (see [`Rejection`]).
+    pub(crate) fn reject(&self, id: u64) -> Rejection {
+        self.shared.reject(id)
     }
 
     /// Invalidates the current token if `value` is the header value it was stamped as (with any
@@ -398,7 +508,7 @@ impl TokenCache {
             }
             entry.id
         };
-        self.shared.reject(id);
+        let _ = self.shared.reject(id);
     }
 
     pub(crate) fn count_rejection(&self) {
@@ -463,16 +573,44 @@ impl Shared {
         self.slow.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn reject(&self, id: u64) {
+    fn reject(&self, id: u64) -> Rejection {
         let current = self.current.load();
-        if matches!(&*current, Some(entry) if entry.id == id) {
-            let previous = self.current.compare_and_swap(&current, None);
-            if matches!(&*previous, Some(entry) if entry.id == id) {
-                self.changed();
-                self.lock_slow().rejected = true;
-                tracing::debug!(token.id = id, "token rejected by the server; dropped");
+        if !matches!(&*current, Some(entry) if entry.id == id) {
+            return Rejection::Replaced;
+        }
+        let mut slow = self.lock_slow();
+        let now = Instant::now();
+        let interval = self.config.rejection_interval;
+        if let Some(last) = slow.last_rejection_drop {
+            if now.saturating_duration_since(last) < interval {
+                self.counters
+                    .kept_rejections
+                    .fetch_add(1, Ordering::Relaxed);
+                if !std::mem::replace(&mut slow.throttle_logged, true) {
+                    tracing::warn!(
+                        token.id = id,
+                        since_last_drop = ?now.saturating_duration_since(last),
+                        rejection_interval = ?interval,
+                        "the server rejected the current token again soon after a rejection \
+                         made the cache fetch a new one: the token is kept and the 401 returned \
+                         without a replay until the interval has passed. A server that refuses \
+                         fresh tokens points at the API (audience, scope, clock), not at the \
+                         token; logged once per episode, counted in CacheStats::kept_rejections"
+                    );
+                }
+                return Rejection::Kept;
             }
         }
+        let previous = self.current.compare_and_swap(&current, None);
+        if !matches!(&*previous, Some(entry) if entry.id == id) {
+            return Rejection::Replaced;
+        }
+        self.changed();
+        slow.rejected = true;
+        slow.last_rejection_drop = Some(now);
+        slow.throttle_logged = false;
+        tracing::debug!(token.id = id, "token rejected by the server; dropped");
+        Rejection::Dropped
     }
 
     async fn acquire(self: &Arc<Self>, reason: Option<Reason>) -> Result<Arc<Entry>, Error> {
@@ -641,18 +779,29 @@ impl Shared {
     }
 
     /// Checks a token and builds what requests need from it.
-    fn prepare(&self, token: Token, sent_at: Instant) -> Result<Arc<Entry>, Error> {
+    fn build_entry(&self, token: Token, sent_at: Instant) -> Result<Arc<Entry>, Error> {
         let secret = token.access_token().secret();
+        if secret.len() > MAX_TOKEN_BYTES {
+            // Held once per stripe and header form: a huge token would cost that many times
+            // its size, and no server accepts such a header anyway.
+            return Err(Error::new(
+                ErrorKind::InvalidToken,
+                Some(Box::new(Refused::TooLarge(secret.len()))),
+            ));
+        }
         let (Some(raw), Some(bearer)) = (
             header_values(b"", secret),
             header_values(b"Bearer ", secret),
         ) else {
-            return Err(Error::new(ErrorKind::InvalidToken, None));
+            return Err(Error::new(
+                ErrorKind::InvalidToken,
+                Some(Box::new(Refused::NotPrintable)),
+            ));
         };
         if let Some(kind) = token.token_type() {
             if !kind.eq_ignore_ascii_case("bearer") {
                 tracing::warn!(
-                    token_type = kind,
+                    token_type = %shown(kind, 64),
                     "the token source returned a token that is not a bearer token; it is sent as \
                      configured by the placement anyway"
                 );
@@ -666,14 +815,25 @@ impl Shared {
             Some(Expiry::At(deadline)) => deadline.saturating_duration_since(sent_at),
         }
         .min(MAX_LIFETIME);
+        let floor = config.min_lifetime;
+        if lifetime < floor && !self.short_lifetime_logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                lifetime = ?lifetime,
+                min_lifetime = ?floor,
+                "the token source stated a lifetime under the floor: the token is used for the \
+                 floor's length instead, so that the source is not called on every request \
+                 (TokenCacheBuilder::min_lifetime; logged once per cache)"
+            );
+        }
         let skew = config.expiry_skew.min(lifetime / 4);
-        let usable_for = lifetime - skew;
+        let usable_for = (lifetime - skew).max(floor);
         let window = config.refresh_ahead.min(usable_for / 2);
         // Jitter widens the window, but a token is still used for 3/8 of its usable life.
         let window =
             (window + window.mul_f64(config.jitter * random_unit())).min(usable_for * 5 / 8);
         let expires_at = sent_at + usable_for;
-        let refresh_at = expires_at - window;
+        // Not refreshed before the floor either: lifetimes cause one fetch per floor at most.
+        let refresh_at = (expires_at - window).max(sent_at + floor);
 
         let now = Instant::now();
         let phase = if now >= expires_at {
@@ -732,7 +892,7 @@ async fn fetch(guard: FetchGuard, reason: Reason) {
     let request = TokenRequest::new(reason);
     let timeout = shared.config.fetch_timeout;
     let result = match tokio::time::timeout(timeout, source.oneshot(request)).await {
-        Ok(Ok(token)) => shared.prepare(token, sent_at),
+        Ok(Ok(token)) => shared.build_entry(token, sent_at),
         Ok(Err(error)) => Err(Error::source_failed(error)),
         Err(_) => Err(Error::timeout(timeout)),
     };
@@ -761,11 +921,16 @@ impl FetchGuard {
 impl Drop for FetchGuard {
     fn drop(&mut self) {
         if self.armed {
-            let error = Error::new(ErrorKind::Cancelled, None);
             // A panicking source is a broken source and is backed off from; a runtime shutting
             // down is not the source's fault.
-            let back_off = std::thread::panicking();
-            self.shared.finish(Err(error), Instant::now(), back_off);
+            let panicked = std::thread::panicking();
+            let kind = if panicked {
+                ErrorKind::Panicked
+            } else {
+                ErrorKind::Cancelled
+            };
+            self.shared
+                .finish(Err(Error::new(kind, None)), Instant::now(), panicked);
         }
     }
 }
@@ -775,18 +940,15 @@ impl Drop for FetchGuard {
 /// `BearerAuth::call` has `&mut self`, so each service clone keeps the entry it last used and
 /// only compares a generation number with the cache's before using it again: one plain atomic
 /// load, where a look at the shared `ArcSwap` costs a few fenced atomic operations. Hits are
-/// counted locally and added to the shared counter in batches, so that the counter is not a
-/// cache line every request writes.
+/// counted in a slot of this clone's own (see [`Hits`]), so that no counter is a cache line
+/// that every request writes.
 pub(crate) struct Local {
     cache: TokenCache,
     generation: u64,
     entry: Option<Arc<Entry>>,
-    hits: u64,
+    hits: Arc<HitSlot>,
     stripe: usize,
 }
-
-/// Hits counted by a [`Local`] before they are added to the shared counter.
-const HIT_BATCH: u64 = 256;
 
 impl Local {
     /// This clone's stripe (see [`stripe`]).
@@ -811,22 +973,8 @@ impl Local {
             return None;
         }
         let result = f(entry);
-        self.hits += 1;
-        if self.hits == HIT_BATCH {
-            self.flush();
-        }
+        self.hits.add_one();
         Some(result)
-    }
-
-    fn flush(&mut self) {
-        let hits = std::mem::take(&mut self.hits);
-        if hits > 0 {
-            self.cache
-                .shared
-                .counters
-                .hits
-                .fetch_add(hits, Ordering::Relaxed);
-        }
     }
 }
 
@@ -836,9 +984,89 @@ impl Clone for Local {
     }
 }
 
-impl Drop for Local {
-    fn drop(&mut self) {
-        self.flush();
+/// The hit counters of a cache.
+///
+/// A counter that every request increments would be one cache line written by every core, and
+/// counting in batches would make [`TokenCache::stats`] wrong when read. So each service clone
+/// ([`Local`]) counts in a slot of its own, on its own cache line, with a plain load and store
+/// (it is the slot's only writer); the cache keeps the slots in a registry per stripe and adds
+/// them up when asked. A slot whose clone is gone is folded into its stripe's total the next
+/// time the registry grows or is read.
+#[derive(Default)]
+struct Hits {
+    /// Hits of [`TokenCache::token`], which has no slot.
+    direct: AtomicU64,
+    stripes: [Mutex<HitStripe>; STRIPES],
+}
+
+#[derive(Default)]
+struct HitStripe {
+    slots: Vec<Arc<HitSlot>>,
+    /// The hits of clones that are gone.
+    retired: u64,
+}
+
+/// The hits of one service clone.
+#[derive(Default)]
+#[repr(align(64))]
+pub(crate) struct HitSlot(AtomicU64);
+
+impl HitSlot {
+    #[inline]
+    fn add_one(&self) {
+        // One writer: a load and a store, no read-modify-write.
+        self.0
+            .store(self.0.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+}
+
+impl Hits {
+    /// A new slot, registered in `stripe`'s registry.
+    fn slot(&self, stripe: usize) -> Arc<HitSlot> {
+        let slot = Arc::new(HitSlot::default());
+        let mut registry = self.stripes[stripe % STRIPES]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if registry.slots.len() == registry.slots.capacity() {
+            // Before the vector grows: drop the slots of clones that are gone, so that it grows
+            // with the clones alive, not with every clone ever made.
+            registry.retire();
+        }
+        registry.slots.push(slot.clone());
+        slot
+    }
+
+    /// Every hit counted so far.
+    fn total(&self) -> u64 {
+        let mut total = self.direct.load(Ordering::Relaxed);
+        for stripe in &self.stripes {
+            let mut registry = stripe.lock().unwrap_or_else(PoisonError::into_inner);
+            registry.retire();
+            total += registry.retired;
+            total += registry
+                .slots
+                .iter()
+                .map(|slot| slot.0.load(Ordering::Relaxed))
+                .sum::<u64>();
+        }
+        total
+    }
+}
+
+impl HitStripe {
+    /// Folds the slots that only the registry still holds into `retired`.
+    fn retire(&mut self) {
+        let retired = &mut self.retired;
+        self.slots.retain(|slot| {
+            if Arc::strong_count(slot) > 1 {
+                return true;
+            }
+            // The clone's last store happened before it dropped its `Arc` (a release); this
+            // fence makes it visible here.
+            std::sync::atomic::fence(Ordering::Acquire);
+            *retired += slot.0.load(Ordering::Relaxed);
+            false
+        });
     }
 }
 

@@ -77,6 +77,7 @@ pub mod oauth2;
 mod origin;
 pub mod placement;
 pub mod replay;
+mod shown;
 mod source;
 mod stripe;
 mod token;

@@ -256,10 +256,14 @@ async fn a_token_already_past_its_expires_at_still_serves_its_waiters() {
         assert_eq!(response.body(), "Bearer tok-1");
     }
     assert_eq!(calls.count(), 1, "one fetch for all waiters");
+    // A lifetime of zero is raised to the floor (`min_lifetime`, 10 s): the token is used until
+    // then, and only then is the source asked again.
+    assert_eq!(send(&svc).await, "Bearer tok-1", "used for the floor");
+    tokio::time::sleep(Duration::from_secs(11)).await;
     assert_eq!(
         send(&svc).await,
         "Bearer tok-2",
-        "the next request fetches again"
+        "the request after the floor fetches again"
     );
 }
 
@@ -277,7 +281,23 @@ async fn a_zero_lifetime_token_serves_the_waiters_of_its_fetch() {
         assert_eq!(response.body(), "Bearer tok-1");
     }
     assert_eq!(calls.count(), 1);
-    // Never usable again: the next user waits for a new one, it is not served the dead token.
+    // Used for the floor (`min_lifetime`, 10 s by default), not refetched on every request.
+    for _ in 0..100 {
+        assert_eq!(send(&svc).await, "Bearer tok-1");
+    }
+    assert_eq!(calls.count(), 1, "no fetch per request");
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(send(&svc).await, "Bearer tok-1");
+    // Past the floor the next user waits for a new one; it is not served the dead token.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(send(&svc).await, "Bearer tok-2");
+    // With the floor turned off, a zero lifetime is never usable after its fetch.
+    let calls = Calls::default();
+    let cache = TokenCache::builder(calls.lasting(SECOND, Duration::ZERO))
+        .min_lifetime(Duration::ZERO)
+        .build();
+    let svc = BearerAuth::from_cache(open_api(), cache.clone());
+    assert_eq!(send(&svc).await, "Bearer tok-1");
     assert_eq!(send(&svc).await, "Bearer tok-2");
     let token = within(DAY, "token()", cache.token()).await.unwrap();
     assert_eq!(token.access_token().secret(), "tok-3");
@@ -924,16 +944,20 @@ async fn cache_stats_count_what_happened() {
     );
     stats(2, 0, 6, 1, 1);
 
-    // A replay that is rejected too: two rejections, one replay, and its answer returned.
+    // A replay that is rejected too, once the rejection interval since tok-1's rejection has
+    // passed: two rejections, one replay, and its answer returned.
+    tokio::time::advance(Duration::from_secs(10)).await;
     let r = svc
         .clone()
         .oneshot(with_header(get("http://a/"), "x-answer", "reject"));
     assert_eq!(r.await.unwrap().status(), StatusCode::UNAUTHORIZED);
     assert_eq!(hits.load(Ordering::SeqCst), hits_before + 4);
     stats(3, 0, 7, 3, 2);
-    // The token the replay carried was dropped too.
-    assert_eq!(send(&svc).await, "Bearer tok-4");
-    stats(4, 0, 8, 3, 2);
+    // The token the replay carried was fetched because of a rejection moments ago: it is kept
+    // (counted), not dropped for a fourth fetch.
+    assert_eq!(cache.stats().kept_rejections, 1);
+    assert_eq!(send(&svc).await, "Bearer tok-3");
+    stats(3, 0, 7, 3, 2);
 
     // A token that cannot be a header value counts as a failed fetch.
     let bad = TokenCache::new(StaticToken::new("bad\r\ntoken"));

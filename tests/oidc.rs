@@ -423,7 +423,11 @@ async fn short_lived_tokens_are_refreshed_ahead_with_no_401() {
     let tokens = log_in(&peer, &client).await;
     assert_eq!(tokens.expires_in(), Some(Duration::from_secs(3)));
     let source = RefreshTokenSource::from_response(client, tokens).unwrap();
-    let cache = TokenCache::new(source);
+    // 3-second tokens are under the default lifetime floor (10 s), which would use each for
+    // 10 s: lowered so that their own timeline applies.
+    let cache = TokenCache::builder(source)
+        .min_lifetime(Duration::from_secs(1))
+        .build();
     let svc = ServiceBuilder::new()
         .layer(BearerAuthLayer::from_cache(cache.clone()))
         .service(http());
@@ -439,6 +443,52 @@ async fn short_lived_tokens_are_refreshed_ahead_with_no_401() {
     assert_eq!(stats.rejections, 0, "{stats:?}");
     assert!(stats.fetches >= 4, "8 s of 3 s tokens: {stats:?}");
     assert!(requests > 30);
+}
+
+/// The first access token of a login counts its lifetime from the code exchange, not from when
+/// it is first used: a 4-second token first asked for 5 seconds after the exchange is not sent
+/// (it would be answered 401), the refresh token is used at once instead. One asked for within
+/// half its lifetime is served as it is.
+#[tokio::test]
+async fn the_first_token_of_a_login_is_not_served_after_it_expired() {
+    let peer = Peer::start_with_ttl(4);
+    let client = public_client(&peer);
+
+    let tokens = log_in(&peer, &client).await;
+    let first_refresh_token = tokens.refresh_token().unwrap().clone();
+    let expires_at = tokens.expires_at().expect("requested_at + expires_in");
+    assert_eq!(
+        expires_at.duration_since(tokens.requested_at().unwrap()),
+        Duration::from_secs(4)
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let source = RefreshTokenSource::from_response(client.clone(), tokens).unwrap();
+    let cache = TokenCache::builder(source.clone())
+        .min_lifetime(Duration::from_secs(1))
+        .build();
+    let svc = ServiceBuilder::new()
+        .layer(BearerAuthLayer::from_cache(cache.clone()))
+        .service(http());
+    let (status, body) = me(&peer, svc).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let stats = cache.stats();
+    assert_eq!((stats.rejections, stats.replays), (0, 0), "{stats:?}");
+    assert_ne!(
+        source.refresh_token().await,
+        first_refresh_token,
+        "refreshed (and rotated) instead of serving the dead token"
+    );
+
+    // Within half of its lifetime, the first token is served: no refresh.
+    let tokens = log_in(&peer, &client).await;
+    let first_refresh_token = tokens.refresh_token().unwrap().clone();
+    let source = RefreshTokenSource::from_response(client, tokens).unwrap();
+    let cache = TokenCache::builder(source.clone())
+        .min_lifetime(Duration::from_secs(1))
+        .build();
+    let token = cache.token().await.unwrap();
+    assert!(matches!(token.expiry(), Some(tower_bearer::Expiry::At(_))));
+    assert_eq!(source.refresh_token().await, first_refresh_token);
 }
 
 #[tokio::test]

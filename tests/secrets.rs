@@ -415,7 +415,7 @@ fn no_secret_in_debug_display_or_trace_logs() {
         "replaying with a new token",
         "token fetch failed",
         "invalid_client",
-        "not a valid HTTP header value",
+        "access token that cannot be sent: the access token is empty or holds a byte",
         "refresh token refused",
         "token_fetch",
         "reason=Forced",
@@ -464,7 +464,8 @@ async fn flow() -> (Rendered, Vec<String>) {
         .expiry_skew(Duration::ZERO)
         .refresh_ahead(Duration::from_secs(10))
         .jitter(0.0)
-        .backoff(Duration::from_millis(10), Duration::from_millis(50));
+        .backoff(Duration::from_millis(10), Duration::from_millis(50))
+        .min_lifetime(Duration::ZERO);
     out.debug("TokenCacheBuilder", &cache_builder);
     let cache = cache_builder.build();
     let origin: Origin = "http://127.0.0.1:9".parse().unwrap();

@@ -10,7 +10,7 @@ use tower_service::Service;
 
 use super::service::Spare;
 use super::Config;
-use crate::cache::Entry;
+use crate::cache::{Entry, Rejection};
 use crate::challenge::rejects_token;
 use crate::error::ErrorKind;
 use crate::replay::ReplayPolicy;
@@ -189,6 +189,11 @@ where
                     let cache = &this.config.cache;
                     cache.count_rejection();
                     let id = *id;
+                    if cache.reject(id) == Rejection::Kept {
+                        // A rejection dropped a token moments ago: another fetch and replay
+                        // would not help (see `TokenCacheBuilder::rejection_interval`).
+                        return Poll::Ready(Ok(response));
+                    }
                     let replay = replay.and_then(|(kept, spare)| {
                         let req = this.policy.replay(kept)?;
                         let inner = spare.lock().unwrap_or_else(PoisonError::into_inner).clone();
@@ -196,13 +201,12 @@ where
                     });
                     let Some((req, inner)) = replay else {
                         tracing::debug!(token.id = id, "token rejected; request not replayable");
-                        cache.reject(id);
                         return Poll::Ready(Ok(response));
                     };
                     tracing::debug!(token.id = id, "token rejected; replaying with a new token");
                     let cache = cache.clone();
                     this.state.set(State::Reacquiring {
-                        acquire: Box::pin(async move { cache.reject_and_acquire(id).await }),
+                        acquire: Box::pin(async move { cache.acquire_for_replay().await }),
                         parked: Some(Box::new((inner, Some(req)))),
                     });
                 }
@@ -243,7 +247,7 @@ where
                         );
                         this.config.cache.count_rejection();
                         this.config.cache.count_replay_rejection();
-                        this.config.cache.reject(*id);
+                        let _ = this.config.cache.reject(*id);
                     }
                     return Poll::Ready(Ok(response));
                 }

@@ -21,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::client::check_url;
 use super::error::{Error, ErrorCode};
+use crate::shown::{shown, MAX_SHOWN};
 
 /// What `Debug` prints in place of a secret.
 const REDACTED: &str = "<redacted>";
@@ -389,15 +390,18 @@ impl AuthorizationResponse {
         if let (Some(expected), Some(iss)) = (expected_issuer, &params.iss) {
             if iss != expected {
                 return Err(Error::callback(format!(
-                    "issuer does not match: expected {expected:?}, got {iss:?}"
+                    "issuer does not match: expected {expected:?}, got \"{}\"",
+                    shown(iss, MAX_SHOWN)
                 )));
             }
         }
         if let Some(error) = &params.error {
+            // Anyone who can reach the redirect URI chooses these: made safe to show.
+            let text = |text: Option<String>| text.map(|text| shown(&text, MAX_SHOWN));
             return Err(Error::authorization(
                 ErrorCode::parse(error),
-                params.error_description,
-                params.error_uri,
+                text(params.error_description),
+                text(params.error_uri),
             ));
         }
         if params.state.is_none() {

@@ -12,12 +12,14 @@ use http::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
 use http_body_util::{BodyExt, Full, Limited};
+use tokio::time::Instant;
 use tower::util::BoxCloneSyncService;
 use tower::ServiceExt;
 use tower_service::Service;
 use zeroize::Zeroizing;
 
 use super::error::Error;
+use super::redact::{Redactions, SECRET_PARAMS};
 use super::response::{parse_token_response, TokenResponse, MAX_BODY};
 use crate::token::secret_bytes;
 use crate::BoxError;
@@ -172,12 +174,18 @@ impl Client {
     }
 
     /// Posts `params` to the token endpoint, authenticated as this client, and parses the answer.
+    ///
+    /// The credentials the request carries (the client secret, the Basic credentials, and the
+    /// values of [`SECRET_PARAMS`]) are redacted from whatever the error keeps of the answer.
     pub(crate) async fn token_request(
         &self,
         params: &[(&str, &str)],
     ) -> Result<TokenResponse, Error> {
         let inner = &self.inner;
-        let request = self.build_request(params);
+        let (request, sent) = self.build_request(params);
+        // The lifetime of the token counts from here: before the request, so that network delay
+        // can only make a token look shorter-lived than it is.
+        let requested_at = Instant::now();
         let send = inner.transport.clone().oneshot(request);
         let answer = match tokio::time::timeout(inner.timeout, send).await {
             Ok(Ok(answer)) => answer,
@@ -185,14 +193,22 @@ impl Client {
             Err(_) => return Err(Error::timeout(inner.timeout)),
         };
         let body = answer.body?;
-        parse_token_response(answer.status, &answer.headers, &body)
+        parse_token_response(
+            answer.status,
+            &answer.headers,
+            &body,
+            &sent,
+            Some(requested_at),
+        )
     }
 }
 
 impl Client {
-    /// The token request: a form POST, with the client authenticated as configured.
-    fn build_request(&self, params: &[(&str, &str)]) -> Request<Full<Bytes>> {
+    /// The token request: a form POST, with the client authenticated as configured; and the
+    /// credentials it carries, to redact from the answer.
+    fn build_request(&self, params: &[(&str, &str)]) -> (Request<Full<Bytes>>, Redactions) {
         let inner = &self.inner;
+        let mut sent = Redactions::none();
         // The form carries the client secret or a refresh token: sized up front so that it
         // never moves (leaving a copy behind), and zeroed once sent. Form-urlencoding at most
         // triples a byte; each pair adds `=` and `&`.
@@ -204,18 +220,26 @@ impl Client {
             + 3 * secret_len;
         let mut form = form_urlencoded::Serializer::new(String::with_capacity(capacity));
         form.extend_pairs(params);
+        for (name, value) in params {
+            if SECRET_PARAMS.contains(name) {
+                sent.secret(value);
+            }
+        }
         let mut headers = HeaderMap::new();
         match (inner.auth, &inner.secret) {
             (ClientAuth::Basic | ClientAuth::BasicRaw, Some(secret)) => {
                 let encode = inner.auth == ClientAuth::Basic;
-                headers.insert(
-                    AUTHORIZATION,
-                    basic_auth(&inner.client_id, secret.secret(), encode),
-                );
+                let value = basic_auth(&inner.client_id, secret.secret(), encode);
+                sent.secret(secret.secret());
+                if let Some(credentials) = value.as_bytes().strip_prefix(b"Basic ") {
+                    sent.exact(std::str::from_utf8(credentials).unwrap_or_default());
+                }
+                headers.insert(AUTHORIZATION, value);
             }
             (ClientAuth::Post, Some(secret)) => {
                 form.append_pair("client_id", &inner.client_id);
                 form.append_pair("client_secret", secret.secret());
+                sent.secret(secret.secret());
             }
             _ => {
                 form.append_pair("client_id", &inner.client_id);
@@ -234,7 +258,7 @@ impl Client {
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
         *request.headers_mut() = headers;
 
-        request
+        (request, sent)
     }
 }
 

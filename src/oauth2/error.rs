@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+use crate::shown::{shown, Shown, MAX_SHOWN};
 use crate::BoxError;
 
 /// An error of an OAuth 2.0 token source: the token endpoint refused, could not be reached, or
@@ -14,8 +15,15 @@ use crate::BoxError;
 ///
 /// It exposes what RFC 6749 §5.2 defines ([`code`](Self::code),
 /// [`description`](Self::description), [`uri`](Self::uri)), the HTTP [`status`](Self::status),
-/// and whether trying again can help ([`is_retryable`](Self::is_retryable)). It never contains
-/// a secret: request bodies and credentials are never part of it. Cheap to clone.
+/// and whether trying again can help ([`is_retryable`](Self::is_retryable)). Cheap to clone.
+///
+/// It never contains a secret: request bodies and credentials are never part of it, and where
+/// the server's answer echoes a credential this client sent (a client secret, the Basic
+/// credentials, a refresh token, a code or verifier), the echo is replaced by `<redacted>`.
+/// Text taken from the server (the code, description and URI, and the excerpt of an error
+/// page) is shown safely: control characters and invisible formatting characters are escaped
+/// (`\n`, `\u{1b}`), and each piece is cut after 256 bytes with a note of its full length, so
+/// a server cannot forge log lines or flood them.
 #[derive(Clone)]
 pub struct Error {
     inner: Arc<Inner>,
@@ -25,8 +33,8 @@ struct Inner {
     kind: ErrorKind,
     status: Option<StatusCode>,
     code: Option<ErrorCode>,
-    description: Option<String>,
-    uri: Option<String>,
+    description: Option<Shown>,
+    uri: Option<Shown>,
     retry_after: Option<Duration>,
     source: Option<BoxError>,
 }
@@ -86,12 +94,14 @@ pub enum ErrorCode {
     TemporarilyUnavailable,
     /// `server_error`
     ServerError,
-    /// Any other code, as the server sent it.
+    /// Any other code, as the server sent it (escaped and bounded like every text from a server:
+    /// see [`Error`]).
     Other(String),
 }
 
 impl ErrorCode {
-    /// The code for `code` as it appears on the wire.
+    /// The code for `code` as it appears on the wire. An unknown code is kept as
+    /// [`Other`](Self::Other), made safe to show (control characters escaped, at most 256 bytes).
     pub fn parse(code: &str) -> Self {
         match code {
             "invalid_request" => Self::InvalidRequest,
@@ -104,7 +114,7 @@ impl ErrorCode {
             "access_denied" => Self::AccessDenied,
             "temporarily_unavailable" => Self::TemporarilyUnavailable,
             "server_error" => Self::ServerError,
-            other => Self::Other(other.to_owned()),
+            other => Self::Other(shown(other, MAX_SHOWN).into_string()),
         }
     }
 
@@ -153,8 +163,8 @@ impl Error {
     pub(crate) fn oauth(
         status: StatusCode,
         code: ErrorCode,
-        description: Option<String>,
-        uri: Option<String>,
+        description: Option<Shown>,
+        uri: Option<Shown>,
         retry_after: Option<Duration>,
     ) -> Self {
         Self::build(ErrorKind::OAuth, |e| {
@@ -166,11 +176,11 @@ impl Error {
         })
     }
 
-    /// An HTTP error status without an OAuth 2.0 error body. `hint` is a short, printable
-    /// excerpt of the body, if it had one.
+    /// An HTTP error status without an OAuth 2.0 error body. `hint` is a short excerpt of the
+    /// body, if it had one.
     pub(crate) fn http(
         status: StatusCode,
-        hint: Option<String>,
+        hint: Option<Shown>,
         retry_after: Option<Duration>,
     ) -> Self {
         Self::build(ErrorKind::Http, |e| {
@@ -190,32 +200,36 @@ impl Error {
 
     pub(crate) fn timeout(after: Duration) -> Self {
         Self::build(ErrorKind::Timeout, |e| {
-            e.description = Some(format!("no answer within {after:?}"));
+            e.description = Some(Shown::ours(format!("no answer within {after:?}")));
         })
     }
 
+    /// An answer that cannot be used. `what` is this crate's own explanation: server text in it
+    /// must have gone through [`shown`] first.
     pub(crate) fn invalid_response(status: Option<StatusCode>, what: impl Into<String>) -> Self {
         Self::build(ErrorKind::InvalidResponse, |e| {
             e.status = status;
-            e.description = Some(what.into());
+            e.description = Some(Shown::ours(what.into()));
         })
     }
 
     pub(crate) fn body_too_large(status: StatusCode, limit: usize) -> Self {
         Self::build(ErrorKind::BodyTooLarge, |e| {
             e.status = Some(status);
-            e.description = Some(format!("the body exceeds {limit} bytes"));
+            e.description = Some(Shown::ours(format!("the body exceeds {limit} bytes")));
         })
     }
 
     pub(crate) fn config(what: impl Into<String>) -> Self {
-        Self::build(ErrorKind::Config, |e| e.description = Some(what.into()))
+        Self::build(ErrorKind::Config, |e| {
+            e.description = Some(Shown::ours(what.into()))
+        })
     }
 
     pub(crate) fn authorization(
         code: ErrorCode,
-        description: Option<String>,
-        uri: Option<String>,
+        description: Option<Shown>,
+        uri: Option<Shown>,
     ) -> Self {
         Self::build(ErrorKind::Authorization, |e| {
             e.code = Some(code);
@@ -224,8 +238,12 @@ impl Error {
         })
     }
 
+    /// A redirect that went wrong. `what` is this crate's own explanation: text from the
+    /// redirect in it must have gone through [`shown`] first.
     pub(crate) fn callback(what: impl Into<String>) -> Self {
-        Self::build(ErrorKind::Callback, |e| e.description = Some(what.into()))
+        Self::build(ErrorKind::Callback, |e| {
+            e.description = Some(Shown::ours(what.into()))
+        })
     }
 
     pub(crate) fn store(source: BoxError) -> Self {
@@ -249,12 +267,12 @@ impl Error {
 
     /// The `error_description`, or another short explanation of what went wrong.
     pub fn description(&self) -> Option<&str> {
-        self.inner.description.as_deref()
+        self.inner.description.as_ref().map(Shown::as_str)
     }
 
     /// The `error_uri` the server sent, if any.
     pub fn uri(&self) -> Option<&str> {
-        self.inner.uri.as_deref()
+        self.inner.uri.as_ref().map(Shown::as_str)
     }
 
     /// How long the server asked to wait before trying again (`Retry-After` in seconds).

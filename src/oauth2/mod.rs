@@ -21,6 +21,7 @@ mod authorize;
 mod client;
 mod client_credentials;
 mod error;
+mod redact;
 mod refresh;
 mod response;
 

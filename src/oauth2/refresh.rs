@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
+use tokio::time::Instant;
 use tower_service::Service;
 
 use super::{Client, Error, TokenResponse};
@@ -182,8 +183,8 @@ struct Shared {
 struct State {
     refresh_token: RefreshToken,
     /// The first access token, from the response that brought the refresh token: served once
-    /// instead of refreshing at once.
-    initial: Option<Token>,
+    /// instead of refreshing at once, if it is asked for before the instant kept with it.
+    initial: Option<(Token, Option<Instant>)>,
     /// Set by `invalid_grant`: the grant is gone for good.
     dead: Option<Error>,
 }
@@ -204,6 +205,12 @@ impl RefreshTokenSource {
     /// A source continuing from a token response (typically of an authorization code
     /// exchange): its access token is served first, then its refresh token is used.
     ///
+    /// The first token keeps the expiry it had when the response came (its lifetime counts from
+    /// when that token request was sent, not from when the token is first asked for). If it is
+    /// first asked for after half of its lifetime has passed, it is not served at all and the
+    /// refresh token is used at once: a token that old would be dead, or due for a refresh,
+    /// soon after it was first used.
+    ///
     /// # Errors
     ///
     /// [`ErrorKind::InvalidResponse`](super::ErrorKind::InvalidResponse) if the response has no
@@ -216,7 +223,13 @@ impl RefreshTokenSource {
             client,
             State {
                 refresh_token,
-                initial: Some(response.into_token()),
+                initial: {
+                    let fresh_until = response
+                        .requested_at()
+                        .zip(response.expires_in())
+                        .and_then(|(at, lifetime)| at.checked_add(lifetime / 2));
+                    Some((response.into_token(), fresh_until))
+                },
                 dead: None,
             },
         ))
@@ -281,8 +294,13 @@ impl RefreshTokenSource {
         if let Some(error) = &state.dead {
             return Err(error.clone());
         }
-        if let Some(token) = state.initial.take() {
-            return Ok(token);
+        if let Some((token, fresh_until)) = state.initial.take() {
+            if fresh_until.is_none_or(|until| Instant::now() < until) {
+                return Ok(token);
+            }
+            tracing::debug!(
+                "the first access token is past half of its lifetime; refreshing instead"
+            );
         }
         // Spawned, holding the lock: if the caller is dropped mid-request, the server may have
         // rotated the token already, and the answer must still be read and kept.

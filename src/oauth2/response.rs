@@ -7,8 +7,12 @@ use std::time::Duration;
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value};
+use tokio::time::Instant;
+use zeroize::Zeroizing;
 
 use super::error::{Error, ErrorCode};
+use super::redact::Redactions;
+use crate::shown::{shown, Shown, MAX_SHOWN};
 use crate::{AccessToken, RefreshToken, Token};
 
 /// Largest body read from a token endpoint.
@@ -25,10 +29,10 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(60 * 60);
 
 /// How much of an error page goes into [`Error::http`]: enough to recognize it, not enough to
 /// flood a log line.
-const HINT_CHARS: usize = 200;
+const HINT_BYTES: usize = MAX_SHOWN;
 
 /// How much of an unusable `expires_in` goes into the error message.
-const VALUE_CHARS: usize = 32;
+const VALUE_BYTES: usize = 32;
 
 /// The form content type (RFC 6749 §4.1.2 style bodies that some old servers also use for the
 /// token response).
@@ -46,6 +50,7 @@ pub struct TokenResponse {
     refresh_token: Option<RefreshToken>,
     scope: Option<String>,
     extra: ExtraFields,
+    requested_at: Option<Instant>,
 }
 
 impl TokenResponse {
@@ -67,7 +72,7 @@ impl TokenResponse {
     /// assert_eq!(response.expires_in(), Some(std::time::Duration::from_secs(3599)));
     /// ```
     pub fn parse(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Result<Self, Error> {
-        parse_token_response(status, headers, body)
+        parse_token_response(status, headers, body, &Redactions::none(), None)
     }
 
     /// The access token.
@@ -101,9 +106,29 @@ impl TokenResponse {
         &self.extra
     }
 
-    /// A `Token` for the cache: access token, type, `expires_in` (if present), refresh token,
-    /// scope, and the `ExtraFields` as an extension (`Token::with_extension`).
+    /// When the token request was sent, for responses this crate's token sources received;
+    /// `None` for a response made with [`parse`](Self::parse). The `expires_in` counts from it.
+    pub fn requested_at(&self) -> Option<Instant> {
+        self.requested_at
+    }
+
+    /// When the token expires: [`requested_at`](Self::requested_at) plus
+    /// [`expires_in`](Self::expires_in), if both are known.
+    pub fn expires_at(&self) -> Option<Instant> {
+        self.requested_at?.checked_add(self.expires_in?)
+    }
+
+    /// A `Token` for the cache: access token, type, expiry, refresh token, scope, and the
+    /// `ExtraFields` as an extension (`Token::with_extension`).
+    ///
+    /// The expiry counts from when the token request was sent: [`Token::expires_at`] with
+    /// [`expires_at`](Self::expires_at) for a response this crate's sources received, so that a
+    /// token handed out later (such as the first token of a
+    /// [`RefreshTokenSource`](super::RefreshTokenSource)) is not thought to live longer than it
+    /// does; [`Token::expires_in`] for a response made with [`parse`](Self::parse), which the
+    /// cache counts from when it asked its source.
     pub fn into_token(self) -> Token {
+        let expires_at = self.expires_at();
         let Self {
             access_token,
             token_type,
@@ -111,13 +136,16 @@ impl TokenResponse {
             refresh_token,
             scope,
             extra,
+            requested_at: _,
         } = self;
         let mut token = Token::new(access_token.secret());
         if let Some(token_type) = token_type {
             token = token.with_token_type(token_type);
         }
-        if let Some(lifetime) = expires_in {
-            token = token.expires_in(lifetime);
+        match (expires_at, expires_in) {
+            (Some(deadline), _) => token = token.expires_at(deadline),
+            (None, Some(lifetime)) => token = token.expires_in(lifetime),
+            (None, None) => {}
         }
         if let Some(refresh_token) = refresh_token {
             token = token.with_refresh_token(refresh_token);
@@ -141,6 +169,7 @@ impl fmt::Debug for TokenResponse {
             .field("refresh_token", &self.refresh_token)
             .field("scope", &self.scope)
             .field("extra", &self.extra)
+            .field("requested_at", &self.requested_at)
             .finish()
     }
 }
@@ -190,11 +219,15 @@ impl fmt::Debug for Names<'_> {
     }
 }
 
-/// Turns a token endpoint's answer into a token or a typed error.
+/// Turns a token endpoint's answer into a token or a typed error. `sent` holds the credentials
+/// of the request, which are redacted from every piece of the answer an error keeps; `requested_at`
+/// is when the request was sent, which the token's lifetime counts from.
 pub(crate) fn parse_token_response(
     status: StatusCode,
     headers: &HeaderMap,
     body: &[u8],
+    sent: &Redactions,
+    requested_at: Option<Instant>,
 ) -> Result<TokenResponse, Error> {
     // A redirect is never followed (the credentials would go elsewhere) and its body, if any,
     // is a page for browsers.
@@ -207,12 +240,16 @@ pub(crate) fn parse_token_response(
     // RFC 6749 §5.2 says 400 (or 401), but servers send OAuth errors with 200 too: an `error`
     // field wins over the status.
     if let Body::Fields(fields) = &parsed {
-        if let Some(code) = fields.get("error").and_then(error_code) {
+        if let Some(code) = fields.values.get("error").and_then(error_code) {
+            let text = |name: &str| {
+                let text = fields.values.get(name).and_then(text)?;
+                Some(shown(&sent.redact(&text), MAX_SHOWN))
+            };
             return Err(Error::oauth(
                 status,
-                ErrorCode::parse(&code),
-                fields.get("error_description").and_then(text),
-                fields.get("error_uri").and_then(text),
+                ErrorCode::parse(&sent.redact(&code)),
+                text("error_description"),
+                text("error_uri"),
                 retry_after(headers),
             ));
         }
@@ -220,12 +257,16 @@ pub(crate) fn parse_token_response(
 
     if !status.is_success() {
         // An error page (HTML from a proxy, an empty 401, JSON without `error`): an excerpt
-        // is all there is to tell the user. Error bodies never echo our request, but a 2xx body
-        // might hold a token, which is why only non-2xx bodies are excerpted.
-        return Err(Error::http(status, hint(body), retry_after(headers)));
+        // is all there is to tell the user. A 2xx body might hold a token, which is why only
+        // non-2xx bodies are excerpted, and an error body may echo the request, which is why
+        // the credentials it carried are redacted first.
+        return Err(Error::http(status, hint(body, sent), retry_after(headers)));
     }
 
-    let mut fields = match parsed {
+    let Fields {
+        mut values,
+        unreadable,
+    } = match parsed {
         Body::Fields(fields) => fields,
         Body::NotObject => {
             return Err(Error::invalid_response(
@@ -233,46 +274,90 @@ pub(crate) fn parse_token_response(
                 "the body is JSON but not an object",
             ))
         }
-        Body::Unreadable if trim_ascii(body).is_empty() => {
+        Body::Unreadable if body.trim_ascii().is_empty() => {
             return Err(Error::invalid_response(Some(status), "the body is empty"))
         }
         Body::Unreadable => {
+            // What came instead, without a word of it: a 2xx body may hold a token.
+            let media_type = match headers.get(CONTENT_TYPE) {
+                Some(value) => format!(
+                    "Content-Type {}",
+                    shown(&String::from_utf8_lossy(value.as_bytes()), 64)
+                ),
+                None => "no Content-Type".to_owned(),
+            };
             return Err(Error::invalid_response(
                 Some(status),
-                "the body is neither JSON nor form data",
+                format!(
+                    "the body is neither a JSON object nor form data ({media_type}, {} bytes)",
+                    body.len()
+                ),
+            ));
+        }
+    };
+    let unreadable = |name: &str| unreadable.iter().any(|n| n == name);
+
+    // Only a JSON string (or a form value) is an access token. The cache refuses tokens that
+    // cannot be a header value itself, with a better message than this layer could give.
+    let access_token = match values.remove("access_token") {
+        None | Some(Value::Null) => {
+            return Err(Error::invalid_response(Some(status), "no access_token"))
+        }
+        Some(Value::String(_)) if unreadable("access_token") => {
+            return Err(Error::invalid_response(
+                Some(status),
+                "access_token is not a readable JSON value (such as a string with an unpaired \
+                 surrogate escape, a number out of range, or nesting too deep)",
+            ))
+        }
+        Some(Value::String(secret)) if secret.is_empty() => {
+            return Err(Error::invalid_response(
+                Some(status),
+                "access_token is empty",
+            ))
+        }
+        Some(Value::String(secret)) => AccessToken::new(secret),
+        Some(other) => {
+            return Err(Error::invalid_response(
+                Some(status),
+                format!("access_token is a JSON {}, not a string", json_type(&other)),
             ))
         }
     };
-
-    // No character check: the cache refuses tokens that cannot be a header value itself, with
-    // a better message than this layer could give.
-    let access_token = match fields.remove("access_token") {
-        Some(Value::String(secret)) if !secret.is_empty() => AccessToken::new(secret),
-        _ => return Err(Error::invalid_response(Some(status), "no access_token")),
-    };
-    let expires_in = match fields.remove("expires_in") {
+    let expires_in = match values.remove("expires_in") {
         None | Some(Value::Null) => None,
         Some(value) => match lifetime(&value) {
             Some(lifetime) => Some(lifetime),
             None => {
+                let text = match &value {
+                    Value::String(text) => text.clone(),
+                    other => other.to_string(),
+                };
                 return Err(Error::invalid_response(
                     Some(status),
                     format!(
                         "expires_in is not a number: {}",
-                        excerpt(&value.to_string(), VALUE_CHARS)
+                        shown(&sent.redact(&text), VALUE_BYTES)
                     ),
-                ))
+                ));
             }
         },
     };
     // Kept as sent whatever the case: RFC 6749 §5.1 makes it case-insensitive and the
     // placement writes `Bearer` anyway. The other fields are optional, so a value of the wrong
-    // type is dropped rather than failing a usable token.
-    let token_type = string(fields.remove("token_type"));
-    let refresh_token = string(fields.remove("refresh_token"))
+    // type, or one serde could not read, is dropped rather than failing a usable token.
+    let mut optional = |name: &str| match values.remove(name) {
+        Some(Value::String(text)) if !unreadable(name) => Some(text),
+        _ => None,
+    };
+    let token_type = optional("token_type");
+    let refresh_token = optional("refresh_token")
         .filter(|secret| !secret.is_empty())
         .map(RefreshToken::new);
-    let scope = string(fields.remove("scope"));
+    let scope = optional("scope");
+    // Values serde could not read are not kept as extra fields either: their raw text is not
+    // what the server meant.
+    values.retain(|name, _| !unreadable(name));
 
     Ok(TokenResponse {
         access_token,
@@ -280,7 +365,8 @@ pub(crate) fn parse_token_response(
         expires_in,
         refresh_token,
         scope,
-        extra: ExtraFields(fields),
+        extra: ExtraFields(values),
+        requested_at,
     })
 }
 
@@ -299,89 +385,163 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 /// What a body turned out to be.
 enum Body {
     /// A JSON object or form data.
-    Fields(Map<String, Value>),
+    Fields(Fields),
     /// Valid JSON, but not an object.
     NotObject,
     /// Neither JSON nor form data with a meaningful key (empty, HTML, garbage...).
     Unreadable,
 }
 
-/// A JSON object whose values serde_json cannot hold (a number beyond `f64`, such as an
-/// `expires_in` of `1e400`): such values are kept as their text, which the field parsers then
-/// saturate, instead of losing the whole response.
-fn lenient_object(body: &[u8]) -> Option<Map<String, Value>> {
+/// The fields of a JSON object or of form data.
+struct Fields {
+    values: Map<String, Value>,
+    /// Names whose JSON values serde could not read (a number beyond `f64` such as `1e400`, a
+    /// string with an unpaired surrogate escape, nesting too deep). Their raw JSON text is in
+    /// `values`, for `expires_in` and for error messages only: such a value is never a token.
+    unreadable: Vec<String>,
+}
+
+impl Fields {
+    fn new(values: Map<String, Value>) -> Self {
+        Self {
+            values,
+            unreadable: Vec::new(),
+        }
+    }
+}
+
+/// A JSON object whose values serde_json cannot all hold: the readable ones are parsed, the
+/// others kept as their raw text and named in [`Fields::unreadable`], instead of losing the
+/// whole response to an `expires_in` of `1e400`.
+fn lenient_object(body: &[u8]) -> Option<Fields> {
     let raw: std::collections::BTreeMap<String, Box<serde_json::value::RawValue>> =
         serde_json::from_slice(body).ok()?;
-    Some(
-        raw.into_iter()
-            .map(|(name, value)| {
-                let value = serde_json::from_str::<Value>(value.get())
-                    .unwrap_or_else(|_| Value::String(value.get().to_owned()));
-                (name, value)
-            })
-            .collect(),
-    )
+    let mut fields = Fields::new(Map::new());
+    for (name, value) in raw {
+        let value = match serde_json::from_str::<Value>(value.get()) {
+            Ok(value) => value,
+            Err(_) => {
+                fields.unreadable.push(name.clone());
+                Value::String(value.get().to_owned())
+            }
+        };
+        fields.values.insert(name, value);
+    }
+    Some(fields)
+}
+
+/// What the `Content-Type` says the body is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Declared {
+    /// `application/x-www-form-urlencoded`.
+    Form,
+    /// `application/json` or any `+json` type.
+    Json,
+    /// `text/plain`, or no `Content-Type` at all: what old servers send form data as.
+    PlainOrNone,
+    /// Anything else (`text/html`, `application/xml`, ...): never read as form data.
+    Other,
+}
+
+fn declared(headers: &HeaderMap) -> Declared {
+    let Some(value) = headers.get(CONTENT_TYPE) else {
+        return Declared::PlainOrNone;
+    };
+    // Parameters such as `; charset=utf-8` do not matter; the media type is case-insensitive.
+    let media_type = value
+        .to_str()
+        .unwrap_or_default()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    match media_type.as_str() {
+        FORM => Declared::Form,
+        "application/json" => Declared::Json,
+        t if t.ends_with("+json") => Declared::Json,
+        "text/plain" | "" => Declared::PlainOrNone,
+        _ => Declared::Other,
+    }
 }
 
 fn parse_body(headers: &HeaderMap, body: &[u8]) -> Body {
     // .NET servers may start the body with a UTF-8 byte order mark, which JSON parsers refuse.
     let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+    let declared = declared(headers);
 
-    if declares_form(headers) {
+    if declared == Declared::Form {
         let form = parse_form(body);
         if is_meaningful(&form) {
-            return Body::Fields(form);
+            return Body::Fields(Fields::new(form));
         }
         // Misconfigured servers label JSON as form data; the declared type still wins when
         // the body is not a JSON object.
         if let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(body) {
-            return Body::Fields(fields);
+            return Body::Fields(Fields::new(fields));
         }
-        return Body::Fields(form);
+        return Body::Fields(Fields::new(form));
     }
 
+    // Whatever the type says, JSON is tried first: servers label their JSON `text/plain` or
+    // even `text/html`.
     match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(fields)) => Body::Fields(fields),
-        Ok(_) => Body::NotObject,
-        Err(_) => {
-            if let Some(fields) = lenient_object(body) {
-                return Body::Fields(fields);
-            }
-            // Old servers (GitHub's and Facebook's early endpoints) answer form data as
-            // `text/plain`. Only a body with the key fields counts, so an HTML page or plain
-            // text is never mistaken for one.
-            if std::str::from_utf8(body).is_err() {
-                return Body::Unreadable;
-            }
-            let form = parse_form(body);
-            if is_meaningful(&form) {
-                Body::Fields(form)
-            } else {
-                Body::Unreadable
-            }
+        Ok(Value::Object(fields)) => return Body::Fields(Fields::new(fields)),
+        Ok(_) => return Body::NotObject,
+        Err(_) => {}
+    }
+    if let Some(fields) = lenient_object(body) {
+        return Body::Fields(fields);
+    }
+    // Old servers (GitHub's and Facebook's early endpoints) answer form data as `text/plain`
+    // or with no type. Only a body that is nothing but form data with a key field counts, so
+    // that an HTML page or a text mentioning `&access_token=…&` never becomes a token.
+    if declared == Declared::PlainOrNone && is_form_text(body) {
+        let form = parse_form(body);
+        if is_meaningful(&form) {
+            return Body::Fields(Fields::new(form));
         }
     }
+    Body::Unreadable
 }
 
-fn declares_form(headers: &HeaderMap) -> bool {
-    headers
-        .get(CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        // Parameters such as `; charset=utf-8` do not matter; the media type is case-insensitive.
-        .and_then(|value| value.split(';').next())
-        .is_some_and(|media_type| media_type.trim().eq_ignore_ascii_case(FORM))
+/// Whether `body` is made only of what form-urlencoding writes: `name=value` pairs joined by
+/// `&`, with letters, digits, `*-._~`, `+` and `%`-escapes. Markup and prose have spaces, `<`,
+/// quotes or line breaks inside.
+fn is_form_text(body: &[u8]) -> bool {
+    let body = body.trim_ascii();
+    !body.is_empty()
+        && body.contains(&b'=')
+        && body.iter().all(|&b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'*' | b'-' | b'.' | b'_' | b'~' | b'+' | b'%' | b'=' | b'&'
+                )
+        })
 }
 
 fn parse_form(body: &[u8]) -> Map<String, Value> {
     // Trimmed because `text/plain` answers often end with a newline, which would otherwise end
     // up in the last value. Later duplicates win, as with serde_json's objects.
-    form_urlencoded::parse(trim_ascii(body))
+    form_urlencoded::parse(body.trim_ascii())
         .map(|(name, value)| (name.into_owned(), Value::String(value.into_owned())))
         .collect()
 }
 
 fn is_meaningful(form: &Map<String, Value>) -> bool {
     form.contains_key("access_token") || form.contains_key("error")
+}
+
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
 }
 
 /// The `error` code, if it is really there. `null` and `""` are not: some servers add
@@ -391,26 +551,20 @@ fn error_code(value: &Value) -> Option<String> {
         Value::Null => None,
         Value::String(code) if code.is_empty() => None,
         Value::String(code) => Some(code.clone()),
-        // Not what RFC 6749 allows, but still a refusal: its JSON text names it, cut short
-        // because it may be a whole object.
-        other => Some(excerpt(&other.to_string(), HINT_CHARS)),
+        // Not what RFC 6749 allows, but still a refusal: its JSON text names it (escaped and
+        // cut short by `ErrorCode::parse`, because it may be a whole object).
+        other => Some(other.to_string()),
     }
 }
 
-/// A descriptive field (`error_description`, `error_uri`) as text.
+/// A descriptive field (`error_description`, `error_uri`) as raw text, to be redacted and
+/// made safe to show.
 fn text(value: &Value) -> Option<String> {
     match value {
         Value::Null => None,
         Value::String(text) if text.is_empty() => None,
         Value::String(text) => Some(text.clone()),
-        other => Some(excerpt(&other.to_string(), HINT_CHARS)),
-    }
-}
-
-fn string(value: Option<Value>) -> Option<String> {
-    match value {
-        Some(Value::String(text)) => Some(text),
-        _ => None,
+        other => Some(other.to_string()),
     }
 }
 
@@ -467,45 +621,19 @@ fn seconds_to_duration(seconds: f64) -> Option<Duration> {
     Some(Duration::from_millis(millis))
 }
 
-/// A short printable excerpt of an error body, or `None` if it has nothing to show.
-fn hint(body: &[u8]) -> Option<String> {
-    // A char is at most 4 bytes: decoding this much is enough for HINT_CHARS and avoids
-    // decoding a whole megabyte. A char cut at the end decodes to U+FFFD, which is harmless.
-    let head = body.get(..HINT_CHARS * 4).unwrap_or(body);
-    let text = excerpt(&String::from_utf8_lossy(head), HINT_CHARS);
+/// An excerpt of an error body with the request's credentials redacted, or `None` if it has
+/// nothing to show.
+fn hint(body: &[u8], sent: &Redactions) -> Option<Shown> {
+    // The whole body is redacted before the excerpt is cut (the body is at most 1 MiB, and this
+    // is the error path), so that no credential can straddle the cut.
+    let text = Zeroizing::new(String::from_utf8_lossy(body).into_owned());
+    let text = sent.redact(&text);
     let text = text.trim();
     if text.is_empty() {
         None
     } else {
-        Some(text.to_owned())
+        Some(shown(text, HINT_BYTES))
     }
-}
-
-/// The first `max` chars of `text`, control characters (newlines, escapes) replaced by spaces
-/// so the excerpt cannot break or forge log lines, with `…` if something was cut.
-fn excerpt(text: &str, max: usize) -> String {
-    let mut out: String = text
-        .chars()
-        .take(max)
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if text.chars().nth(max).is_some() {
-        out.push('…');
-    }
-    out
-}
-
-/// `<[u8]>::trim_ascii`, which needs Rust 1.80.
-fn trim_ascii(bytes: &[u8]) -> &[u8] {
-    let start = bytes
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(bytes.len());
-    let end = bytes
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(start, |last| last + 1);
-    bytes.get(start..end).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -524,7 +652,13 @@ mod tests {
         for (name, value) in headers {
             map.append(*name, HeaderValue::from_static(value));
         }
-        parse_token_response(StatusCode::from_u16(status).unwrap(), &map, body)
+        parse_token_response(
+            StatusCode::from_u16(status).unwrap(),
+            &map,
+            body,
+            &Redactions::none(),
+            None,
+        )
     }
 
     fn parse(status: u16, body: &str) -> Result<TokenResponse, Error> {
@@ -667,7 +801,11 @@ mod tests {
         let long = "x".repeat(1000);
         let error = expires(&format!(r#""{long}""#)).unwrap_err();
         let description = error.description().unwrap();
-        assert!(description.chars().count() < 70, "{description}");
+        assert!(description.len() < 100, "{description}");
+        assert!(
+            description.ends_with("[cut; 1000 bytes in all]"),
+            "{description}"
+        );
         assert!(!error.to_string().contains(&"x".repeat(40)));
     }
 
@@ -945,8 +1083,11 @@ mod tests {
         assert!(hint.starts_with("<html>"), "{hint}");
         assert!(hint.contains("500 Internal Server Error"), "{hint}");
         assert!(!hint.chars().any(char::is_control), "{hint:?}");
-        assert!(hint.chars().count() <= HINT_CHARS + 1, "{hint}");
-        assert!(hint.ends_with('…'));
+        assert!(hint.len() <= HINT_BYTES + 40, "{hint}");
+        assert!(
+            hint.ends_with(&format!("… [cut; {} bytes in all]", body.len())),
+            "{hint}"
+        );
     }
 
     #[test]
@@ -964,7 +1105,7 @@ mod tests {
         let body = "é".repeat(1000);
         let error = parse_with(500, &[], body.as_bytes()).unwrap_err();
         let hint = error.description().unwrap();
-        assert_eq!(hint.chars().filter(|c| *c == 'é').count(), HINT_CHARS);
+        assert_eq!(hint.chars().filter(|c| *c == 'é').count(), HINT_BYTES / 2);
     }
 
     #[test]
@@ -1064,20 +1205,29 @@ mod tests {
 
     #[test]
     fn missing_or_empty_access_token() {
-        for body in [
-            r#"{}"#,
-            r#"{"token_type":"bearer","expires_in":3600}"#,
-            r#"{"access_token":""}"#,
-            r#"{"access_token":null}"#,
-            r#"{"access_token":42}"#,
-            r#"{"access_token":["t"]}"#,
+        for (body, why) in [
+            (r#"{}"#, "no access_token"),
+            (
+                r#"{"token_type":"bearer","expires_in":3600}"#,
+                "no access_token",
+            ),
+            (r#"{"access_token":""}"#, "access_token is empty"),
+            (r#"{"access_token":null}"#, "no access_token"),
+            (
+                r#"{"access_token":42}"#,
+                "access_token is a JSON number, not a string",
+            ),
+            (
+                r#"{"access_token":["t"]}"#,
+                "access_token is a JSON array, not a string",
+            ),
         ] {
             let error = err(200, body);
             assert_eq!(error.kind(), ErrorKind::InvalidResponse, "{body}");
-            assert_eq!(error.description(), Some("no access_token"), "{body}");
+            assert_eq!(error.description(), Some(why), "{body}");
         }
         let error = parse_with(200, &[], b"access_token=&token_type=bearer").unwrap_err();
-        assert_eq!(error.description(), Some("no access_token"));
+        assert_eq!(error.description(), Some("access_token is empty"));
     }
 
     #[test]
@@ -1138,16 +1288,6 @@ mod tests {
         assert!(token.refresh_token().is_none());
         assert_eq!(token.scope(), None);
         assert!(token.extensions().get::<ExtraFields>().unwrap().is_empty());
-    }
-
-    #[test]
-    fn excerpt_and_trim() {
-        assert_eq!(excerpt("a\nb\u{1b}c", 10), "a b c");
-        assert_eq!(excerpt("abcdef", 3), "abc…");
-        assert_eq!(excerpt("abc", 3), "abc");
-        assert_eq!(trim_ascii(b"  a b \n"), b"a b");
-        assert_eq!(trim_ascii(b" \t\n"), b"");
-        assert_eq!(trim_ascii(b""), b"");
     }
 
     fn check_no_panic(body: &[u8]) {

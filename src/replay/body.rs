@@ -248,7 +248,7 @@ where
                 ..
             } => {
                 if *acquired {
-                    rest.as_ref().map_or(true, Body::is_end_stream)
+                    rest.as_ref().is_none_or(Body::is_end_stream)
                 } else {
                     hint.exact() == Some(0)
                 }
@@ -257,7 +257,7 @@ where
                 Some(r) => {
                     r.data.is_empty()
                         && r.trailers.is_none()
-                        && r.rest.as_ref().map_or(true, Body::is_end_stream)
+                        && r.rest.as_ref().is_none_or(Body::is_end_stream)
                 }
                 None => hint.exact() == Some(0),
             },

@@ -1,0 +1,675 @@
+//! Hostile token endpoints and APIs: what they send back must not control our logs or our
+//! errors, must not become a token, and must not make the layer hammer the token endpoint.
+//!
+//! The token endpoint is a tower service handed to `Client::builder(..).transport(..)`, so each
+//! test scripts its answers byte for byte and counts the requests it gets; the API is a
+//! `service_fn`. Time is Tokio's paused clock, and every `tracing` event is captured, so that
+//! the tests can read the log lines an operator would see.
+
+use std::convert::Infallible;
+use std::error::Error as _;
+use std::future::ready;
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_TYPE};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tower::{service_fn, BoxError, Service, ServiceBuilder, ServiceExt};
+use tower_bearer::oauth2::{self, Client, ClientAuth, ClientCredentials, RefreshTokenSource};
+use tower_bearer::{BearerAuthLayer, ErrorKind, Expiry, TokenCache};
+
+const SECRET: &str = "cs-S3CRET/with+reserved=chars&more";
+
+// ---------------------------------------------------------------------------------------------
+// A scripted token endpoint, an API, and the log
+// ---------------------------------------------------------------------------------------------
+
+/// One answer of the token endpoint.
+#[derive(Clone)]
+struct Answer {
+    status: u16,
+    content_type: Option<&'static str>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn new(status: u16, content_type: Option<&'static str>, body: impl Into<Vec<u8>>) -> Self {
+        Self {
+            status,
+            content_type,
+            body: body.into(),
+        }
+    }
+
+    fn json(status: u16, body: impl Into<Vec<u8>>) -> Self {
+        Self::new(status, Some("application/json"), body)
+    }
+}
+
+/// The token endpoint: answers every request with `answer(request)`, and keeps the requests it
+/// received, each as `authorization: <header>` and the form body on the next lines.
+#[derive(Clone)]
+struct Endpoint {
+    seen: Arc<Mutex<Vec<String>>>,
+    answer: Arc<dyn Fn(&str) -> Answer + Send + Sync>,
+}
+
+impl Endpoint {
+    fn new(answer: impl Fn(&str) -> Answer + Send + Sync + 'static) -> Self {
+        Self {
+            seen: Arc::default(),
+            answer: Arc::new(answer),
+        }
+    }
+
+    fn always(answer: Answer) -> Self {
+        Self::new(move |_| answer.clone())
+    }
+
+    fn calls(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    fn client(&self, auth: ClientAuth) -> Client {
+        let this = self.clone();
+        let transport = service_fn(move |req: Request<Full<Bytes>>| {
+            let this = this.clone();
+            async move {
+                let authorization = req
+                    .headers()
+                    .get(AUTHORIZATION)
+                    .map(|v| v.to_str().unwrap().to_owned())
+                    .unwrap_or_default();
+                let body = req.into_body().collect().await?.to_bytes();
+                let request = format!(
+                    "authorization: {authorization}\n\n{}",
+                    String::from_utf8_lossy(&body)
+                );
+                let answer = (this.answer)(&request);
+                this.seen.lock().unwrap().push(request);
+                let mut response = Response::new(Full::new(Bytes::from(answer.body)));
+                *response.status_mut() = StatusCode::from_u16(answer.status).unwrap();
+                if let Some(content_type) = answer.content_type {
+                    response
+                        .headers_mut()
+                        .insert(CONTENT_TYPE, content_type.parse().unwrap());
+                }
+                Ok::<_, BoxError>(response)
+            }
+        });
+        Client::builder("https://auth.example.com/token", "hostile-client")
+            .client_secret(SECRET)
+            .auth(auth)
+            .transport(transport)
+            .build()
+            .unwrap()
+    }
+
+    /// A cache over client credentials, with backoff short enough for a test.
+    fn cache(&self, auth: ClientAuth) -> TokenCache {
+        TokenCache::builder(ClientCredentials::new(self.client(auth)))
+            .backoff(Duration::from_millis(10), Duration::from_millis(20))
+            .build()
+    }
+}
+
+/// An API that answers 200 with the `Authorization` header it got, or `status` if set.
+fn api(
+    status: Option<StatusCode>,
+    calls: Arc<AtomicUsize>,
+) -> impl Service<
+    Request<Full<Bytes>>,
+    Response = Response<String>,
+    Error = Infallible,
+    Future = std::future::Ready<Result<Response<String>, Infallible>>,
+> + Clone {
+    service_fn(move |req: Request<Full<Bytes>>| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        let auth = req
+            .headers()
+            .get(AUTHORIZATION)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let mut response = Response::new(auth);
+        if let Some(status) = status {
+            *response.status_mut() = status;
+        }
+        ready(Ok(response))
+    })
+}
+
+fn get() -> Request<Full<Bytes>> {
+    Request::get("https://api.example.com/")
+        .body(Full::default())
+        .unwrap()
+}
+
+/// The log, as `tracing-subscriber`'s default format writes it.
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Log {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Log {
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+
+    fn lines_with(&self, what: &str) -> Vec<String> {
+        self.text()
+            .lines()
+            .filter(|line| line.contains(what))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// Runs `test` on a current-thread runtime with a paused clock (so that every task, the fetches
+/// included, runs on this thread under the capturing subscriber), and returns the log.
+fn logged<F: std::future::Future<Output = ()>>(test: impl FnOnce(Log) -> F) -> Log {
+    let log = Log::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    runtime.block_on(async {
+        tokio::time::timeout(Duration::from_secs(3600), test(log.clone()))
+            .await
+            .expect("the test finished in an hour of virtual time")
+    });
+    log
+}
+
+/// The OAuth 2.0 error behind a failed request.
+fn oauth_error(error: BoxError) -> oauth2::Error {
+    let error = error
+        .downcast::<tower_bearer::Error>()
+        .expect("a token error");
+    error
+        .source_as::<oauth2::Error>()
+        .expect("an OAuth 2.0 error")
+        .clone()
+}
+
+/// Everything a person may see of an error: `Display` of the chain, `Debug`, the accessors.
+fn everything_shown(error: &oauth2::Error) -> String {
+    format!(
+        "{error} | {error:?} | {:?} | {:?} | {:?}",
+        error.code().map(|c| c.as_str()),
+        error.description(),
+        error.uri()
+    )
+}
+
+fn assert_safe(text: &str) {
+    for bad in [
+        '\r', '\n', '\u{1b}', '\u{85}', '\u{2028}', '\u{202e}', '\u{200b}',
+    ] {
+        assert!(!text.contains(bad), "{bad:?} in {text:?}");
+    }
+}
+
+async fn failing_request(cache: &TokenCache) -> BoxError {
+    ServiceBuilder::new()
+        .layer(BearerAuthLayer::from_cache(cache.clone()))
+        .service(api(None, Arc::default()))
+        .oneshot(get())
+        .await
+        .expect_err("no token")
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1-3. What a server sends back does not control our logs or our errors
+// ---------------------------------------------------------------------------------------------
+
+const FORGED: &str = "x\r\n2026-11-30T00:00:00.000000Z  INFO tower_bearer: token accepted \u{1b}[31m\u{85}\u{2028}\u{202e}\u{200b}";
+
+#[test]
+fn server_text_cannot_forge_log_lines_or_errors() {
+    // The same forging text as JSON (escaped), as form data (percent-encoded), and in an error
+    // page (raw).
+    let json = serde_json::json!({
+        "error": format!("invalid_client{FORGED}"),
+        "error_description": FORGED,
+        "error_uri": format!("https://x/{FORGED}"),
+    })
+    .to_string();
+    let form: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("error", &format!("bad{FORGED}"))
+        .append_pair("error_description", FORGED)
+        .finish();
+    let answers = [
+        Answer::json(400, json),
+        Answer::new(400, Some("application/x-www-form-urlencoded"), form),
+        Answer::new(503, Some("text/plain"), FORGED),
+    ];
+    for answer in answers {
+        let endpoint = Endpoint::always(answer);
+        let log = logged(|_| async {
+            let cache = endpoint.cache(ClientAuth::Basic);
+            let error = oauth_error(failing_request(&cache).await);
+            let shown = everything_shown(&error);
+            assert_safe(&shown);
+            // Escaped, not dropped: the operator still sees what was sent.
+            assert!(shown.contains("x\\r\\n2026-11-30"), "{shown}");
+            assert!(shown.contains("\\u{1b}[31m"), "{shown}");
+        });
+        let text = log.text();
+        let warnings = log.lines_with("token fetch failed");
+        assert_eq!(warnings.len(), 1, "{text}");
+        assert!(warnings[0].contains("\\r\\n2026-11-30"), "{}", warnings[0]);
+        // Every line of the log is one event of ours: none was forged.
+        for line in text.lines() {
+            assert!(
+                !line.starts_with("2026-11-30T00:00:00.000000Z"),
+                "a forged line: {line:?}"
+            );
+            assert_safe(line);
+        }
+    }
+}
+
+#[test]
+fn server_text_is_bounded_and_says_it_was_cut() {
+    // Under the 1 MiB that is read of a body.
+    let huge = "d".repeat(400_000);
+    let json = format!(
+        r#"{{"error":"{}","error_description":"{huge}","error_uri":"{huge}"}}"#,
+        "e".repeat(5000)
+    );
+    for answer in [
+        Answer::json(400, json),
+        Answer::new(502, Some("text/html"), format!("<html>{huge}</html>")),
+    ] {
+        let endpoint = Endpoint::always(answer);
+        let log = logged(|_| async {
+            let cache = endpoint.cache(ClientAuth::Basic);
+            let error = failing_request(&cache).await;
+            let chain = tower_bearer_chain(&*error);
+            assert!(chain.len() < 1_500, "{} bytes: {chain}", chain.len());
+            assert!(chain.contains("bytes in all]"), "{chain}");
+            let error = oauth_error(error);
+            for text in [
+                error.description(),
+                error.uri(),
+                error.code().map(|c| c.as_str()),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                assert!(text.len() <= 300, "{} bytes", text.len());
+            }
+        });
+        let warning = &log.lines_with("token fetch failed")[0];
+        assert!(warning.len() < 1_500, "{} bytes", warning.len());
+    }
+}
+
+fn tower_bearer_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[test]
+fn credentials_echoed_by_the_server_are_redacted() {
+    let basic = STANDARD.encode(format!(
+        "hostile-client:{}",
+        form_urlencoded::byte_serialize(SECRET.as_bytes()).collect::<String>()
+    ));
+    let raw_basic = STANDARD.encode(format!("hostile-client:{SECRET}"));
+    for auth in [ClientAuth::Post, ClientAuth::Basic, ClientAuth::BasicRaw] {
+        // A proxy's error page quoting the request it got, and a server repeating the secret it
+        // refused.
+        let endpoint = Endpoint::new(move |request| {
+            Answer::new(
+                400,
+                Some("text/plain"),
+                format!("bad request:\n{request}\nraw secret {SECRET}"),
+            )
+        });
+        let json_echo = Endpoint::always(Answer::json(
+            401,
+            serde_json::json!({
+                "error": "invalid_client",
+                "error_description": format!("client_secret {SECRET} is not {}", "ours"),
+            })
+            .to_string(),
+        ));
+        for endpoint in [endpoint, json_echo] {
+            let log = logged(|_| async {
+                let cache = endpoint.cache(auth);
+                let error = oauth_error(failing_request(&cache).await);
+                let shown = everything_shown(&error);
+                assert!(shown.contains("<redacted>"), "{shown}");
+                for secret in [
+                    SECRET,
+                    &form_urlencoded::byte_serialize(SECRET.as_bytes()).collect::<String>(),
+                    &basic,
+                    &raw_basic,
+                    "S3CRET",
+                ] {
+                    assert!(!shown.contains(secret), "{auth:?}: {secret} in {shown}");
+                }
+            });
+            assert!(!log.text().contains("S3CRET"), "{}", log.text());
+            assert!(endpoint.calls() >= 1);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4-5. Only a JSON string (or a declared form) becomes a token
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn values_that_are_not_json_strings_never_become_tokens() {
+    let nested = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+    let unreadable = "not a readable JSON value";
+    for (token, why) in [
+        (nested.as_str(), unreadable),
+        ("1e400", unreadable),
+        (r#""ab\ud800cd""#, unreadable),
+        (r#""\udc00\"\\""#, unreadable),
+        ("42", "a JSON number"),
+        (r#"{"t":"x"}"#, "a JSON object"),
+        ("true", "a JSON boolean"),
+    ] {
+        let body = format!(r#"{{"access_token":{token},"token_type":"Bearer","expires_in":60}}"#);
+        let endpoint = Endpoint::always(Answer::json(200, body));
+        logged(|_| async {
+            let cache = endpoint.cache(ClientAuth::Basic);
+            let error = oauth_error(failing_request(&cache).await);
+            assert_eq!(error.kind(), oauth2::ErrorKind::InvalidResponse, "{token}");
+            let description = error.description().unwrap();
+            assert!(description.contains(why), "{token}: {description}");
+            assert!(description.starts_with("access_token is"), "{description}");
+        });
+    }
+}
+
+#[test]
+fn a_page_that_mentions_access_token_is_not_a_form() {
+    let page = "<html><body><a href=\"/login?x=1&access_token=junk&y=2\">sign in</a></body></html>";
+    for content_type in [Some("text/html; charset=utf-8"), Some("text/plain"), None] {
+        let endpoint = Endpoint::always(Answer::new(200, content_type, page));
+        logged(|_| async {
+            let cache = endpoint.cache(ClientAuth::Basic);
+            let error = oauth_error(failing_request(&cache).await);
+            assert_eq!(error.kind(), oauth2::ErrorKind::InvalidResponse);
+            let description = error.description().unwrap();
+            let expected = match content_type {
+                Some(value) => format!("Content-Type {value}, {} bytes", page.len()),
+                None => format!("no Content-Type, {} bytes", page.len()),
+            };
+            assert!(description.contains(&expected), "{description}");
+            assert!(!description.contains("junk"), "{description}");
+        });
+    }
+    // Form data still works where it is declared, or where the body is nothing else.
+    for content_type in [
+        Some("application/x-www-form-urlencoded"),
+        Some("text/plain"),
+        None,
+    ] {
+        let endpoint = Endpoint::always(Answer::new(
+            200,
+            content_type,
+            "access_token=tok-form&token_type=bearer&expires_in=3600\n",
+        ));
+        logged(|_| async {
+            let token = endpoint.cache(ClientAuth::Basic).token().await.unwrap();
+            assert_eq!(token.access_token().secret(), "tok-form");
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6-7. Lifetimes and rejections never make us hammer the token endpoint
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_zero_lifetime_costs_one_fetch_per_floor_and_one_warning() {
+    let endpoint = Endpoint::new(|_| {
+        Answer::json(
+            200,
+            r#"{"access_token":"tok","token_type":"Bearer","expires_in":0}"#,
+        )
+    });
+    let log = logged(|_| async {
+        let cache = endpoint.cache(ClientAuth::Basic);
+        let svc = ServiceBuilder::new()
+            .layer(BearerAuthLayer::from_cache(cache.clone()))
+            .service(api(None, Arc::default()));
+        // 100 requests a second for a minute.
+        for _ in 0..60 {
+            for _ in 0..100 {
+                let response = svc.clone().oneshot(get()).await.unwrap();
+                assert_eq!(response.body(), "Bearer tok");
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        // At most one fetch per 10-second floor (plus the first).
+        assert!(
+            (6..=7).contains(&endpoint.calls()),
+            "{} fetches",
+            endpoint.calls()
+        );
+        assert_eq!(cache.stats().fetches as usize, endpoint.calls());
+    });
+    assert_eq!(log.lines_with("under the floor").len(), 1, "{}", log.text());
+}
+
+#[test]
+fn an_api_that_rejects_every_token_costs_one_fetch_per_interval() {
+    let endpoint = Endpoint::new(|_| {
+        Answer::json(
+            200,
+            r#"{"access_token":"tok","token_type":"Bearer","expires_in":3600}"#,
+        )
+    });
+    let api_calls = Arc::new(AtomicUsize::new(0));
+    let log = logged(|_| async {
+        let cache = endpoint.cache(ClientAuth::Basic);
+        let svc = ServiceBuilder::new()
+            .layer(BearerAuthLayer::from_cache(cache.clone()))
+            .service(api(Some(StatusCode::UNAUTHORIZED), api_calls.clone()));
+        for _ in 0..1_000 {
+            let response = svc.clone().oneshot(get()).await.unwrap();
+            assert_eq!(
+                response.status(),
+                StatusCode::UNAUTHORIZED,
+                "the 401 is returned"
+            );
+        }
+        // The first request: a fetch, a 401, a fetch and a replay, a 401. Then the token is kept
+        // and each 401 returned as it came.
+        assert_eq!(endpoint.calls(), 2);
+        assert_eq!(api_calls.load(Ordering::SeqCst), 1_001);
+        let stats = cache.stats();
+        assert_eq!((stats.rejections, stats.replays), (1_001, 1), "{stats:?}");
+        assert_eq!(stats.kept_rejections, 1_000, "{stats:?}");
+        // After the interval, one more rejection-driven fetch (and its replay).
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        for _ in 0..1_000 {
+            svc.clone().oneshot(get()).await.unwrap();
+        }
+        assert_eq!(endpoint.calls(), 3);
+        assert_eq!(cache.stats().replays, 2);
+    });
+    let warnings = log.lines_with("rejected the current token again");
+    assert_eq!(warnings.len(), 2, "once per episode: {}", log.text());
+    assert!(warnings[0].contains("WARN"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. A token's lifetime counts from its request, also for the first token of a refresh source
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn the_first_token_of_a_refresh_source_is_not_served_dead() {
+    let endpoint = Endpoint::new(|body| {
+        let token = if body.contains("grant_type=refresh_token") {
+            "tok-refreshed"
+        } else {
+            "tok-first"
+        };
+        Answer::json(
+            200,
+            format!(
+                r#"{{"access_token":"{token}","token_type":"Bearer","expires_in":4,"refresh_token":"rt-{}"}}"#,
+                body.len()
+            ),
+        )
+    });
+    let api_calls = Arc::new(AtomicUsize::new(0));
+    logged(|_| async {
+        let client = endpoint.client(ClientAuth::Basic);
+        // A response this crate received knows when its request was sent.
+        let response = ClientCredentials::new(client.clone())
+            .request_token()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.expires_at().unwrap() - response.requested_at().unwrap(),
+            Duration::from_secs(4)
+        );
+        let deadline = response.expires_at().unwrap();
+        assert_eq!(
+            response.clone().into_token().expiry(),
+            Some(Expiry::At(deadline))
+        );
+
+        // First used 5 s after its request: dead. The source refreshes instead of serving it.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let source = RefreshTokenSource::from_response(client.clone(), response).unwrap();
+        let cache = TokenCache::builder(source)
+            .min_lifetime(Duration::ZERO)
+            .build();
+        let svc = ServiceBuilder::new()
+            .layer(BearerAuthLayer::from_cache(cache.clone()))
+            .service(api(None, api_calls.clone()));
+        let response = svc.oneshot(get()).await.unwrap();
+        assert_eq!(response.body(), "Bearer tok-refreshed");
+        assert_eq!(endpoint.calls(), 2);
+
+        // First used 1 s after its request: served, and refreshed before its 4 s are up.
+        let response = ClientCredentials::new(client.clone())
+            .request_token()
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let source = RefreshTokenSource::from_response(client, response).unwrap();
+        let cache = TokenCache::builder(source)
+            .min_lifetime(Duration::ZERO)
+            .build();
+        let token = cache.token().await.unwrap();
+        assert_eq!(token.access_token().secret(), "tok-first");
+        assert_eq!(endpoint.calls(), 3);
+        // Its 3 s left make it usable for 2.25 s (the skew takes a quarter), refreshed ahead
+        // from 0.84 s to 1.125 s before that: the first use after 1.5 s starts the refresh.
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        assert_eq!(
+            cache.token().await.unwrap().access_token().secret(),
+            "tok-first"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let token = cache.token().await.unwrap();
+        assert_eq!(token.access_token().secret(), "tok-refreshed");
+        assert_eq!(endpoint.calls(), 4);
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9, 11. Counters that are true when read, a huge token (10, a panicking source: tests/core.rs)
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn hits_are_true_when_read() {
+    logged(|_| async {
+        let cache = TokenCache::new(tower_bearer::StaticToken::new("tok"));
+        let layer = BearerAuthLayer::from_cache(cache.clone());
+        // One long-lived service and its clones, none dropped before the stats are read.
+        let mut svc = ServiceBuilder::new()
+            .layer(layer)
+            .service(api(None, Arc::default()));
+        let clones: Vec<_> = (0..3).map(|_| svc.clone()).collect();
+        for _ in 0..10 {
+            svc.ready().await.unwrap().call(get()).await.unwrap();
+        }
+        // The first request waited for the fetch; the other nine were hits.
+        let stats = cache.stats();
+        assert_eq!((stats.waits, stats.hits), (1, 9), "{stats:?}");
+        for mut clone in clones {
+            clone.ready().await.unwrap().call(get()).await.unwrap();
+        }
+        assert_eq!(cache.stats().hits, 12);
+        drop(svc);
+        assert_eq!(cache.stats().hits, 12, "dropping a service loses no hit");
+        cache.token().await.unwrap();
+        assert_eq!(cache.stats().hits, 13);
+        // Many short-lived clones: their slots are folded in, not kept.
+        let svc = ServiceBuilder::new()
+            .layer(BearerAuthLayer::from_cache(cache.clone()))
+            .service(api(None, Arc::default()));
+        for _ in 0..10_000 {
+            svc.clone().oneshot(get()).await.unwrap();
+        }
+        assert_eq!(cache.stats().hits, 10_013);
+    });
+}
+
+#[test]
+fn tokens_over_64_kib_are_refused() {
+    for (len, accepted) in [(64 * 1024, true), (64 * 1024 + 1, false), (1 << 20, false)] {
+        logged(|_| async {
+            let cache = TokenCache::new(tower_bearer::StaticToken::new("t".repeat(len)));
+            match cache.token().await {
+                Ok(token) => {
+                    assert!(accepted);
+                    assert_eq!(token.access_token().secret().len(), len);
+                }
+                Err(error) => {
+                    assert!(!accepted, "{error}");
+                    assert_eq!(error.kind(), ErrorKind::InvalidToken);
+                    let cause = error.source().unwrap().to_string();
+                    assert_eq!(
+                        cause,
+                        format!(
+                            "the access token is {len} bytes long, over the limit of 65536 bytes"
+                        )
+                    );
+                    assert_eq!(tower_bearer::cache::MAX_TOKEN_BYTES, 65536);
+                }
+            }
+        });
+    }
+}
