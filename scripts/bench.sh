@@ -47,8 +47,8 @@ import json, os, subprocess, sys, tempfile
 script = os.path.abspath(os.environ["SCRIPT"])
 failures = []
 
-# Time ratios as the benchmarks print them: median rounds q1 q3 low high. Their throughput
-# (den / num, all but request_path) inverts each value, so the interval's bounds swap.
+# Time ratios as the benchmarks print them: median, q1, q3, and the interval's low and high.
+# Their throughput (den / num, all but request_path) inverts each value, so the bounds swap.
 DECIDED = {
     # 1.05 in 1.03–1.07, all ≤ 1.10: met, although criterion's ratio (1.20) is over.
     "request_path/bearer_no_replay:add_authorization": (1.05, 1.04, 1.06, 1.03, 1.07),
