@@ -33,9 +33,9 @@ use tower_http::auth::AddAuthorizationLayer;
 #[allow(dead_code)]
 mod common;
 
+use common::paired::Paired;
 use common::{
-    paired_enabled, prepared_value, request, run_paired, timed_on, Body, CachedToken, Floor,
-    MutexAuth, TOKEN,
+    paired_enabled, prepared_value, request, timed_on, Body, CachedToken, Floor, MutexAuth, TOKEN,
 };
 
 const TASKS: usize = 256;
@@ -183,35 +183,41 @@ fn contention(c: &mut Criterion) {
         let add_authorization = AddAuthorizationLayer::bearer(TOKEN)
             .as_sensitive(true)
             .layer(api);
-        paired(
-            &rt,
+        let mut checks = Paired::default();
+        checks.check(
             "contention/floor:add_authorization",
-            Floor {
-                inner: api,
-                current: Arc::new(ArcSwap::from_pointee(prepared_value())),
-                replay: false,
-            },
-            add_authorization.clone(),
+            None,
+            timed_batches(
+                &rt,
+                Floor {
+                    inner: api,
+                    current: Arc::new(ArcSwap::from_pointee(prepared_value())),
+                    replay: false,
+                },
+            ),
+            timed_batches(&rt, add_authorization.clone()),
         );
-        paired(
-            &rt,
+        // Throughput ≥ 0.95 × `add_authorization`'s: batch time ≤ 1 / 0.95 × its.
+        checks.check(
             "contention/bearer_replay:add_authorization",
-            layer.layer(api),
-            add_authorization.clone(),
+            Some(1.0 / 0.95),
+            timed_batches(&rt, layer.layer(api)),
+            timed_batches(&rt, add_authorization.clone()),
         );
-        paired(
-            &rt,
+        checks.check(
             "contention/bearer_no_replay:add_authorization",
-            layer.clone().without_replay().layer(api),
-            add_authorization.clone(),
+            Some(1.0 / 0.95),
+            timed_batches(&rt, layer.clone().without_replay().layer(api)),
+            timed_batches(&rt, add_authorization.clone()),
         );
         // The same service on both sides: how far from 1 the paired check strays by itself.
-        paired(
-            &rt,
+        checks.check(
             "contention/add_authorization:add_authorization",
-            add_authorization.clone(),
-            add_authorization,
+            None,
+            timed_batches(&rt, add_authorization.clone()),
+            timed_batches(&rt, add_authorization),
         );
+        checks.run();
     }
     let stats = layer.cache().stats();
     assert_eq!(
@@ -223,24 +229,14 @@ fn contention(c: &mut Criterion) {
 
 // --- The paired check. -----------------------------------------------------------------------
 
-/// Runs batches through `a` and `b` alternately for about three seconds (see [`run_paired`]) and
-/// reports the median ratio of `a`'s batch time to `b`'s.
-fn paired<A, B>(rt: &Runtime, label: &str, a: A, b: B)
+/// One side of a paired check (see [`Paired`]): each call times one batch through `svc`.
+fn timed_batches<S>(rt: &Runtime, svc: S) -> impl FnMut() -> f64 + '_
 where
-    A: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
-    A::Future: Send,
-    A::Error: std::fmt::Debug + Send,
-    B: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
-    B::Future: Send,
-    B::Error: std::fmt::Debug + Send,
+    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: std::fmt::Debug + Send,
 {
-    run_paired(
-        label,
-        Duration::from_secs(3),
-        10,
-        || timed_on(rt, batch(&a)),
-        || timed_on(rt, batch(&b)),
-    );
+    move || timed_on(rt, batch(&svc))
 }
 
 criterion_group!(benches, contention);

@@ -35,7 +35,8 @@ use tower_http::auth::AddAuthorizationLayer;
 #[allow(dead_code)]
 mod common;
 
-use common::{paired_enabled, run_paired, spawn_server, timed_on, Body, TOKEN};
+use common::paired::Paired;
+use common::{paired_enabled, spawn_server, timed_on, Body, TOKEN};
 
 const TASKS: usize = 16;
 const PER_TASK: usize = 32;
@@ -144,6 +145,10 @@ fn loopback(c: &mut Criterion) {
     let _guard = rt.enter();
     let source = StaticToken::from_token(Token::new(TOKEN).expires_in(Duration::from_secs(3600)));
     let layer = BearerAuthLayer::new(source);
+    let no_replay = layer.clone().without_replay();
+    // The paired checks of both protocols run together, interleaved, after every benchmark.
+    let paired = paired_enabled();
+    let mut checks = Paired::default();
 
     for (proto, http2) in [("http1", false), ("http2", true)] {
         let mut connector = HttpConnector::new();
@@ -184,13 +189,12 @@ fn loopback(c: &mut Criterion) {
                 indexed.layer(client.clone()),
                 true,
             );
-            if paired_enabled() {
-                paired(
-                    &rt,
-                    addr,
+            if paired {
+                checks.check(
                     "loopback/http2_add_authorization:http2_add_authorization_indexed",
-                    (static_header.layer(client.clone()), true),
-                    (indexed.layer(client.clone()), true),
+                    None,
+                    timed_batches(&rt, addr, static_header.layer(client.clone()), true),
+                    timed_batches(&rt, addr, indexed.layer(client.clone()), true),
                 );
             }
         }
@@ -209,79 +213,73 @@ fn loopback(c: &mut Criterion) {
                 &rt,
                 addr,
                 "http1_bearer_no_replay",
-                layer.clone().without_replay().layer(client.clone()),
+                no_replay.layer(client.clone()),
                 true,
             );
         }
-        if paired_enabled() {
+        if paired {
             if !http2 {
-                paired(
-                    &rt,
-                    addr,
+                checks.check(
                     "loopback/http1_bearer:http1_bearer_no_replay",
-                    (layer.layer(client.clone()), true),
-                    (layer.clone().without_replay().layer(client.clone()), true),
+                    None,
+                    timed_batches(&rt, addr, layer.layer(client.clone()), true),
+                    timed_batches(&rt, addr, no_replay.layer(client.clone()), true),
                 );
-                paired(
-                    &rt,
-                    addr,
+                checks.check(
                     "loopback/http1_bearer_no_replay:http1_bare",
-                    (layer.clone().without_replay().layer(client.clone()), true),
-                    (client.clone(), false),
+                    None,
+                    timed_batches(&rt, addr, no_replay.layer(client.clone()), true),
+                    timed_batches(&rt, addr, client.clone(), false),
                 );
-                // The same service on both sides: how far from 1 the check strays by itself.
-                paired(
-                    &rt,
-                    addr,
-                    "loopback/http1_bare:http1_bare",
-                    (client.clone(), false),
-                    (client.clone(), false),
-                );
-                paired(
-                    &rt,
-                    addr,
+                checks.check(
                     "loopback/http1_bearer_no_replay:http1_add_authorization",
-                    (layer.clone().without_replay().layer(client.clone()), true),
-                    (static_header.layer(client.clone()), true),
+                    None,
+                    timed_batches(&rt, addr, no_replay.layer(client.clone()), true),
+                    timed_batches(&rt, addr, static_header.layer(client.clone()), true),
                 );
             }
-            paired(
-                &rt,
-                addr,
-                &format!("loopback/{proto}_bearer:{proto}_bare"),
-                (layer.layer(client.clone()), true),
-                (client.clone(), false),
+            // Throughput ≥ 0.97 × bare: batch time ≤ 1 / 0.97 × bare's.
+            checks.check(
+                format!("loopback/{proto}_bearer:{proto}_bare"),
+                Some(1.0 / 0.97),
+                timed_batches(&rt, addr, layer.layer(client.clone()), true),
+                timed_batches(&rt, addr, client.clone(), false),
             );
-            paired(
-                &rt,
-                addr,
-                &format!("loopback/{proto}_bearer:{proto}_add_authorization"),
-                (layer.layer(client.clone()), true),
-                (static_header.layer(client), true),
+            checks.check(
+                format!("loopback/{proto}_bearer:{proto}_add_authorization"),
+                None,
+                timed_batches(&rt, addr, layer.layer(client.clone()), true),
+                timed_batches(&rt, addr, static_header.layer(client.clone()), true),
+            );
+            // The same service on both sides: how far from 1 the paired check strays by itself.
+            checks.check(
+                format!("loopback/{proto}_bare:{proto}_bare"),
+                None,
+                timed_batches(&rt, addr, client.clone(), false),
+                timed_batches(&rt, addr, client, false),
             );
         }
+    }
+    if paired {
+        checks.run();
     }
     assert_eq!(layer.cache().stats().fetches, 1);
 }
 
 // --- The paired check. -----------------------------------------------------------------------
 
-/// Runs batches through `a` and `b` alternately for about three seconds (see [`run_paired`]) and
-/// reports the median ratio of `a`'s batch time to `b`'s.
-fn paired<A, B>(rt: &Runtime, addr: SocketAddr, label: &str, a: (A, bool), b: (B, bool))
+/// One side of a paired check (see [`Paired`]): each call times one batch through `svc`.
+fn timed_batches<S>(
+    rt: &Runtime,
+    addr: SocketAddr,
+    svc: S,
+    authorized: bool,
+) -> impl FnMut() -> f64 + '_
 where
-    A: Service<Request<Body>, Response = Response<Incoming>> + Clone + 'static,
-    A::Error: std::fmt::Debug,
-    B: Service<Request<Body>, Response = Response<Incoming>> + Clone + 'static,
-    B::Error: std::fmt::Debug,
+    S: Service<Request<Body>, Response = Response<Incoming>> + Clone + 'static,
+    S::Error: std::fmt::Debug,
 {
-    run_paired(
-        label,
-        Duration::from_secs(3),
-        10,
-        || timed_on(rt, batch(&a.0, addr, a.1)),
-        || timed_on(rt, batch(&b.0, addr, b.1)),
-    );
+    move || timed_on(rt, batch(&svc, addr, authorized))
 }
 
 criterion_group!(benches, loopback);

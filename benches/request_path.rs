@@ -48,9 +48,8 @@ use tower_http::auth::AddAuthorizationLayer;
 #[allow(dead_code)]
 mod common;
 
-use common::{
-    paired_enabled, prepared_value, request, run_paired, Body, CachedToken, Floor, MutexAuth, TOKEN,
-};
+use common::paired::{check_statistics, Paired};
+use common::{paired_enabled, prepared_value, request, Body, CachedToken, Floor, MutexAuth, TOKEN};
 
 /// Requests built ahead of each timed batch. Small, so that the batch's memory is reused from
 /// one batch to the next instead of being returned to the system and faulted in again.
@@ -194,6 +193,8 @@ where
 }
 
 fn request_path(c: &mut Criterion) {
+    // In every mode, so that `cargo bench -- --test` checks what the paired checks print.
+    check_statistics();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -245,49 +246,57 @@ fn request_path(c: &mut Criterion) {
     bench(c, "bearer_no_replay", true, |api| no_replay.layer(api));
     bench(c, "bearer_replay", true, |api| layer.layer(api));
     if paired_enabled() {
-        paired(
+        let mut checks = Paired::default();
+        checks.check(
             "request_path/floor:add_authorization",
-            Floor {
+            None,
+            timed_batches(Floor {
                 inner: Api::FAST,
                 current: current.clone(),
                 replay: false,
-            },
-            add_authorization.layer(Api::FAST),
+            }),
+            timed_batches(add_authorization.layer(Api::FAST)),
         );
-        paired(
+        checks.check(
             "request_path/floor_local:add_authorization",
-            LocalFloor {
+            None,
+            timed_batches(LocalFloor {
                 inner: Api::FAST,
                 shared: published.clone(),
                 local: (0, HeaderValue::from_static("")),
-            },
-            add_authorization.layer(Api::FAST),
+            }),
+            timed_batches(add_authorization.layer(Api::FAST)),
         );
-        paired(
+        checks.check(
             "request_path/bearer_no_replay:add_authorization",
-            no_replay.layer(Api::FAST),
-            add_authorization.layer(Api::FAST),
+            Some(1.10),
+            timed_batches(no_replay.layer(Api::FAST)),
+            timed_batches(add_authorization.layer(Api::FAST)),
         );
-        paired(
+        checks.check(
             "request_path/bearer_replay:floor_replay",
-            layer.layer(Api::FAST),
-            Floor {
+            Some(1.10),
+            timed_batches(layer.layer(Api::FAST)),
+            timed_batches(Floor {
                 inner: Api::FAST,
                 current: current.clone(),
                 replay: true,
-            },
+            }),
         );
-        paired(
+        checks.check(
             "request_path/bearer_replay:add_authorization",
-            layer.layer(Api::FAST),
-            add_authorization.layer(Api::FAST),
+            None,
+            timed_batches(layer.layer(Api::FAST)),
+            timed_batches(add_authorization.layer(Api::FAST)),
         );
         // The same service on both sides: how far from 1 the paired check strays by itself.
-        paired(
+        checks.check(
             "request_path/add_authorization:add_authorization",
-            add_authorization.layer(Api::FAST),
-            add_authorization.layer(Api::FAST),
+            None,
+            timed_batches(add_authorization.layer(Api::FAST)),
+            timed_batches(add_authorization.layer(Api::FAST)),
         );
+        checks.run();
     }
     let stats = layer.cache().stats();
     assert_eq!(
@@ -299,41 +308,26 @@ fn request_path(c: &mut Criterion) {
 
 // --- The paired check. -----------------------------------------------------------------------
 
-/// Times `BATCH` requests through `a` and `b` alternately for about two seconds (see
-/// [`run_paired`]) and reports the median ratio of `a`'s time to `b`'s.
-fn paired<A, B>(label: &str, mut a: A, mut b: B)
+/// One side of a paired check (see [`Paired`]): each call times `BATCH` requests through `svc`.
+/// The requests are built before the timed section; their responses are kept until the next
+/// call and dropped before it is timed.
+fn timed_batches<S>(mut svc: S) -> impl FnMut() -> f64
 where
-    A: Service<Request<Body>, Response = Response<Body>>,
-    A::Error: Debug,
-    B: Service<Request<Body>, Response = Response<Body>>,
-    B::Error: Debug,
+    S: Service<Request<Body>, Response = Response<Body>>,
+    S::Error: Debug,
 {
-    /// `BATCH` requests, built before the timed section; their responses are kept in `out` and
-    /// dropped at the next call, also outside it.
-    fn timed<S>(svc: &mut S, waker: &Waker, out: &mut Vec<Response<Body>>) -> f64
-    where
-        S: Service<Request<Body>, Response = Response<Body>>,
-        S::Error: Debug,
-    {
-        let mut cx = Context::from_waker(waker);
+    let waker = Waker::from(Arc::new(NoopWake));
+    let mut out = Vec::with_capacity(BATCH as usize);
+    move || {
+        let mut cx = Context::from_waker(&waker);
         let requests: Vec<_> = (0..BATCH).map(|_| request()).collect();
         out.clear();
         let start = Instant::now();
         for req in requests {
-            out.push(call_now(svc, &mut cx, black_box(req)));
+            out.push(call_now(&mut svc, &mut cx, black_box(req)));
         }
         start.elapsed().as_secs_f64()
     }
-    let waker = Waker::from(Arc::new(NoopWake));
-    let mut out_a = Vec::with_capacity(BATCH as usize);
-    let mut out_b = Vec::with_capacity(BATCH as usize);
-    run_paired(
-        label,
-        Duration::from_secs(2),
-        100,
-        || timed(&mut a, &waker, &mut out_a),
-        || timed(&mut b, &waker, &mut out_b),
-    );
 }
 
 criterion_group!(benches, request_path);

@@ -29,6 +29,9 @@ if compgen -G "benches/*.rs" >/dev/null; then
     cargo bench --all-features -- --test
 fi
 
+step "the benchmark table's verdicts (scripts/bench.sh --self-test)"
+scripts/bench.sh --self-test
+
 step "demo"
 cargo run --quiet --example demo
 

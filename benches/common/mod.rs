@@ -1,5 +1,6 @@
 //! Harness pieces shared by the benchmarks: the token and the request they send, the hand-written
-//! middlewares they compare the layer with, the in-process server, and the paired check.
+//! middlewares they compare the layer with, the in-process server, and the paired check
+//! (`paired.rs`).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -21,6 +22,8 @@ use pin_project_lite::pin_project;
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 use tower::{BoxError, Service, ServiceExt};
+
+pub(crate) mod paired;
 
 /// A JWT-sized access token.
 pub(crate) const TOKEN: &str = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6ImJlbmNoIn0.eyJpc3MiOiJodHRwczovL2F1dGguZXhhbXBsZS5jb20iLCJzdWIiOiJiZW5jaC1jbGllbnQiLCJhdWQiOiJodHRwczovL2FwaS5leGFtcGxlLmNvbSIsImV4cCI6NDEwMjQ0NDgwMCwic2NvcGUiOiJvcmRlcnM6d3JpdGUifQ.c2lnbmF0dXJlLXNpZ25hdHVyZS1zaWduYXR1cmUtc2lnbmF0dXJlLXNpZ25hdHVyZQ";
@@ -291,35 +294,6 @@ pub(crate) fn paired_enabled() -> bool {
         previous = arg;
     }
     true
-}
-
-/// The paired check: runs `a` and `b` alternately (the order swapped every round) until
-/// `duration` has passed and at least `min_rounds` rounds are done, each call returning the
-/// seconds it measured. Both see the same moments of the machine, so a slow patch of it cannot
-/// fall on one side only. Prints the median of the rounds' `a` / `b` time ratios for
-/// `scripts/bench.sh` as `PAIRED <group>/<numerator>:<denominator> <median time ratio> <rounds>`.
-pub(crate) fn run_paired(
-    label: &str,
-    duration: Duration,
-    min_rounds: usize,
-    mut a: impl FnMut() -> f64,
-    mut b: impl FnMut() -> f64,
-) {
-    let mut ratios = Vec::new();
-    let end = Instant::now() + duration;
-    while Instant::now() < end || ratios.len() < min_rounds {
-        let (ta, tb) = if ratios.len() % 2 == 0 {
-            let ta = a();
-            (ta, b())
-        } else {
-            let tb = b();
-            (a(), tb)
-        };
-        ratios.push(ta / tb);
-    }
-    ratios.sort_by(f64::total_cmp);
-    let median = ratios[ratios.len() / 2];
-    println!("PAIRED {label} {median:.4} {}", ratios.len());
 }
 
 /// Runs `work` to completion on `rt`; returns the seconds it took.
