@@ -15,7 +15,10 @@
 //! - `floor_local`: a stricter floor, for information: each service clone keeps the value it
 //!   last saw, checked with one plain atomic load of a shared generation counter (the crate's
 //!   own access pattern, without its expiry check);
-//! - `bearer_no_replay` / `bearer_replay`: `BearerAuthLayer` with replay off and on.
+//! - `bearer_no_replay` / `bearer_replay`: `BearerAuthLayer` with replay off and on;
+//! - `add_authorization_cloned` / `bearer_no_replay_cloned`: the same, with the service cloned
+//!   for every request (`svc.clone().oneshot(req)`, and what tower-http's `FollowRedirect` does),
+//!   for information.
 //!
 //! Each request is built (with `Request::builder`, as a client builds it) outside the timed
 //! section (`iter_batched`); the timed section is
@@ -136,6 +139,35 @@ where
     }
 }
 
+// --- A service cloned for every request. ---------------------------------------------------
+
+/// Calls a clone of `S` for each request, as `svc.clone().oneshot(req)` does.
+#[derive(Clone)]
+struct ClonePerRequest<S>(S);
+
+impl<S, B> Service<Request<B>> for ClonePerRequest<S>
+where
+    S: Service<Request<B>> + Clone,
+    S::Error: Debug,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let mut svc = self.0.clone();
+        let waker = Waker::noop();
+        match svc.poll_ready(&mut Context::from_waker(waker)) {
+            Poll::Ready(Ok(())) => svc.call(req),
+            other => panic!("the clone is not ready: {other:?}"),
+        }
+    }
+}
+
 // --- The harness. ---------------------------------------------------------------------------
 
 struct NoopWake;
@@ -245,6 +277,12 @@ fn request_path(c: &mut Criterion) {
     let no_replay = layer.clone().without_replay();
     bench(c, "bearer_no_replay", true, |api| no_replay.layer(api));
     bench(c, "bearer_replay", true, |api| layer.layer(api));
+    bench(c, "add_authorization_cloned", true, |api| {
+        ClonePerRequest(add_authorization.layer(api))
+    });
+    bench(c, "bearer_no_replay_cloned", true, |api| {
+        ClonePerRequest(no_replay.layer(api))
+    });
     if paired_enabled() {
         let mut checks = Paired::default();
         checks.check(
@@ -288,6 +326,12 @@ fn request_path(c: &mut Criterion) {
             None,
             timed_batches(layer.layer(Api::FAST)),
             timed_batches(add_authorization.layer(Api::FAST)),
+        );
+        checks.check(
+            "request_path/bearer_no_replay_cloned:add_authorization_cloned",
+            None,
+            timed_batches(ClonePerRequest(no_replay.layer(Api::FAST))),
+            timed_batches(ClonePerRequest(add_authorization.layer(Api::FAST))),
         );
         // The same service on both sides: how far from 1 the paired check strays by itself.
         checks.check(

@@ -366,6 +366,8 @@ time_ratio("1. Arc<Mutex<Option<Token>>> / AddAuthorization", "request_path",
            "mutex_cache", "add_authorization", None)
 time_ratio("1. replay on / AddAuthorization", "request_path",
            "bearer_replay", "add_authorization", None)
+time_ratio("1. cloned for every request, replay off / AddAuthorization cloned", "request_path",
+           "bearer_no_replay_cloned", "add_authorization_cloned", None)
 same("1. A/A: AddAuthorization / itself (the check's own noise)", "request_path",
      "add_authorization", False)
 throughput_ratio("2. contention, replay on: throughput / AddAuthorization", "contention",

@@ -48,7 +48,8 @@ const MAX_LIFETIME: Duration = Duration::from_secs(86_400 * 365 * 30);
 /// of them together).
 pub const MAX_TOKEN_BYTES: usize = 64 * 1024;
 
-/// Why the cache refused a token: the cause of an [`ErrorKind::InvalidToken`] error.
+/// Why the cache refused a token: the cause of an [`ErrorKind::InvalidToken`] or
+/// [`ErrorKind::TokenTooLarge`] error, for people (the kind is for programs).
 #[derive(Debug)]
 enum Refused {
     TooLarge(usize),
@@ -148,16 +149,18 @@ struct Slow {
     throttle_logged: bool,
 }
 
-/// What a server's rejection of a token did to the cache.
+/// What a server's rejection of a token did to the cache. Whichever it is, a replay takes the
+/// current token (waiting for the fetch in flight if there is none).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
 pub(crate) enum Rejection {
-    /// The token was the current one and was dropped: the next request fetches a new one.
+    /// The token was the current one and was dropped: the replay waits for a new one.
     Dropped,
     /// The token had been replaced already: a newer one is there (or being fetched) to replay
     /// with, at no extra fetch.
     Replaced,
-    /// The token is the current one but a rejection already dropped a token less than the
-    /// rejection interval ago: it is kept, and the request is not replayed.
+    /// The token is the current one, but a rejection dropped a token less than the rejection
+    /// interval ago: it is kept, and the replay carries it again.
     Kept,
 }
 
@@ -190,13 +193,15 @@ pub struct CacheStats {
     pub waits: u64,
     /// Responses that rejected a token (HTTP 401 without `insufficient_scope`).
     pub rejections: u64,
-    /// Rejections (also counted in `rejections`) that did not drop the token and were not
-    /// replayed, because a rejection had dropped a token less than the
-    /// [rejection interval](TokenCacheBuilder::rejection_interval) before. A steady count means
-    /// the API refuses this client's tokens whatever they are (audience, scope, clock): a new
-    /// token would not help, so none is fetched.
+    /// Rejections (also counted in `rejections`) that did not drop the token, because a
+    /// rejection had dropped a token less than the
+    /// [rejection interval](TokenCacheBuilder::rejection_interval) before; a request was
+    /// replayed with the same token. A steady count means the API refuses this client's tokens
+    /// whatever they are (audience, scope, clock): a new token would not help, so none is
+    /// fetched.
     pub kept_rejections: u64,
-    /// Requests sent a second time with a fresh token after a rejection.
+    /// Requests sent a second time after a rejection: with a fresh token, or with the same one
+    /// when the rejection was [kept](Self::kept_rejections).
     pub replays: u64,
     /// Replays whose fresh token was rejected too (also counted in `rejections`). More than a
     /// few means the server refuses this client's tokens whatever they are: a scope, audience
@@ -227,7 +232,7 @@ impl Default for Config {
             fetch_timeout: Duration::from_secs(30),
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
-            min_lifetime: Duration::from_secs(10),
+            min_lifetime: Duration::from_secs(1),
             rejection_interval: Duration::from_secs(10),
         }
     }
@@ -251,11 +256,11 @@ impl Default for Config {
 ///
 /// - [`min_lifetime`](Self::min_lifetime): whatever lifetime a token states (`expires_in` of 0
 ///   or negative included), it is used for at least this long and not refreshed before; so
-///   lifetimes never cause more than one fetch per `min_lifetime` (10 s by default).
+///   lifetimes never cause more than one fetch per `min_lifetime` (1 s by default).
 /// - [`rejection_interval`](Self::rejection_interval): rejections (401s) drop a token and cause
-///   a fetch at most once per interval (10 s by default); a rejection within it keeps the token
-///   and returns the 401 without a replay, since a token fetched moments ago that is refused
-///   points at the API, not at the token.
+///   a fetch at most once per interval (10 s by default); a rejection within it keeps the
+///   token and replays the request with it, since a token fetched moments ago that is refused
+///   points at the API (or one of its replicas), not at the token.
 pub struct TokenCacheBuilder {
     source: BoxSource,
     config: Config,
@@ -334,12 +339,16 @@ impl TokenCacheBuilder {
     ///
     /// A token endpoint that answers `expires_in: 0` (or a negative or tiny value) would
     /// otherwise make every request fetch a token. Such a token is used for this long instead;
-    /// if it really is dead, the API's 401 says so, and [rejections](Self::rejection_interval)
-    /// have their own floor. The first time a lifetime under the floor is seen, a warning is
-    /// logged (once per cache). Lower this if your tokens legitimately live less than 10
-    /// seconds; `Duration::ZERO` turns the floor off.
+    /// the first time a lifetime under the floor is seen, a warning is logged (once per cache).
     ///
-    /// Default: 10 seconds.
+    /// The floor is a trade-off: a token that really lives less than it is still sent after it
+    /// has expired, and the API's 401 for it goes through [rejection](Self::rejection_interval)
+    /// (a drop, a fetch and a replay, at most once per rejection interval). The default is
+    /// below the lifetime of any token a real deployment issues, so only endpoints that state
+    /// nonsense lifetimes meet it. Raise it to call such an endpoint less often (10 s bounds it
+    /// to 6 token requests a minute); `Duration::ZERO` turns the floor off.
+    ///
+    /// Default: 1 second.
     pub fn min_lifetime(mut self, floor: Duration) -> Self {
         self.config.min_lifetime = floor.min(MAX_LIFETIME);
         self
@@ -350,12 +359,14 @@ impl TokenCacheBuilder {
     ///
     /// The first rejection drops the token and the request is replayed with a fresh one. A
     /// rejection of the current token less than this interval after that keeps the token: the
-    /// 401 is returned as it came, without a replay, and counted in
-    /// [`CacheStats::kept_rejections`]; a warning is logged once per such episode. So an API
-    /// that refuses every token (a wrong audience, a missing scope, a clock problem) costs at
-    /// most one token request per interval instead of two per API request. Rejections of a
-    /// token that was already replaced are not limited: they replay with the newer token at no
-    /// extra fetch. `Duration::ZERO` turns the limit off.
+    /// request is replayed with the same token (a replica that refused it by mistake may not be
+    /// the one that answers the replay), whatever the replay answers is returned, and the
+    /// rejection is counted in [`CacheStats::kept_rejections`]; a warning is logged once per
+    /// such episode. So an API that refuses every token (a wrong audience, a missing scope, a
+    /// clock problem) costs at most one token request per interval instead of two per API
+    /// request, and its 401s keep reaching the caller. Rejections of a token that was already
+    /// replaced are not limited: they replay with the newer token at no extra fetch.
+    /// `Duration::ZERO` turns the limit off: every rejection of the current token drops it.
     ///
     /// Default: 10 seconds.
     pub fn rejection_interval(mut self, interval: Duration) -> Self {
@@ -417,7 +428,7 @@ impl TokenCache {
     pub async fn token(&self) -> Result<Token, Error> {
         let cached = self.shared.current.load_full();
         if let Some(entry) = cached.filter(|entry| self.shared.check(entry)) {
-            self.shared.hits.direct.fetch_add(1, Ordering::Relaxed);
+            self.shared.hits.add_one(None);
             return Ok(entry.token.clone());
         }
         Ok(self.shared.acquire(None).await?.token.clone())
@@ -466,7 +477,7 @@ impl TokenCache {
             cache: self.clone(),
             generation: u64::MAX,
             entry: None,
-            hits: self.shared.hits.slot(stripe),
+            hit_slot: self.shared.hits.claim(stripe),
             stripe,
         }
     }
@@ -574,11 +585,14 @@ impl Shared {
     }
 
     fn reject(&self, id: u64) -> Rejection {
+        // Decided under the lock, which every change of `current` takes: when many requests
+        // carrying one token are rejected together, the first drops it and every other one must
+        // see that it was replaced, not count as a second rejection within the interval.
+        let mut slow = self.lock_slow();
         let current = self.current.load();
         if !matches!(&*current, Some(entry) if entry.id == id) {
             return Rejection::Replaced;
         }
-        let mut slow = self.lock_slow();
         let now = Instant::now();
         let interval = self.config.rejection_interval;
         if let Some(last) = slow.last_rejection_drop {
@@ -591,20 +605,18 @@ impl Shared {
                         token.id = id,
                         since_last_drop = ?now.saturating_duration_since(last),
                         rejection_interval = ?interval,
-                        "the server rejected the current token again soon after a rejection \
-                         made the cache fetch a new one: the token is kept and the 401 returned \
-                         without a replay until the interval has passed. A server that refuses \
-                         fresh tokens points at the API (audience, scope, clock), not at the \
-                         token; logged once per episode, counted in CacheStats::kept_rejections"
+                        "the server rejected the current token soon after a rejection made the \
+                         cache fetch it: the token is kept, and rejected requests are replayed \
+                         with it, until the interval has passed. A server that refuses fresh \
+                         tokens points at the API (audience, scope, clock) or at one of its \
+                         replicas, not at the token (logged once per episode; counted in \
+                         CacheStats::kept_rejections)"
                     );
                 }
                 return Rejection::Kept;
             }
         }
-        let previous = self.current.compare_and_swap(&current, None);
-        if !matches!(&*previous, Some(entry) if entry.id == id) {
-            return Rejection::Replaced;
-        }
+        self.current.store(None);
         self.changed();
         slow.rejected = true;
         slow.last_rejection_drop = Some(now);
@@ -785,7 +797,7 @@ impl Shared {
             // Held once per stripe and header form: a huge token would cost that many times
             // its size, and no server accepts such a header anyway.
             return Err(Error::new(
-                ErrorKind::InvalidToken,
+                ErrorKind::TokenTooLarge,
                 Some(Box::new(Refused::TooLarge(secret.len()))),
             ));
         }
@@ -946,7 +958,8 @@ pub(crate) struct Local {
     cache: TokenCache,
     generation: u64,
     entry: Option<Arc<Entry>>,
-    hits: Arc<HitSlot>,
+    /// The slot this clone counts its hits in (see [`Hits`]).
+    hit_slot: Option<usize>,
     stripe: usize,
 }
 
@@ -973,7 +986,7 @@ impl Local {
             return None;
         }
         let result = f(entry);
-        self.hits.add_one();
+        shared.hits.add_one(self.hit_slot);
         Some(result)
     }
 }
@@ -984,89 +997,89 @@ impl Clone for Local {
     }
 }
 
+impl Drop for Local {
+    fn drop(&mut self) {
+        self.cache.shared.hits.release(self.hit_slot);
+    }
+}
+
 /// The hit counters of a cache.
 ///
 /// A counter that every request increments would be one cache line written by every core, and
 /// counting in batches would make [`TokenCache::stats`] wrong when read. So each service clone
-/// ([`Local`]) counts in a slot of its own, on its own cache line, with a plain load and store
-/// (it is the slot's only writer); the cache keeps the slots in a registry per stripe and adds
-/// them up when asked. A slot whose clone is gone is folded into its stripe's total the next
-/// time the registry grows or is read.
-#[derive(Default)]
+/// ([`Local`]) claims a slot of its own when it is made, on its own cache line, and counts in it
+/// with a plain load and store (it is the slot's only writer); it gives the slot back when it is
+/// dropped, and the next clone to claim it counts on from there. `stats()` adds the slots up.
+/// Claiming takes no lock and allocates nothing, so a service cloned for every request pays
+/// about what one shared increment costs. A clone that finds its stripe's slots all taken (more
+/// clones alive than slots) counts in `overflow` instead, with an atomic increment per hit.
 struct Hits {
-    /// Hits of [`TokenCache::token`], which has no slot.
-    direct: AtomicU64,
-    stripes: [Mutex<HitStripe>; STRIPES],
+    /// Hits of [`TokenCache::token`] and of clones without a slot.
+    overflow: AtomicU64,
+    slots: [HitSlot; STRIPES * SLOTS_PER_STRIPE],
 }
 
-#[derive(Default)]
-struct HitStripe {
-    slots: Vec<Arc<HitSlot>>,
-    /// The hits of clones that are gone.
-    retired: u64,
-}
+/// Slots per stripe: enough for the clones a runtime's workers keep alive at once.
+const SLOTS_PER_STRIPE: usize = 8;
 
-/// The hits of one service clone.
+/// The hits counted in one slot, by the clones that held it.
 #[derive(Default)]
 #[repr(align(64))]
-pub(crate) struct HitSlot(AtomicU64);
+struct HitSlot {
+    claimed: AtomicBool,
+    hits: AtomicU64,
+}
 
-impl HitSlot {
-    #[inline]
-    fn add_one(&self) {
-        // One writer: a load and a store, no read-modify-write.
-        self.0
-            .store(self.0.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+impl Default for Hits {
+    fn default() -> Self {
+        Self {
+            overflow: AtomicU64::new(0),
+            slots: std::array::from_fn(|_| HitSlot::default()),
+        }
     }
 }
 
 impl Hits {
-    /// A new slot, registered in `stripe`'s registry.
-    fn slot(&self, stripe: usize) -> Arc<HitSlot> {
-        let slot = Arc::new(HitSlot::default());
-        let mut registry = self.stripes[stripe % STRIPES]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if registry.slots.len() == registry.slots.capacity() {
-            // Before the vector grows: drop the slots of clones that are gone, so that it grows
-            // with the clones alive, not with every clone ever made.
-            registry.retire();
+    /// A free slot of `stripe`, claimed; `None` if they are all taken.
+    fn claim(&self, stripe: usize) -> Option<usize> {
+        let first = (stripe % STRIPES) * SLOTS_PER_STRIPE;
+        (first..first + SLOTS_PER_STRIPE).find(|&i| {
+            let claimed = &self.slots[i].claimed;
+            // Acquire: the previous holder's last count happens before this holder's first.
+            !claimed.load(Ordering::Relaxed)
+                && claimed
+                    .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+        })
+    }
+
+    #[inline]
+    fn add_one(&self, slot: Option<usize>) {
+        match slot {
+            Some(i) => {
+                // One writer at a time: a load and a store, no read-modify-write.
+                let hits = &self.slots[i].hits;
+                hits.store(hits.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+            }
+            None => {
+                self.overflow.fetch_add(1, Ordering::Relaxed);
+            }
         }
-        registry.slots.push(slot.clone());
-        slot
+    }
+
+    fn release(&self, slot: Option<usize>) {
+        if let Some(i) = slot {
+            self.slots[i].claimed.store(false, Ordering::Release);
+        }
     }
 
     /// Every hit counted so far.
     fn total(&self) -> u64 {
-        let mut total = self.direct.load(Ordering::Relaxed);
-        for stripe in &self.stripes {
-            let mut registry = stripe.lock().unwrap_or_else(PoisonError::into_inner);
-            registry.retire();
-            total += registry.retired;
-            total += registry
-                .slots
-                .iter()
-                .map(|slot| slot.0.load(Ordering::Relaxed))
-                .sum::<u64>();
-        }
-        total
-    }
-}
-
-impl HitStripe {
-    /// Folds the slots that only the registry still holds into `retired`.
-    fn retire(&mut self) {
-        let retired = &mut self.retired;
-        self.slots.retain(|slot| {
-            if Arc::strong_count(slot) > 1 {
-                return true;
-            }
-            // The clone's last store happened before it dropped its `Arc` (a release); this
-            // fence makes it visible here.
-            std::sync::atomic::fence(Ordering::Acquire);
-            *retired += slot.0.load(Ordering::Relaxed);
-            false
-        });
+        self.slots
+            .iter()
+            .map(|slot| slot.hits.load(Ordering::Relaxed))
+            .sum::<u64>()
+            + self.overflow.load(Ordering::Relaxed)
     }
 }
 

@@ -34,11 +34,13 @@ pub enum ErrorKind {
     Source,
     /// The token source did not answer within the fetch timeout.
     Timeout,
-    /// The source returned an access token that cannot be sent in an HTTP header (it is empty,
-    /// or contains CR, LF, other control characters or non-ASCII bytes), or that is larger than
-    /// [`MAX_TOKEN_BYTES`](crate::cache::MAX_TOKEN_BYTES) (64 KiB). It was never sent; the
-    /// [`source()`](StdError::source) says which.
+    /// The source returned an access token that cannot be sent in an HTTP header: it is empty,
+    /// or contains CR, LF, other control characters or non-ASCII bytes. It was never sent.
     InvalidToken,
+    /// The source returned an access token larger than
+    /// [`MAX_TOKEN_BYTES`](crate::cache::MAX_TOKEN_BYTES) (64 KiB), which no server accepts in a
+    /// header. It was refused, so that a cache's memory stays bounded.
+    TokenTooLarge,
     /// The fetch task was dropped before it finished, which happens when its runtime shuts down.
     Cancelled,
     /// The token source panicked. The cache backs off from it like from any failed fetch.
@@ -94,7 +96,10 @@ impl fmt::Display for Error {
         f.write_str(match self.inner.kind {
             ErrorKind::Source => "token source failed",
             ErrorKind::Timeout => "token source timed out",
-            ErrorKind::InvalidToken => "token source returned an access token that cannot be sent",
+            ErrorKind::InvalidToken => {
+                "token source returned an access token that is not a valid HTTP header value"
+            }
+            ErrorKind::TokenTooLarge => "token source returned an access token that is too large",
             ErrorKind::Cancelled => "token fetch was cancelled before it finished",
             ErrorKind::Panicked => "token source panicked",
             ErrorKind::NoRuntime => "token fetch needs a Tokio runtime",

@@ -16,7 +16,10 @@
 //!    already replaced it, no second fetch happens. The request is then replayed once with a
 //!    fresh token, through a clone of the inner service polled ready again, and whatever the
 //!    replay answers is returned. A 401 whose challenge says `insufficient_scope`, and any 403,
-//!    is returned as it is: a new token would not help.
+//!    is returned as it is: a new token would not help. A rejection drops a token at most once
+//!    per [rejection interval](cache::TokenCacheBuilder::rejection_interval): within it, the
+//!    token is kept and the request replayed with it, so that an API refusing every token does
+//!    not make the layer fetch tokens in a loop.
 //!
 //! Token failures reach callers as [`Error`] (inside the service's [`BoxError`]); a request is
 //! never sent without its token. Errors from the inner service pass through unchanged.

@@ -4,8 +4,9 @@
 //! or LF starts a forged log line, an ANSI escape rewrites the operator's terminal, a
 //! bidirectional override makes a line read differently from what it holds, and a megabyte of
 //! `error_description` is repeated in every failed request's error. So control characters and
-//! invisible formatting characters are escaped (`\n`, `\u{1b}`, `\u{202e}`), and the text is cut
-//! at a bound with a note saying how long it was. RFC 6749 §5.2 allows only printable ASCII in
+//! invisible formatting characters are escaped (`\n`, `\u{1b}`, `\u{202e}`), a backslash is
+//! doubled (so that a server's literal `\n` cannot pass for an escaped line break), and the text
+//! is cut at a bound with a note saying how long it was. RFC 6749 §5.2 allows only printable ASCII in
 //! these fields anyway; other printable characters are kept, so that a localized description
 //! stays readable.
 
@@ -50,14 +51,8 @@ impl fmt::Display for Shown {
 
 /// `text`, escaped and cut to at most `max` bytes (plus the note on the cut).
 pub(crate) fn shown(text: &str, max: usize) -> Shown {
-    shown_part(text, max, text.len())
-}
-
-/// Like [`shown`], for `text` that is the start of something `total` bytes long: the note on
-/// the cut gives `total`.
-pub(crate) fn shown_part(text: &str, max: usize, total: usize) -> Shown {
     let mut out = String::with_capacity(text.len().min(max) + 32);
-    let mut cut = text.len() < total;
+    let mut cut = false;
     for c in text.chars() {
         let before = out.len();
         push_escaped(&mut out, c);
@@ -69,30 +64,41 @@ pub(crate) fn shown_part(text: &str, max: usize, total: usize) -> Shown {
     }
     if cut {
         use fmt::Write as _;
-        let _ = write!(out, "… [cut; {total} bytes in all]");
+        let _ = write!(out, "… [cut; {} bytes in all]", text.len());
     }
     Shown(out)
 }
 
 /// Whether a character must not reach a log line or a terminal as it is: control characters
 /// (C0, DEL, C1), the Unicode line and paragraph separators, and the invisible characters that
-/// change how text around them is displayed (bidirectional controls, zero-width characters,
-/// the byte order mark, interlinear annotations).
+/// change how text around them is displayed or hide text (bidirectional controls, zero-width
+/// and other format characters, fillers that render as nothing, variation selectors, tag
+/// characters, the byte order mark, interlinear annotations).
 fn must_escape(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
-            '\u{061c}'
+            '\u{ad}'
+                | '\u{34f}'
+                | '\u{61c}'
+                | '\u{115f}'..='\u{1160}'
+                | '\u{17b4}'..='\u{17b5}'
+                | '\u{180b}'..='\u{180f}'
                 | '\u{200b}'..='\u{200f}'
                 | '\u{2028}'..='\u{202e}'
-                | '\u{2060}'..='\u{2069}'
+                | '\u{2060}'..='\u{206f}'
+                | '\u{3164}'
+                | '\u{fe00}'..='\u{fe0f}'
                 | '\u{feff}'
+                | '\u{ffa0}'
                 | '\u{fff9}'..='\u{fffb}'
+                | '\u{e0000}'..='\u{e0fff}'
         )
 }
 
 fn push_escaped(out: &mut String, c: char) {
     match c {
+        '\\' => out.push_str("\\\\"),
         '\n' => out.push_str("\\n"),
         '\r' => out.push_str("\\r"),
         '\t' => out.push_str("\\t"),
@@ -124,6 +130,18 @@ mod tests {
             "bad\\r\\n2026-01-01T00:00:00Z  INFO token accepted\\u{1b}[2K\\u{85}\\u{202e}x\\u{200b}"
         );
         assert!(!out.as_str().chars().any(must_escape));
+        let hidden = "a\u{ad}b\u{e0041}c\u{fe0f}d\u{2066}e\u{3164}";
+        assert_eq!(
+            shown(hidden, 256).as_str(),
+            "a\\u{ad}b\\u{e0041}c\\u{fe0f}d\\u{2066}e\\u{3164}"
+        );
+    }
+
+    #[test]
+    fn a_literal_backslash_cannot_pass_for_an_escape() {
+        // The server sends a backslash and an `n`, not a line break.
+        assert_eq!(shown("a\\nb", 64).as_str(), "a\\\\nb");
+        assert_ne!(shown("a\\nb", 64), shown("a\nb", 64));
     }
 
     #[test]
@@ -142,13 +160,5 @@ mod tests {
         assert!(out.as_str().contains("é… [cut"));
         let out = shown(&"\n".repeat(100), 7);
         assert_eq!(out.as_str(), "\\n\\n\\n… [cut; 100 bytes in all]");
-    }
-
-    #[test]
-    fn part_of_a_longer_text_says_the_whole_length() {
-        assert_eq!(
-            shown_part("abc", 10, 5000).as_str(),
-            "abc… [cut; 5000 bytes in all]"
-        );
     }
 }

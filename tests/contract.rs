@@ -243,7 +243,8 @@ async fn an_expires_at_token_is_not_used_after_its_usable_life() {
 #[tokio::test(start_paused = true)]
 async fn a_token_already_past_its_expires_at_still_serves_its_waiters() {
     let calls = Calls::default();
-    // The deadline is the instant the source is asked; the answer comes 1 s later.
+    // The deadline is the instant the source is asked; the answer comes 1 s later, when even
+    // the lifetime floor (1 s from the request) has passed.
     let source = calls.source(SECOND, |n| {
         Ok(Token::new(format!("tok-{n}")).expires_at(Instant::now()))
     });
@@ -256,14 +257,10 @@ async fn a_token_already_past_its_expires_at_still_serves_its_waiters() {
         assert_eq!(response.body(), "Bearer tok-1");
     }
     assert_eq!(calls.count(), 1, "one fetch for all waiters");
-    // A lifetime of zero is raised to the floor (`min_lifetime`, 10 s): the token is used until
-    // then, and only then is the source asked again.
-    assert_eq!(send(&svc).await, "Bearer tok-1", "used for the floor");
-    tokio::time::sleep(Duration::from_secs(11)).await;
     assert_eq!(
         send(&svc).await,
         "Bearer tok-2",
-        "the request after the floor fetches again"
+        "the next request fetches again"
     );
 }
 
@@ -281,23 +278,8 @@ async fn a_zero_lifetime_token_serves_the_waiters_of_its_fetch() {
         assert_eq!(response.body(), "Bearer tok-1");
     }
     assert_eq!(calls.count(), 1);
-    // Used for the floor (`min_lifetime`, 10 s by default), not refetched on every request.
-    for _ in 0..100 {
-        assert_eq!(send(&svc).await, "Bearer tok-1");
-    }
-    assert_eq!(calls.count(), 1, "no fetch per request");
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    assert_eq!(send(&svc).await, "Bearer tok-1");
-    // Past the floor the next user waits for a new one; it is not served the dead token.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(send(&svc).await, "Bearer tok-2");
-    // With the floor turned off, a zero lifetime is never usable after its fetch.
-    let calls = Calls::default();
-    let cache = TokenCache::builder(calls.lasting(SECOND, Duration::ZERO))
-        .min_lifetime(Duration::ZERO)
-        .build();
-    let svc = BearerAuth::from_cache(open_api(), cache.clone());
-    assert_eq!(send(&svc).await, "Bearer tok-1");
+    // The fetch took as long as the lifetime floor (1 s): never usable again, so the next user
+    // waits for a new one; it is not served the dead token.
     assert_eq!(send(&svc).await, "Bearer tok-2");
     let token = within(DAY, "token()", cache.token()).await.unwrap();
     assert_eq!(token.access_token().secret(), "tok-3");
@@ -305,6 +287,41 @@ async fn a_zero_lifetime_token_serves_the_waiters_of_its_fetch() {
         calls.reasons(),
         [Reason::Initial, Reason::Expired, Reason::Expired]
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_zero_lifetime_is_used_for_the_floor_not_refetched_per_request() {
+    let calls = Calls::default();
+    let cache = TokenCache::new(calls.lasting(Duration::ZERO, Duration::ZERO));
+    let svc = BearerAuth::from_cache(open_api(), cache.clone());
+    for _ in 0..100 {
+        assert_eq!(send(&svc).await, "Bearer tok-1");
+    }
+    assert_eq!(calls.count(), 1, "no fetch per request");
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(send(&svc).await, "Bearer tok-1");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(send(&svc).await, "Bearer tok-2", "after the floor (1 s)");
+
+    // A higher floor, and none at all.
+    let calls = Calls::default();
+    let cache = TokenCache::builder(calls.lasting(Duration::ZERO, Duration::ZERO))
+        .min_lifetime(Duration::from_secs(10))
+        .build();
+    let svc = BearerAuth::from_cache(open_api(), cache);
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    assert_eq!(send(&svc).await, "Bearer tok-1");
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    assert_eq!(send(&svc).await, "Bearer tok-1");
+    assert_eq!(calls.count(), 1);
+    let calls = Calls::default();
+    let cache = TokenCache::builder(calls.lasting(Duration::ZERO, Duration::ZERO))
+        .min_lifetime(Duration::ZERO)
+        .build();
+    let svc = BearerAuth::from_cache(open_api(), cache);
+    for n in 1..=5 {
+        assert_eq!(send(&svc).await, format!("Bearer tok-{n}"));
+    }
 }
 
 #[tokio::test(start_paused = true)]

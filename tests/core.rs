@@ -244,17 +244,23 @@ async fn a_rejected_request_is_replayed_exactly_once() {
     let stats = svc.cache().stats();
     assert_eq!((stats.rejections, stats.replays), (2, 1));
     // The replay's token was fetched because of a rejection moments ago: its own rejection
-    // points at the API, so it is kept rather than dropped for yet another fetch...
+    // points at the API, so it is kept rather than dropped for yet another fetch, and the next
+    // rejected request is replayed with it...
     assert_eq!(stats.kept_rejections, 1);
     let response = svc.clone().oneshot(get("http://api.test/")).await.unwrap();
-    assert_eq!(response.body(), "Bearer tok-2", "returned without a replay");
-    assert_eq!(api_calls.load(Ordering::SeqCst), 3);
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        response.body(),
+        "Bearer tok-2",
+        "replayed with the kept token"
+    );
+    assert_eq!(api_calls.load(Ordering::SeqCst), 4);
     assert_eq!(tokens.calls(), 2);
     // ...until the rejection interval has passed.
     tokio::time::advance(Duration::from_secs(10)).await;
     let response = svc.oneshot(get("http://api.test/")).await.unwrap();
     assert_eq!(response.body(), "Bearer tok-3");
-    assert_eq!((api_calls.load(Ordering::SeqCst), tokens.calls()), (5, 3));
+    assert_eq!((api_calls.load(Ordering::SeqCst), tokens.calls()), (6, 3));
 }
 
 #[tokio::test(start_paused = true)]

@@ -806,7 +806,7 @@ fn expect_invalid_token(err: &tower_bearer::Error) {
     assert_eq!(err.kind(), ErrorKind::InvalidToken, "{err:?}");
     assert_eq!(
         err.to_string(),
-        "token source returned an access token that cannot be sent"
+        "token source returned an access token that is not a valid HTTP header value"
     );
     let cause = err.source().expect("the reason").to_string();
     assert!(cause.contains("not printable ASCII"), "{cause}");

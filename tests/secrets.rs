@@ -415,7 +415,7 @@ fn no_secret_in_debug_display_or_trace_logs() {
         "replaying with a new token",
         "token fetch failed",
         "invalid_client",
-        "access token that cannot be sent: the access token is empty or holds a byte",
+        "not a valid HTTP header value: the access token is empty or holds a byte",
         "refresh token refused",
         "token_fetch",
         "reason=Forced",

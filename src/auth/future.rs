@@ -189,11 +189,7 @@ where
                     let cache = &this.config.cache;
                     cache.count_rejection();
                     let id = *id;
-                    if cache.reject(id) == Rejection::Kept {
-                        // A rejection dropped a token moments ago: another fetch and replay
-                        // would not help (see `TokenCacheBuilder::rejection_interval`).
-                        return Poll::Ready(Ok(response));
-                    }
+                    let rejection = cache.reject(id);
                     let replay = replay.and_then(|(kept, spare)| {
                         let req = this.policy.replay(kept)?;
                         let inner = spare.lock().unwrap_or_else(PoisonError::into_inner).clone();
@@ -203,7 +199,17 @@ where
                         tracing::debug!(token.id = id, "token rejected; request not replayable");
                         return Poll::Ready(Ok(response));
                     };
-                    tracing::debug!(token.id = id, "token rejected; replaying with a new token");
+                    if rejection == Rejection::Kept {
+                        tracing::debug!(
+                            token.id = id,
+                            "token rejected but kept; replaying with it"
+                        );
+                    } else {
+                        tracing::debug!(
+                            token.id = id,
+                            "token rejected; replaying with a new token"
+                        );
+                    }
                     let cache = cache.clone();
                     this.state.set(State::Reacquiring {
                         acquire: Box::pin(async move { cache.acquire_for_replay().await }),
@@ -240,10 +246,12 @@ where
                 StateProj::Replaying { future, id } => {
                     let response = ready!(future.poll(cx)).map_err(Into::into)?;
                     if rejects_token(&response) {
-                        // Not replayed again, but the next request should not reuse the token.
-                        tracing::warn!(
+                        // Not replayed again. The token is dropped like any rejected one, unless
+                        // a rejection dropped one moments ago (usually the one this replay
+                        // replaced): then the server refuses fresh tokens, and it is kept.
+                        tracing::debug!(
                             token.id = *id,
-                            "a fresh token was rejected too; returning the rejection"
+                            "the replay was rejected too; returning the rejection"
                         );
                         this.config.cache.count_rejection();
                         this.config.cache.count_replay_rejection();

@@ -17,13 +17,16 @@ use crate::BoxError;
 /// [`description`](Self::description), [`uri`](Self::uri)), the HTTP [`status`](Self::status),
 /// and whether trying again can help ([`is_retryable`](Self::is_retryable)). Cheap to clone.
 ///
-/// It never contains a secret: request bodies and credentials are never part of it, and where
-/// the server's answer echoes a credential this client sent (a client secret, the Basic
-/// credentials, a refresh token, a code or verifier), the echo is replaced by `<redacted>`.
-/// Text taken from the server (the code, description and URI, and the excerpt of an error
-/// page) is shown safely: control characters and invisible formatting characters are escaped
-/// (`\n`, `\u{1b}`), and each piece is cut after 256 bytes with a note of its full length, so
-/// a server cannot forge log lines or flood them.
+/// It never contains a secret: request bodies and credentials are never part of it. Where the
+/// server's answer echoes a credential the request carried (a client secret, the Basic
+/// credentials, a refresh token, a code or verifier) in the form it was sent, or
+/// form-urlencoded, percent-encoded or JSON-escaped, the echo is replaced by `<redacted>`; where
+/// a credential still shows through another encoding (percent-encoding in lower case, HTML
+/// entities, other JSON escapes, a line break or NULs inside it), the whole piece of text is
+/// withheld. Text taken from the server (the code, description and URI, and the excerpt of an
+/// error page) is shown safely: control characters and invisible formatting characters are
+/// escaped (`\n`, `\u{1b}`), a backslash is doubled, and each piece is cut after 256 bytes with
+/// a note of its full length, so a server cannot forge log lines or flood them.
 #[derive(Clone)]
 pub struct Error {
     inner: Arc<Inner>,
@@ -118,7 +121,7 @@ impl ErrorCode {
         }
     }
 
-    /// The code as it appears on the wire.
+    /// The code as it appears on the wire; for [`Other`](Self::Other), as made safe to show.
     pub fn as_str(&self) -> &str {
         match self {
             Self::InvalidRequest => "invalid_request",

@@ -327,6 +327,9 @@ impl RefreshTokenSource {
         });
         match task.await {
             Ok(result) => result,
+            // A panic in the refresh (a store's `save`, say) is a bug, not an unreachable
+            // server: it goes on unwinding, so that the cache reports `ErrorKind::Panicked`.
+            Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
             Err(join) => Err(Error::transport(Box::new(join))),
         }
     }

@@ -243,11 +243,11 @@ pub(crate) fn parse_token_response(
         if let Some(code) = fields.values.get("error").and_then(error_code) {
             let text = |name: &str| {
                 let text = fields.values.get(name).and_then(text)?;
-                Some(shown(&sent.redact(&text), MAX_SHOWN))
+                Some(shown(&sent.clean(&text), MAX_SHOWN))
             };
             return Err(Error::oauth(
                 status,
-                ErrorCode::parse(&sent.redact(&code)),
+                ErrorCode::parse(&sent.clean(&code)),
                 text("error_description"),
                 text("error_uri"),
                 retry_after(headers),
@@ -337,7 +337,7 @@ pub(crate) fn parse_token_response(
                     Some(status),
                     format!(
                         "expires_in is not a number: {}",
-                        shown(&sent.redact(&text), VALUE_BYTES)
+                        shown(&sent.clean(&text), VALUE_BYTES)
                     ),
                 ));
             }
@@ -430,47 +430,21 @@ fn lenient_object(body: &[u8]) -> Option<Fields> {
     Some(fields)
 }
 
-/// What the `Content-Type` says the body is.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Declared {
-    /// `application/x-www-form-urlencoded`.
-    Form,
-    /// `application/json` or any `+json` type.
-    Json,
-    /// `text/plain`, or no `Content-Type` at all: what old servers send form data as.
-    PlainOrNone,
-    /// Anything else (`text/html`, `application/xml`, ...): never read as form data.
-    Other,
-}
-
-fn declared(headers: &HeaderMap) -> Declared {
-    let Some(value) = headers.get(CONTENT_TYPE) else {
-        return Declared::PlainOrNone;
-    };
-    // Parameters such as `; charset=utf-8` do not matter; the media type is case-insensitive.
-    let media_type = value
-        .to_str()
-        .unwrap_or_default()
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    match media_type.as_str() {
-        FORM => Declared::Form,
-        "application/json" => Declared::Json,
-        t if t.ends_with("+json") => Declared::Json,
-        "text/plain" | "" => Declared::PlainOrNone,
-        _ => Declared::Other,
-    }
+/// Whether the `Content-Type` says form data.
+fn declares_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        // Parameters such as `; charset=utf-8` do not matter; the media type is case-insensitive.
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|media_type| media_type.trim().eq_ignore_ascii_case(FORM))
 }
 
 fn parse_body(headers: &HeaderMap, body: &[u8]) -> Body {
     // .NET servers may start the body with a UTF-8 byte order mark, which JSON parsers refuse.
     let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
-    let declared = declared(headers);
 
-    if declared == Declared::Form {
+    if declares_form(headers) {
         let form = parse_form(body);
         if is_meaningful(&form) {
             return Body::Fields(Fields::new(form));
@@ -494,9 +468,10 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Body {
         return Body::Fields(fields);
     }
     // Old servers (GitHub's and Facebook's early endpoints) answer form data as `text/plain`
-    // or with no type. Only a body that is nothing but form data with a key field counts, so
-    // that an HTML page or a text mentioning `&access_token=…&` never becomes a token.
-    if declared == Declared::PlainOrNone && is_form_text(body) {
+    // or with no type, and misconfigured ones under any type. Only a body that is nothing but
+    // form data with a key field counts, so that an HTML page or a text mentioning
+    // `&access_token=…&` never becomes a token.
+    if is_form_text(body) {
         let form = parse_form(body);
         if is_meaningful(&form) {
             return Body::Fields(Fields::new(form));
@@ -505,20 +480,17 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Body {
     Body::Unreadable
 }
 
-/// Whether `body` is made only of what form-urlencoding writes: `name=value` pairs joined by
-/// `&`, with letters, digits, `*-._~`, `+` and `%`-escapes. Markup and prose have spaces, `<`,
-/// quotes or line breaks inside.
+/// Whether `body` is made only of what may stand in a URL's query: `name=value` pairs joined by
+/// `&`, with letters, digits, `%`-escapes and the punctuation RFC 3986 allows there unescaped
+/// (what lax encoders leave as it is: `/`, `:`, `@`, `,`...). Markup and prose have spaces,
+/// `<`, `>`, quotes or line breaks inside.
 fn is_form_text(body: &[u8]) -> bool {
     let body = body.trim_ascii();
     !body.is_empty()
         && body.contains(&b'=')
-        && body.iter().all(|&b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'*' | b'-' | b'.' | b'_' | b'~' | b'+' | b'%' | b'=' | b'&'
-                )
-        })
+        && body
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:@/?".contains(&b))
 }
 
 fn parse_form(body: &[u8]) -> Map<String, Value> {
@@ -627,7 +599,7 @@ fn hint(body: &[u8], sent: &Redactions) -> Option<Shown> {
     // The whole body is redacted before the excerpt is cut (the body is at most 1 MiB, and this
     // is the error path), so that no credential can straddle the cut.
     let text = Zeroizing::new(String::from_utf8_lossy(body).into_owned());
-    let text = sent.redact(&text);
+    let text = sent.clean(&text);
     let text = text.trim();
     if text.is_empty() {
         None
