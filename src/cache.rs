@@ -185,7 +185,9 @@ pub struct CacheStats {
     pub fetch_failures: u64,
     /// Requests (and [`TokenCache::token`] calls) served with the cached token, without waiting.
     /// Exact when read: every request that a service clone finished stamping before
-    /// [`TokenCache::stats`] was called is in it.
+    /// [`TokenCache::stats`] was called is in it. (Only while more than 64 clones of the
+    /// cache's services are alive at once, each clone beyond those adds its hits in batches of
+    /// 64, so up to 63 per such clone show up late.)
     pub hits: u64,
     /// Requests (and [`TokenCache::token`] calls) that had to wait for a token: none was cached,
     /// the cached one had expired, or theirs was rejected and they waited for a new one to be
@@ -428,7 +430,7 @@ impl TokenCache {
     pub async fn token(&self) -> Result<Token, Error> {
         let cached = self.shared.current.load_full();
         if let Some(entry) = cached.filter(|entry| self.shared.check(entry)) {
-            self.shared.hits.add_one(None);
+            self.shared.hits.add(1);
             return Ok(entry.token.clone());
         }
         Ok(self.shared.acquire(None).await?.token.clone())
@@ -478,6 +480,7 @@ impl TokenCache {
             generation: u64::MAX,
             entry: None,
             hit_slot: self.shared.hits.claim(stripe),
+            unpublished_hits: 0,
             stripe,
         }
     }
@@ -960,8 +963,13 @@ pub(crate) struct Local {
     entry: Option<Arc<Entry>>,
     /// The slot this clone counts its hits in (see [`Hits`]).
     hit_slot: Option<usize>,
+    /// Without a slot: hits not yet added to the shared counter.
+    unpublished_hits: u64,
     stripe: usize,
 }
+
+/// Hits a clone without a slot counts before adding them to the shared counter.
+const HIT_BATCH: u64 = 64;
 
 impl Local {
     /// This clone's stripe (see [`stripe`]).
@@ -986,7 +994,15 @@ impl Local {
             return None;
         }
         let result = f(entry);
-        shared.hits.add_one(self.hit_slot);
+        match self.hit_slot {
+            Some(slot) => shared.hits.add_one(slot),
+            None => {
+                self.unpublished_hits += 1;
+                if self.unpublished_hits == HIT_BATCH {
+                    shared.hits.add(std::mem::take(&mut self.unpublished_hits));
+                }
+            }
+        }
         Some(result)
     }
 }
@@ -999,7 +1015,11 @@ impl Clone for Local {
 
 impl Drop for Local {
     fn drop(&mut self) {
-        self.cache.shared.hits.release(self.hit_slot);
+        let hits = &self.cache.shared.hits;
+        match self.hit_slot {
+            Some(slot) => hits.release(slot),
+            None => hits.add(self.unpublished_hits),
+        }
     }
 }
 
@@ -1012,7 +1032,8 @@ impl Drop for Local {
 /// dropped, and the next clone to claim it counts on from there. `stats()` adds the slots up.
 /// Claiming takes no lock and allocates nothing, so a service cloned for every request pays
 /// about what one shared increment costs. A clone that finds its stripe's slots all taken (more
-/// clones alive than slots) counts in `overflow` instead, with an atomic increment per hit.
+/// than 64 clones alive at once) counts locally and adds its hits to `overflow` in batches of
+/// [`HIT_BATCH`] and when it is dropped: `stats()` misses at most that many per such clone.
 struct Hits {
     /// Hits of [`TokenCache::token`] and of clones without a slot.
     overflow: AtomicU64,
@@ -1053,24 +1074,23 @@ impl Hits {
         })
     }
 
+    /// One hit, in a slot this clone holds.
     #[inline]
-    fn add_one(&self, slot: Option<usize>) {
-        match slot {
-            Some(i) => {
-                // One writer at a time: a load and a store, no read-modify-write.
-                let hits = &self.slots[i].hits;
-                hits.store(hits.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-            }
-            None => {
-                self.overflow.fetch_add(1, Ordering::Relaxed);
-            }
+    fn add_one(&self, slot: usize) {
+        // One writer at a time: a load and a store, no read-modify-write.
+        let hits = &self.slots[slot].hits;
+        hits.store(hits.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+
+    /// Hits counted without a slot.
+    fn add(&self, hits: u64) {
+        if hits > 0 {
+            self.overflow.fetch_add(hits, Ordering::Relaxed);
         }
     }
 
-    fn release(&self, slot: Option<usize>) {
-        if let Some(i) = slot {
-            self.slots[i].claimed.store(false, Ordering::Release);
-        }
+    fn release(&self, slot: usize) {
+        self.slots[slot].claimed.store(false, Ordering::Release);
     }
 
     /// Every hit counted so far.
