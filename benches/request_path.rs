@@ -100,7 +100,7 @@ impl<B> Service<Request<B>> for Api {
 /// generation it was published with; a request does one plain atomic load of the shared
 /// generation and, if it is unchanged, clones the value it already holds (no shared pointer
 /// load, no lock). This is the crate's own access pattern (`Local` in `src/cache.rs`) without
-/// its expiry check and batched hit counting.
+/// its expiry check and hit counting.
 #[derive(Clone)]
 struct LocalFloor<S> {
     inner: S,
