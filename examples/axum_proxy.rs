@@ -1,7 +1,7 @@
 //! The service-mesh case: an axum reverse proxy that forwards its callers' requests, bodies
 //! streamed as they arrive, to an upstream API, adding a bearer token from the layer.
 //!
-//! The proxy's client is hyper-util under `BearerAuthLayer::replay_streaming()`, which keeps up
+//! The proxy's client is hyper-util under `BearerAuthLayer`, whose default replay policy keeps up
 //! to 64 KiB of each streamed body so that a request whose token the upstream rejects can be
 //! sent again. On a timeline:
 //!
@@ -47,7 +47,6 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tower::{ServiceBuilder, ServiceExt};
-use tower_bearer::replay::{ReplayBody, StreamingReplay};
 use tower_bearer::{source_fn, BearerAuth, BearerAuthLayer, BoxError, Token, TokenRequest};
 
 const CHUNK: usize = 64 * 1024;
@@ -67,7 +66,7 @@ async fn run() -> Result<(), BoxError> {
 
     let api = Api::new(start);
     let upstream = api.serve().await?;
-    let layer = BearerAuthLayer::new(api.source()).replay_streaming();
+    let layer = BearerAuthLayer::new(api.source());
     let proxy = Proxy {
         client: ServiceBuilder::new()
             .layer(layer.clone())
@@ -213,9 +212,9 @@ async fn upload(
 // ---------------------------------------------------------------------------------------------
 // The proxy.
 
-/// The proxy's client: hyper-util under the layer, which hands it `ReplayBody`s of axum's body
-/// (hyper's `Incoming`, for requests axum serves).
-type Upstream = BearerAuth<Client<HttpConnector, ReplayBody<Body>>, StreamingReplay>;
+/// The proxy's client: hyper-util under the layer, which keeps axum's body type while it keeps
+/// a copy of each body for a replay (crate feature `axum`).
+type Upstream = BearerAuth<Client<HttpConnector, Body>>;
 
 #[derive(Clone)]
 struct Proxy {

@@ -9,10 +9,14 @@
 //!    (a trailers-only response), the layer fetches a new token and replays the call once, and the
 //!    caller only sees the answer.
 //!
+//! The client stack is the bearer layer, the layer that watches trailers for UNAUTHENTICATED,
+//! and the `Channel`, with nothing in between: with the crate feature `tonic`, the layer keeps
+//! tonic's body type while it keeps a copy of each call's body (up to 64 KiB) for a replay.
+//!
 //! The example checks what it claims and exits with an error if something does not hold:
 //!
 //! ```text
-//! cargo run --example grpc
+//! cargo run --example grpc --features tonic
 //! ```
 
 use std::collections::HashSet;
@@ -25,7 +29,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::time::{timeout, Instant};
-use tonic::body::Body;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Server};
@@ -33,22 +36,12 @@ use tonic::{Request, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
-use tower::util::MapRequest;
 use tower::ServiceBuilder;
-use tower_bearer::grpc::RejectOnTrailers;
-use tower_bearer::replay::{ReplayBody, StreamingReplay};
+use tower_bearer::grpc::{RejectOnTrailers, RejectOnTrailersLayer};
 use tower_bearer::{source_fn, BearerAuth, BearerAuthLayer, BoxError, Token, TokenRequest};
 
-/// The client stack: the bearer layer, then tonic's `Body` back from the layer's `ReplayBody`,
-/// then the layer that watches trailers for UNAUTHENTICATED, then the `Channel`.
-type Client = BearerAuth<MapRequest<RejectOnTrailers<Channel>, ToTonic>, StreamingReplay>;
-type ToTonic = fn(http::Request<ReplayBody<Body>>) -> http::Request<Body>;
-
-/// `replay_streaming` hands the inner service `ReplayBody<Body>` (tonic's bodies are streams,
-/// which the layer keeps a copy of, up to 64 KiB, for a replay); `Channel` wants tonic's `Body`.
-fn to_tonic(req: http::Request<ReplayBody<Body>>) -> http::Request<Body> {
-    req.map(Body::new)
-}
+/// The client stack, named for `check`'s signature.
+type Client = BearerAuth<RejectOnTrailers<Channel>>;
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
@@ -65,14 +58,13 @@ async fn main() -> Result<(), BoxError> {
             async move { Ok::<_, Infallible>(Token::new(token).expires_in(Duration::from_secs(3600))) }
         }
     });
-    let bearer = BearerAuthLayer::new(source).replay_streaming();
+    let bearer = BearerAuthLayer::new(source);
     let channel = Channel::from_shared(format!("http://{addr}"))?
         .connect()
         .await?;
-    let client: Client = ServiceBuilder::new()
+    let client = ServiceBuilder::new()
         .layer(bearer.clone())
-        .map_request(to_tonic as ToTonic)
-        .layer(bearer.reject_on_trailers())
+        .layer(RejectOnTrailersLayer::new(&bearer))
         .service(channel);
     let mut health = HealthClient::new(client);
     let log = |what: &dyn Display| println!("{:>6.1} ms  {what}", ms(start));

@@ -47,6 +47,13 @@ pub enum ErrorKind {
     Panicked,
     /// A fetch was needed outside of a Tokio runtime: the cache runs fetches in spawned tasks.
     NoRuntime,
+    /// The layer restricts which origins get the token
+    /// ([`only_origins`](crate::BearerAuthLayer::only_origins)), and the request's URI has no
+    /// origin (a path-only URI, such as tonic's generated clients send over a `Channel`), so
+    /// nothing tells whether the request may carry the token. It was not sent. Give such
+    /// requests an absolute URI (tonic: build the client `with_origin`), or do not restrict
+    /// origins for a client bound to one server.
+    UnknownOrigin,
 }
 
 impl Error {
@@ -103,6 +110,10 @@ impl fmt::Display for Error {
             ErrorKind::Cancelled => "token fetch was cancelled before it finished",
             ErrorKind::Panicked => "token source panicked",
             ErrorKind::NoRuntime => "token fetch needs a Tokio runtime",
+            ErrorKind::UnknownOrigin => {
+                "the request's URI has no origin, so `only_origins` cannot tell whether it may \
+                 carry the token; it was not sent"
+            }
         })
     }
 }

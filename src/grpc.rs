@@ -7,23 +7,24 @@
 //!   call before handling it, for example in an interceptor): [`BearerAuth`](crate::BearerAuth)
 //!   treats it like an HTTP 401. It looks for it in HTTP/2 responses only, since gRPC runs over
 //!   HTTP/2 (a mock answering gRPC in tests must set the response's version). The token is
-//!   dropped and the call is replayed once with a fresh token, if its body can be replayed: use
-//!   [`BearerAuthLayer::replay_streaming`](crate::BearerAuthLayer::replay_streaming), since tonic's
-//!   request bodies are streams.
+//!   dropped and the call is replayed once with a fresh token. tonic's request bodies are
+//!   streams: with the crate feature `tonic`, the default [`Replay`](crate::replay::Replay)
+//!   policy keeps up to 64 KiB of each call's body as it is sent, in tonic's own body type, so
+//!   a `Channel` is the inner service as it is.
 //! - **In the trailers, after response data**: the call has already delivered part of its answer
-//!   and cannot be replayed; it ends with the UNAUTHENTICATED status as usual. Put the layer from
-//!   [`BearerAuthLayer::reject_on_trailers`](crate::BearerAuthLayer::reject_on_trailers) under the
-//!   bearer layer, and the token the call carried is dropped, so that the next call gets a fresh
-//!   one.
+//!   and cannot be replayed; it ends with the UNAUTHENTICATED status as usual. Put a
+//!   [`RejectOnTrailersLayer`] under the bearer layer, and the token the call carried is
+//!   dropped, so that the next call gets a fresh one.
 //!
 //! ```
 //! use tower::ServiceBuilder;
+//! use tower_bearer::grpc::RejectOnTrailersLayer;
 //! use tower_bearer::{BearerAuthLayer, StaticToken};
 //!
-//! let bearer = BearerAuthLayer::new(StaticToken::new("t0k3n")).replay_streaming();
+//! let bearer = BearerAuthLayer::new(StaticToken::new("t0k3n"));
 //! let stack = ServiceBuilder::new()
 //!     .layer(bearer.clone())
-//!     .layer(bearer.reject_on_trailers());
+//!     .layer(RejectOnTrailersLayer::new(&bearer));
 //! # drop(stack);
 //! ```
 
@@ -40,27 +41,51 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::auth::Config;
-use crate::challenge::grpc_unauthenticated;
+use crate::auth::{grpc_unauthenticated, BearerAuthLayer, Config};
 
-/// Drops the token of a gRPC call whose trailers say UNAUTHENTICATED. Made by
-/// [`BearerAuthLayer::reject_on_trailers`](crate::BearerAuthLayer::reject_on_trailers).
-#[derive(Clone)]
+/// Drops the token of a gRPC call whose trailers say UNAUTHENTICATED: put it under the
+/// [`BearerAuthLayer`] whose tokens it watches.
+///
+/// Its services wrap the response body in a [`TrailersBody`], so a stack with this layer has
+/// another response type than one without it. To switch it by configuration, use
+/// [`enabled`](Self::enabled) rather than `ServiceBuilder::option_layer` (whose two arms would
+/// have different response types): switched off, it passes every response through unwatched.
+///
+/// ```
+/// use tower::ServiceBuilder;
+/// use tower_bearer::grpc::RejectOnTrailersLayer;
+/// use tower_bearer::{BearerAuthLayer, StaticToken};
+///
+/// let watch_trailers = std::env::var_os("NO_TRAILER_WATCH").is_none();
+/// let bearer = BearerAuthLayer::new(StaticToken::new("t0k3n"));
+/// let stack = ServiceBuilder::new()
+///     .layer(bearer.clone())
+///     .layer(RejectOnTrailersLayer::new(&bearer).enabled(watch_trailers));
+/// # drop(stack);
+/// ```
+#[derive(Clone, Debug)]
 pub struct RejectOnTrailersLayer {
     config: Arc<Config>,
+    enabled: bool,
 }
 
 impl RejectOnTrailersLayer {
-    pub(crate) fn new(config: Arc<Config>) -> Self {
-        Self { config }
+    /// A layer dropping the tokens of `bearer`'s cache that trailers reject, as placed by
+    /// `bearer`.
+    pub fn new<P>(bearer: &BearerAuthLayer<P>) -> Self {
+        Self {
+            config: Arc::new(bearer.config().clone()),
+            enabled: true,
+        }
     }
-}
 
-impl fmt::Debug for RejectOnTrailersLayer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RejectOnTrailersLayer")
-            .field("cache", &self.config.cache)
-            .finish()
+    /// Whether trailers are watched. Switched off, responses pass through unwatched (in a
+    /// [`TrailersBody`] that only forwards), so the stack's type does not change.
+    ///
+    /// Default: `true`.
+    pub fn enabled(mut self, enabled: bool) -> Self {
+        self.enabled = enabled;
+        self
     }
 }
 
@@ -70,7 +95,7 @@ impl<S> Layer<S> for RejectOnTrailersLayer {
     fn layer(&self, inner: S) -> RejectOnTrailers<S> {
         RejectOnTrailers {
             inner,
-            config: self.config.clone(),
+            config: self.enabled.then(|| self.config.clone()),
         }
     }
 }
@@ -79,7 +104,8 @@ impl<S> Layer<S> for RejectOnTrailersLayer {
 #[derive(Clone)]
 pub struct RejectOnTrailers<S> {
     inner: S,
-    config: Arc<Config>,
+    /// `None` when switched off.
+    config: Option<Arc<Config>>,
 }
 
 impl<S> RejectOnTrailers<S> {
@@ -124,16 +150,12 @@ where
             .headers()
             .get(CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        let watch = if is_grpc {
-            self.config
-                .placement
-                .stamped_value(&req)
-                .map(|value| Watch {
-                    config: self.config.clone(),
-                    value,
-                })
-        } else {
-            None
+        let watch = match &self.config {
+            Some(config) if is_grpc => config.placement.stamped_value(&req).map(|value| Watch {
+                config: config.clone(),
+                value,
+            }),
+            _ => None,
         };
         TrailersFuture {
             future: self.inner.call(req),

@@ -71,26 +71,27 @@
     rust_2018_idioms
 )]
 
-mod auth;
+// In dependency order: each module uses only those above it (`lib.rs` re-exports aside).
+pub mod auth;
 pub mod cache;
 pub mod challenge;
 mod error;
 pub mod grpc;
 pub mod oauth2;
-mod origin;
+pub mod origin;
 pub mod placement;
 pub mod replay;
 mod shown;
-mod source;
-mod stripe;
+pub mod source;
+mod stamp;
 mod token;
 
-pub use auth::{BearerAuth, BearerAuthLayer, ResponseFuture};
-pub use cache::{CacheStats, TokenCache};
+pub use auth::{BearerAuth, BearerAuthLayer};
+pub use cache::TokenCache;
 pub use error::{Error, ErrorKind};
-pub use origin::{InvalidOrigin, Origin};
+pub use origin::Origin;
 pub use placement::Placement;
-pub use source::{source_fn, SourceFn, StaticToken, TokenSource};
+pub use source::{source_fn, StaticToken, TokenSource};
 pub use token::{AccessToken, Expiry, Reason, RefreshToken, Token, TokenRequest};
 
 /// A type-erased error, as tower uses.

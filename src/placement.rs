@@ -6,7 +6,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::Request;
 
-use crate::cache::Entry;
+use crate::stamp::{Stamp, Stripe};
 use crate::token::secret_bytes;
 
 /// Where the layer puts the token on each request.
@@ -110,29 +110,30 @@ impl Placement {
         Self { kind: Kind::Query }
     }
 
-    /// Puts the token of `entry` on `req`, using the header values of `stripe`. Returns `false`,
-    /// leaving `req` without a token, in the unlikely case that the token cannot be placed.
+    /// Puts the token whose header values are `stamp` on `req`, using the copies of `stripe`.
+    /// Returns `false`, leaving `req` without a token, in the unlikely case that the token
+    /// cannot be placed.
     #[inline]
-    pub(crate) fn stamp<B>(&self, req: &mut Request<B>, entry: &Entry, stripe: usize) -> bool {
+    pub(crate) fn stamp<B>(&self, req: &mut Request<B>, stamp: &Stamp, stripe: Stripe) -> bool {
         match &self.kind {
             Kind::Bearer => {
                 req.headers_mut()
-                    .insert(header::AUTHORIZATION, entry.bearer(stripe).clone());
+                    .insert(header::AUTHORIZATION, stamp.bearer(stripe).clone());
                 true
             }
             Kind::Header { name, scheme: None } => {
                 req.headers_mut()
-                    .insert(name.clone(), entry.raw(stripe).clone());
+                    .insert(name.clone(), stamp.raw(stripe).clone());
                 true
             }
             Kind::Header {
                 name,
                 scheme: Some(scheme),
             } => {
-                let mut value = Vec::with_capacity(scheme.len() + 1 + entry.raw(stripe).len());
+                let mut value = Vec::with_capacity(scheme.len() + 1 + stamp.raw(stripe).len());
                 value.extend_from_slice(scheme.as_bytes());
                 value.push(b' ');
-                value.extend_from_slice(entry.raw(stripe).as_bytes());
+                value.extend_from_slice(stamp.raw(stripe).as_bytes());
                 // Both parts were checked (an HTTP token, and a valid header value).
                 let Ok(mut value) = HeaderValue::from_maybe_shared(secret_bytes(value)) else {
                     return false;
@@ -141,7 +142,10 @@ impl Placement {
                 req.headers_mut().insert(name.clone(), value);
                 true
             }
-            Kind::Query => stamp_query(req, entry.token.access_token().secret()),
+            Kind::Query => match std::str::from_utf8(stamp.raw(stripe).as_bytes()) {
+                Ok(token) => stamp_query(req, token),
+                Err(_) => false,
+            },
         }
     }
 }

@@ -118,18 +118,19 @@ fn the_response_future_does_not_grow_with_the_inner_service() {
         }
     }
 
-    type On = tower_bearer::ResponseFuture<Big, tower_bearer::replay::CloneBody, Full<Bytes>>;
-    type Off = tower_bearer::ResponseFuture<Big, tower_bearer::replay::NoReplay, Full<Bytes>>;
+    type On = tower_bearer::auth::ResponseFuture<Big, tower_bearer::replay::Replay, Full<Bytes>>;
+    type Off = tower_bearer::auth::ResponseFuture<Big, tower_bearer::replay::NoReplay, Full<Bytes>>;
     let inner = std::mem::size_of::<<Big as Service<Request<Full<Bytes>>>>::Future>();
     let (on, off) = (std::mem::size_of::<On>(), std::mem::size_of::<Off>());
-    // The inner future, the token's id, the shared configuration, and with replay the kept copy
-    // (an allocated buffer, the method, version and extensions, a cloned body) and the spare.
+    // The inner future, the token's id, the shared configuration, and with replay the policy
+    // (its cap), the kept copy (an allocated buffer, the method, version and extensions, a
+    // cloned body) and the spare.
     assert!(
         off <= inner + 24,
         "{off} bytes without replay, the inner future {inner}"
     );
     assert!(
-        on <= inner + 136,
+        on <= inner + 144,
         "{on} bytes with replay, the inner future {inner}"
     );
 }

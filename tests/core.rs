@@ -14,6 +14,7 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use tokio_test::{assert_pending, assert_ready};
 use tower::{service_fn, BoxError, Service, ServiceBuilder, ServiceExt};
+use tower_bearer::replay::{KeptBody, ReplayableBody};
 use tower_bearer::{
     source_fn, BearerAuth, BearerAuthLayer, Error, ErrorKind, Placement, Reason, StaticToken,
     Token, TokenCache, TokenRequest, TokenSource,
@@ -376,8 +377,18 @@ async fn a_401_without_a_challenge_or_with_other_challenges_is_a_rejection() {
     }
 }
 
-/// A body that cannot be cloned.
+/// A body of the caller's own that cannot be sent twice: its `ReplayableBody` keeps nothing.
 struct Streaming(#[allow(dead_code)] Vec<u8>);
+
+impl ReplayableBody for Streaming {
+    fn keep(self, _cap: usize) -> (Self, Option<KeptBody<Self>>) {
+        (self, None)
+    }
+
+    fn resend(_kept: KeptBody<Self>) -> Option<Self> {
+        None
+    }
+}
 
 #[tokio::test(start_paused = true)]
 async fn a_request_that_cannot_be_replayed_gets_its_401_back_and_drops_the_token() {
@@ -413,7 +424,7 @@ async fn a_request_that_cannot_be_replayed_gets_its_401_back_and_drops_the_token
 
 #[tokio::test(start_paused = true)]
 async fn every_cloneable_body_type_is_replayed() {
-    async fn replays<B: Clone + Send + 'static>(body: B) -> usize {
+    async fn replays<B: ReplayableBody + Send + 'static>(body: B) -> usize {
         let calls = Arc::new(AtomicUsize::new(0));
         let inner = {
             let calls = calls.clone();
@@ -443,8 +454,10 @@ async fn every_cloneable_body_type_is_replayed() {
     assert_eq!(replays(Bytes::from_static(b"x")).await, 2);
     assert_eq!(replays(vec![1u8]).await, 2);
     assert_eq!(replays(()).await, 2);
-    // Cloneable, but not a type the default policy knows: sent once.
-    assert_eq!(replays(Full::new(&b"x"[..])).await, 1);
+    assert_eq!(replays("x").await, 2);
+    assert_eq!(replays(&b"x"[..]).await, 2);
+    // Any `Full` whose data is cloneable, not only `Full<Bytes>`.
+    assert_eq!(replays(Full::new(&b"x"[..])).await, 2);
 }
 
 #[tokio::test(start_paused = true)]

@@ -27,8 +27,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tower::util::BoxCloneService;
 use tower::{service_fn, BoxError, Layer, ServiceExt};
+use tower_bearer::cache::CacheStats;
 use tower_bearer::oauth2::{self, Client, ClientCredentials};
-use tower_bearer::{BearerAuthLayer, CacheStats, ErrorKind, Expiry, TokenCache};
+use tower_bearer::{BearerAuthLayer, ErrorKind, Expiry, TokenCache};
 
 // ---------------------------------------------------------------------------------------------
 // Timing

@@ -6,11 +6,11 @@
 //! client-streaming upload, and a server-streaming call that revokes its token and ends with
 //! UNAUTHENTICATED in the trailers after one message.
 //!
-//! The client stack is the one the `grpc` module documents, plus the `map_request` that tonic's
-//! `Channel` needs (as in `examples/grpc.rs`):
+//! The client stack is the one the `grpc` module documents, with nothing between the layers and
+//! the `Channel` (the crate feature `tonic` keeps tonic's body type through replays):
 //!
 //! ```text
-//! BearerAuth (replay_streaming) -> map ReplayBody back to tonic's Body -> RejectOnTrailers -> Channel
+//! BearerAuth (default Replay policy) -> RejectOnTrailers -> Channel
 //! ```
 
 use std::collections::HashSet;
@@ -36,10 +36,9 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use tonic_prost::ProstCodec;
-use tower::util::MapRequest;
 use tower::{service_fn, ServiceBuilder, ServiceExt};
-use tower_bearer::grpc::RejectOnTrailers;
-use tower_bearer::replay::{NoReplay, ReplayBody, StreamingReplay};
+use tower_bearer::grpc::{RejectOnTrailers, RejectOnTrailersLayer};
+use tower_bearer::replay::NoReplay;
 use tower_bearer::{source_fn, BearerAuth, BearerAuthLayer, Token, TokenRequest, TokenSource};
 
 /// Every wait in these tests is bounded by this.
@@ -205,15 +204,8 @@ async fn reject_mid_stream(api: Arc<Api>, req: http::Request<Body>) -> http::Res
 // The client
 // ---------------------------------------------------------------------------------------------
 
-/// `StreamingReplay` hands the inner service `ReplayBody<Body>`; `Channel` wants tonic's `Body`.
-type ToTonic = fn(http::Request<ReplayBody<Body>>) -> http::Request<Body>;
-
-fn to_tonic(req: http::Request<ReplayBody<Body>>) -> http::Request<Body> {
-    req.map(Body::new)
-}
-
 /// The client stack: `Channel` behind the bearer layer.
-type Client = BearerAuth<MapRequest<RejectOnTrailers<Channel>, ToTonic>, StreamingReplay>;
+type Client = BearerAuth<RejectOnTrailers<Channel>>;
 
 /// A token source issuing `tok-1`, `tok-2`, ..., each made valid on the server when issued.
 fn issuer(api: Arc<Api>, issued: Arc<AtomicUsize>) -> impl TokenSource {
@@ -233,7 +225,7 @@ struct Fixture {
     addr: SocketAddr,
     /// Calls to the token source.
     issued: Arc<AtomicUsize>,
-    layer: BearerAuthLayer<StreamingReplay>,
+    layer: BearerAuthLayer,
     client: Client,
 }
 
@@ -248,12 +240,11 @@ impl Fixture {
         let addr = serve(api.clone()).await;
         let issued = Arc::new(AtomicUsize::new(0));
         let layer = BearerAuthLayer::new(issuer(api.clone(), issued.clone()));
-        let layer = configure(layer, addr).replay_streaming();
+        let layer = configure(layer, addr);
         let channel = connect(addr).await;
         let client = ServiceBuilder::new()
             .layer(layer.clone())
-            .map_request(to_tonic as ToTonic)
-            .layer(layer.reject_on_trailers())
+            .layer(RejectOnTrailersLayer::new(&layer))
             .service(channel);
         Self {
             api,
@@ -499,10 +490,9 @@ async fn without_replay_the_rejection_comes_back_and_the_next_call_fetches() {
     let issued = Arc::new(AtomicUsize::new(0));
     let layer: BearerAuthLayer<NoReplay> =
         BearerAuthLayer::new(issuer(api.clone(), issued.clone())).without_replay();
-    // No replay, so no `ReplayBody` and no mapping: the layer passes tonic's `Body` through.
     let client = ServiceBuilder::new()
         .layer(layer.clone())
-        .layer(layer.reject_on_trailers())
+        .layer(RejectOnTrailersLayer::new(&layer))
         .service(connect(addr).await);
 
     assert_eq!(check(client.clone()).await.unwrap(), ServingStatus::Serving);
@@ -522,18 +512,29 @@ async fn without_replay_the_rejection_comes_back_and_the_next_call_fetches() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_origins_needs_clients_built_with_their_origin() {
+async fn only_origins_fails_calls_whose_uri_has_no_origin() {
     // tonic's clients send path-only URIs (`Channel` adds its origin later) unless built
-    // `with_origin`. A relative URI matches no origin, so under `only_origins` only clients
-    // built `with_origin` get the token.
+    // `with_origin`. Under `only_origins`, nothing says where such a call goes: it fails with
+    // `UnknownOrigin` instead of going out without its token, and reaches no server.
     let f = Fixture::with(|layer, addr| {
         layer.only_origins([format!("http://{addr}").parse().unwrap()])
     })
     .await;
 
     let status = check(f.client.clone()).await.unwrap_err();
-    assert_eq!(status.code(), Code::Unauthenticated);
-    assert_eq!(f.api.calls(), [(String::new(), false)]);
+    let error = std::iter::successors(
+        Some(&status as &(dyn std::error::Error + 'static)),
+        |error| error.source(),
+    )
+    .find_map(|error| error.downcast_ref::<tower_bearer::Error>())
+    .unwrap_or_else(|| panic!("no tower_bearer::Error in {status:?}"));
+    assert_eq!(error.kind(), tower_bearer::ErrorKind::UnknownOrigin);
+    assert!(f.api.calls().is_empty(), "{:?}", f.api.calls());
+    assert_eq!(
+        f.issued.load(Ordering::SeqCst),
+        0,
+        "no token is fetched for it"
+    );
 
     let origin: http::Uri = format!("http://{}", f.addr).parse().unwrap();
     let mut health = HealthClient::with_origin(f.client.clone(), origin);
@@ -542,6 +543,6 @@ async fn only_origins_needs_clients_built_with_their_origin() {
     };
     let response = bounded(health.check(request)).await.unwrap();
     assert_eq!(response.into_inner().status(), ServingStatus::Serving);
-    assert_eq!(f.api.calls(), [(String::new(), false), accepted("tok-1")]);
+    assert_eq!(f.api.calls(), [accepted("tok-1")]);
     assert_eq!(f.stats(), (1, 0, 0));
 }

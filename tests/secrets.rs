@@ -24,12 +24,13 @@ use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
+use tower_bearer::grpc::RejectOnTrailersLayer;
 use tower_bearer::oauth2::{
     self, AuthorizationCode, AuthorizationResponse, Client, ClientAuth, ClientCredentials,
     ClientSecret, ErrorCode, FileStore, LoopbackRedirect, MemoryStore, Pkce, RefreshTokenSource,
     TokenResponse,
 };
-use tower_bearer::replay::{CloneBody, NoReplay, ReplayPolicy, StreamingReplay};
+use tower_bearer::replay::{NoReplay, Replay, ReplayAnyBody, ReplayPolicy};
 use tower_bearer::{
     challenge, source_fn, AccessToken, BearerAuthLayer, ErrorKind, Expiry, Origin, Placement,
     Reason, RefreshToken, StaticToken, Token, TokenCache, TokenRequest,
@@ -529,10 +530,10 @@ async fn flow() -> (Rendered, Vec<String>) {
     out.debug("BearerAuthLayer<NoReplay>", &no_replay);
     out.debug("BearerAuth<NoReplay>", &no_replay.layer(api.service()));
     let streaming = BearerAuthLayer::from_cache(cache.clone())
-        .replay_policy(StreamingReplay::new().cap(1024))
+        .replay_policy(ReplayAnyBody::new().cap(1024))
         .placement(Placement::query());
-    out.debug("BearerAuthLayer<StreamingReplay>", &streaming);
-    let trailers = streaming.reject_on_trailers();
+    out.debug("BearerAuthLayer<ReplayAnyBody>", &streaming);
+    let trailers = RejectOnTrailersLayer::new(&streaming);
     out.debug("RejectOnTrailersLayer", &trailers);
     out.debug("RejectOnTrailers", &trailers.layer(api.service()));
 
@@ -812,9 +813,9 @@ async fn flow() -> (Rendered, Vec<String>) {
         "InvalidOrigin",
         &"at-SECRET-origin".parse::<Origin>().unwrap_err(),
     );
-    out.debug("CloneBody", &CloneBody);
+    out.debug("Replay", &Replay::new());
     out.debug("NoReplay", &NoReplay);
-    out.debug("StreamingReplay", &StreamingReplay::new());
+    out.debug("ReplayAnyBody", &ReplayAnyBody::new());
 
     // What a streaming replay keeps: the head (with credentials of its own) is not shown.
     let body = BoxBody::new(Full::new(Bytes::from_static(b"body-SECRET-upload")));
@@ -827,8 +828,8 @@ async fn flow() -> (Rendered, Vec<String>) {
     request
         .headers_mut()
         .insert("x-api-key", HeaderValue::from_static("key-SECRET-header"));
-    let (prepared, kept) = <StreamingReplay as ReplayPolicy<BoxBody<Bytes, Infallible>>>::prepare(
-        &StreamingReplay::new(),
+    let (prepared, kept) = <ReplayAnyBody as ReplayPolicy<BoxBody<Bytes, Infallible>>>::keep(
+        &ReplayAnyBody::new(),
         request,
     );
     out.debug("ReplayBody", prepared.body());

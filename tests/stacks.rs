@@ -39,7 +39,6 @@ use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tower::{ServiceBuilder, ServiceExt};
-use tower_bearer::replay::{ReplayBody, StreamingReplay};
 use tower_bearer::{
     source_fn, BearerAuth, BearerAuthLayer, Token, TokenCache, TokenRequest, TokenSource,
 };
@@ -333,9 +332,9 @@ async fn hyper_client_http2() {
 // ---------------------------------------------------------------------------------------------
 // 2. An axum reverse proxy adding the token to streamed requests it forwards.
 
-/// The proxy's client: hyper-util over the layer, which hands it `ReplayBody`s of axum's body
-/// (itself hyper's `Incoming` for requests axum serves).
-type Upstream = BearerAuth<Client<HttpConnector, ReplayBody<Body>>, StreamingReplay>;
+/// The proxy's client: hyper-util under the layer, which keeps axum's body type while it keeps a
+/// copy of the body for a replay (crate feature `axum`).
+type Upstream = BearerAuth<Client<HttpConnector, Body>>;
 
 #[derive(Clone)]
 struct Proxy {
@@ -385,7 +384,7 @@ const LARGE: usize = 8 * 1024 * 1024;
 
 struct ProxyStack {
     api: Api,
-    layer: BearerAuthLayer<StreamingReplay>,
+    layer: BearerAuthLayer,
     proxy: SocketAddr,
     client: Client<HttpConnector, ChannelBody>,
 }
@@ -394,7 +393,7 @@ impl ProxyStack {
     async fn start() -> Self {
         let api = Api::default();
         let upstream = api.serve().await;
-        let layer = BearerAuthLayer::new(api.source()).replay_streaming();
+        let layer = BearerAuthLayer::new(api.source());
         let proxy = Proxy {
             client: ServiceBuilder::new()
                 .layer(layer.clone())

@@ -1,4 +1,4 @@
-//! Replay of streaming request bodies with `StreamingReplay`: what the inner service receives on
+//! Replay of streaming request bodies with `ReplayAnyBody`: what the inner service receives on
 //! the first attempt and on the replay, the cap, trailers, failures and memory.
 
 use std::collections::VecDeque;
@@ -15,7 +15,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tower::{service_fn, BoxError, Service, ServiceExt};
-use tower_bearer::replay::{ReplayBody, StreamingReplay};
+use tower_bearer::replay::{ReplayAnyBody, ReplayBody};
 use tower_bearer::{BearerAuthLayer, StaticToken};
 
 /// A streaming body that cannot be cloned: frames handed out one by one, with an exact size hint.
@@ -186,7 +186,7 @@ async fn send(
     cap: usize,
 ) -> (Result<Response<String>, BoxError>, Vec<Seen>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let layer = BearerAuthLayer::new(tokens()).replay_policy(StreamingReplay::new().cap(cap));
+    let layer = BearerAuthLayer::new(tokens()).replay_policy(ReplayAnyBody::new().cap(cap));
     let svc =
         tower::ServiceBuilder::new()
             .layer(layer)
@@ -269,7 +269,7 @@ async fn a_body_that_outgrows_the_cap_while_streaming_is_not_replayed() {
             }
         })
     };
-    let layer = BearerAuthLayer::new(tokens()).replay_policy(StreamingReplay::new().cap(2500));
+    let layer = BearerAuthLayer::new(tokens()).replay_policy(ReplayAnyBody::new().cap(2500));
     let svc = tower::ServiceBuilder::new().layer(layer).service(svc);
     let body = Unsized(Chunks::new(&data, None));
     let response = svc.oneshot(Request::new(body)).await.unwrap();
@@ -360,7 +360,7 @@ async fn a_body_that_fails_mid_stream_reaches_the_caller_and_is_not_replayed() {
             }
         })
     };
-    let layer = BearerAuthLayer::new(tokens()).replay_streaming();
+    let layer = BearerAuthLayer::new(tokens()).replay_any_body();
     let svc = tower::ServiceBuilder::new().layer(layer).service(svc);
     let response = svc
         .oneshot(Request::new(Chunks::failing_after(&data)))
@@ -414,7 +414,7 @@ async fn no_copy_of_the_body_is_kept_after_the_response() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let hold = Read::AllThenHold(Duration::from_secs(3600));
     let mut svc = tower::ServiceBuilder::new()
-        .layer(BearerAuthLayer::new(tokens()).replay_streaming())
+        .layer(BearerAuthLayer::new(tokens()).replay_any_body())
         .service(inner(hold, 0, seen));
     svc.ready().await.unwrap();
     let future = svc.call(Request::new(Chunks::new(&data, None)));
@@ -443,28 +443,25 @@ async fn no_copy_of_the_body_is_kept_after_the_response() {
 }
 
 #[tokio::test]
-async fn cloneable_bodies_are_cloned_not_wrapped() {
+async fn cloneable_bodies_are_cloned_and_keep_their_type_under_the_default_policy() {
     let calls = Arc::new(AtomicUsize::new(0));
     let svc = {
         let calls = calls.clone();
-        service_fn(
-            move |req: Request<ReplayBody<http_body_util::Full<Bytes>>>| {
-                let n = calls.fetch_add(1, Ordering::SeqCst);
-                async move {
-                    // Passed through as it is on both attempts, not wrapped to keep a copy.
-                    assert!(format!("{:?}", req.body()).contains("plain"));
-                    let body = req.into_body().collect().await?.to_bytes();
-                    assert_eq!(body, "payload");
-                    let mut response = Response::new(());
-                    if n == 0 {
-                        *response.status_mut() = StatusCode::UNAUTHORIZED;
-                    }
-                    Ok::<_, BoxError>(response)
+        // The inner service takes the caller's own body type: nothing wraps it.
+        service_fn(move |req: Request<http_body_util::Full<Bytes>>| {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let body = req.into_body().collect().await?.to_bytes();
+                assert_eq!(body, "payload", "attempt {n}");
+                let mut response = Response::new(());
+                if n == 0 {
+                    *response.status_mut() = StatusCode::UNAUTHORIZED;
                 }
-            },
-        )
+                Ok::<_, BoxError>(response)
+            }
+        })
     };
-    let layer = BearerAuthLayer::new(StaticToken::new("t")).replay_streaming();
+    let layer = BearerAuthLayer::new(StaticToken::new("t"));
     let svc = tower::ServiceBuilder::new().layer(layer).service(svc);
     let body = http_body_util::Full::new(Bytes::from_static(b"payload"));
     let response = svc.oneshot(Request::new(body)).await.unwrap();

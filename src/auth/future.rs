@@ -8,10 +8,10 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
+use super::classify::rejects_token;
 use super::service::Spare;
 use super::Config;
 use crate::cache::{Entry, Rejection};
-use crate::challenge::rejects_token;
 use crate::error::ErrorKind;
 use crate::replay::ReplayPolicy;
 use crate::{BoxError, Error};
@@ -19,7 +19,7 @@ use crate::{BoxError, Error};
 type Acquire = Pin<Box<dyn Future<Output = Result<Arc<Entry>, Error>> + Send>>;
 
 pin_project! {
-    /// The response future of [`BearerAuth`](crate::BearerAuth).
+    /// The response future of [`BearerAuth`](super::BearerAuth).
     pub struct ResponseFuture<S, P, B>
     where
         S: Service<Request<P::Body>>,
@@ -133,11 +133,9 @@ where
         }
     }
 
-    pub(super) fn unplaceable(config: Arc<Config>, policy: P) -> Self {
+    pub(super) fn failed(error: Error, config: Arc<Config>, policy: P) -> Self {
         Self {
-            state: State::Failed {
-                error: Some(Error::new(ErrorKind::InvalidToken, None)),
-            },
+            state: State::Failed { error: Some(error) },
             config,
             policy,
         }
@@ -166,7 +164,11 @@ where
                         mut req,
                         replay,
                     } = *parked;
-                    if !this.config.placement.stamp(&mut req, &entry, 0) {
+                    if !this
+                        .config
+                        .placement
+                        .stamp(&mut req, &entry.stamp, this.config.stripe)
+                    {
                         return Poll::Ready(Err(Error::new(ErrorKind::InvalidToken, None).into()));
                     }
                     // `inner` is the service that `poll_ready` reported ready.
@@ -224,7 +226,11 @@ where
                     let Some(req) = parked.1.as_mut() else {
                         unreachable!("ResponseFuture polled after completion");
                     };
-                    if !this.config.placement.stamp(req, &entry, 0) {
+                    if !this
+                        .config
+                        .placement
+                        .stamp(req, &entry.stamp, this.config.stripe)
+                    {
                         return Poll::Ready(Err(Error::new(ErrorKind::InvalidToken, None).into()));
                     }
                     this.state.set(State::ReplayReady {

@@ -3,8 +3,7 @@ use std::fmt;
 use tower_layer::Layer;
 
 use super::{BearerAuth, Config, Configs};
-use crate::grpc::RejectOnTrailersLayer;
-use crate::replay::{CloneBody, NoReplay, StreamingReplay};
+use crate::replay::{NoReplay, Replay, ReplayAnyBody};
 use crate::{Origin, Placement, TokenCache, TokenSource};
 
 /// A [`Layer`] that authenticates every request with a bearer token from a [`TokenSource`].
@@ -38,7 +37,7 @@ use crate::{Origin, Placement, TokenCache, TokenSource};
 /// # Ok(())
 /// # }
 /// ```
-pub struct BearerAuthLayer<P = CloneBody> {
+pub struct BearerAuthLayer<P = Replay> {
     configs: Configs,
     policy: P,
 }
@@ -53,7 +52,7 @@ impl BearerAuthLayer {
     pub fn from_cache(cache: TokenCache) -> Self {
         Self {
             configs: Configs::new(Config::new(cache)),
-            policy: CloneBody,
+            policy: Replay::new(),
         }
     }
 }
@@ -74,15 +73,18 @@ impl<P> BearerAuthLayer<P> {
     }
 
     /// Stamps the token only on requests to these origins (scheme, host and port); requests to
-    /// any other origin, and requests with a relative URI, pass through untouched: no token, no
-    /// replay. Use it whenever the URLs a client calls are not all trusted, for example behind
-    /// tower-http's `FollowRedirect`, so that a redirect never carries the token elsewhere.
+    /// any other origin pass through untouched: no token, no replay. Use it whenever the URLs a
+    /// client calls are not all trusted, for example behind tower-http's `FollowRedirect`, so
+    /// that a redirect never carries the token elsewhere.
+    ///
+    /// A request whose URI has no origin (path-only, as tonic's generated clients send over a
+    /// `Channel` unless built `with_origin`) fails with [`ErrorKind::UnknownOrigin`]: nothing
+    /// says where it goes, and sending it without its token would fail later and less clearly.
+    /// A client bound to one server, such as a `Channel`, does not need this restriction.
     ///
     /// Default: every request gets the token.
     ///
-    /// Clients that send path-only URIs and add the origin further down (tonic's generated
-    /// clients over a `Channel`, unless built `with_origin`) are bound to one server anyway: do
-    /// not restrict origins there, or every call goes out without its token.
+    /// [`ErrorKind::UnknownOrigin`]: crate::ErrorKind::UnknownOrigin
     ///
     /// ```
     /// use tower_bearer::{BearerAuthLayer, StaticToken};
@@ -102,35 +104,29 @@ impl<P> BearerAuthLayer<P> {
         }
     }
 
-    /// Replays requests with streaming bodies too, keeping up to 64 KiB of each; see
-    /// [`StreamingReplay`] (use [`replay_policy`](Self::replay_policy) for another cap). The
-    /// inner service then receives [`ReplayBody`](crate::replay::ReplayBody)s.
+    /// Replays requests with any body, hyper's `Incoming` included, wrapping each body in a
+    /// [`ReplayBody`](crate::replay::ReplayBody) that keeps up to 64 KiB of it as it is sent; see
+    /// [`ReplayAnyBody`]. The inner service then receives `ReplayBody<B>`: a gateway forwarding
+    /// `Incoming` bodies through hyper-util's `Client` takes it as it is.
     ///
-    /// Default: replay with [`CloneBody`].
-    pub fn replay_streaming(self) -> BearerAuthLayer<StreamingReplay> {
-        self.replay_policy(StreamingReplay::new())
-    }
-
-    /// A layer to put *under* this one in a gRPC client: when a call's trailers say
-    /// `grpc-status: 16` (UNAUTHENTICATED after the response started), it drops the token the
-    /// call carried, so that the next call gets a fresh one. Such a call cannot be replayed (its
-    /// response was already streaming); a trailers-only UNAUTHENTICATED is replayed by this layer
-    /// itself. See [`grpc`](crate::grpc).
-    pub fn reject_on_trailers(&self) -> RejectOnTrailersLayer {
-        RejectOnTrailersLayer::new(self.configs.get(0).clone())
+    /// Default: [`Replay`], which keeps the caller's body type (see [`replay`](crate::replay)).
+    pub fn replay_any_body(self) -> BearerAuthLayer<ReplayAnyBody> {
+        self.replay_policy(ReplayAnyBody::new())
     }
 
     /// Never replays a request whose token was rejected; the rejection is returned as it came
     /// and the next request gets a new token. Saves copying replayable requests.
     ///
-    /// Default: replay with [`CloneBody`].
+    /// Default: [`Replay`], which replays every request whose body can be replayed.
     pub fn without_replay(self) -> BearerAuthLayer<NoReplay> {
         self.replay_policy(NoReplay)
     }
 
-    /// Decides with `policy` which requests can be replayed and how.
+    /// Decides with `policy` which requests can be replayed and how; for example
+    /// `Replay::new().cap(256 * 1024)` keeps up to 256 KiB of a streaming body instead of 64.
     ///
-    /// Default: [`CloneBody`].
+    /// Default: [`Replay`], which replays every request whose body can be replayed (see
+    /// [`replay`](crate::replay)).
     pub fn replay_policy<Q>(self, policy: Q) -> BearerAuthLayer<Q> {
         BearerAuthLayer {
             configs: self.configs,
@@ -141,6 +137,11 @@ impl<P> BearerAuthLayer<P> {
     /// The token cache shared by this layer and its services.
     pub fn cache(&self) -> &TokenCache {
         &self.configs.config().cache
+    }
+
+    /// The configuration its services share.
+    pub(crate) fn config(&self) -> &Config {
+        self.configs.config()
     }
 }
 

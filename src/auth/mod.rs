@@ -1,5 +1,7 @@
-//! The middleware: [`BearerAuthLayer`], [`BearerAuth`] and its [`ResponseFuture`].
+//! The middleware: [`BearerAuthLayer`], the [`BearerAuth`] service it makes, and the service's
+//! [`ResponseFuture`].
 
+mod classify;
 mod future;
 mod layer;
 mod service;
@@ -8,43 +10,59 @@ pub use future::ResponseFuture;
 pub use layer::BearerAuthLayer;
 pub use service::BearerAuth;
 
-use std::fmt;
+pub(crate) use classify::grpc_unauthenticated;
 
 use std::sync::Arc;
 
-use crate::stripe::STRIPES;
+use crate::stamp::{Stripe, Striped};
 use crate::{Origin, Placement, TokenCache};
 
 /// The configuration, once per stripe: a response future keeps an `Arc` of it, and requests of
-/// different service clones should not share that reference count (see [`stripe`](crate::stripe)).
+/// different service clones should not share that reference count (see [`stamp`](crate::stamp)).
 #[derive(Clone)]
-pub(crate) struct Configs(Arc<[Arc<Config>; STRIPES]>);
+pub(crate) struct Configs(Arc<Striped<Arc<Config>>>);
 
 impl Configs {
     pub(crate) fn new(config: Config) -> Self {
-        Self(Arc::new(std::array::from_fn(|_| Arc::new(config.clone()))))
+        Self(Arc::new(Striped::from_fn(|stripe| {
+            Arc::new(Config {
+                stripe,
+                ..config.clone()
+            })
+        })))
     }
 
     /// The copy of `stripe`.
     #[inline]
-    pub(crate) fn get(&self, stripe: usize) -> &Arc<Config> {
-        // A constant (8): compiled to a mask, where a slice's length would need a division.
-        &self.0[stripe % STRIPES]
+    pub(crate) fn get(&self, stripe: Stripe) -> &Arc<Config> {
+        self.0.get(stripe)
     }
 
     /// The configuration, to read or to derive another from.
     pub(crate) fn config(&self) -> &Config {
-        &self.0[0]
+        self.0.get(Stripe::FIRST)
     }
 }
 
 /// What every clone of a layer and its services shares.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub(crate) struct Config {
     pub(crate) cache: TokenCache,
     pub(crate) placement: Placement,
     /// When set, only requests to these origins get a token.
     pub(crate) origins: Option<Arc<[Origin]>>,
+    /// Whose copy this is: the header values stamped with it are this stripe's.
+    pub(crate) stripe: Stripe,
+}
+
+/// Whether a request may carry the token.
+pub(crate) enum Destination {
+    /// Stamp it.
+    Trusted,
+    /// Send it as it is: another origin.
+    Elsewhere,
+    /// Fail it: origins are restricted and its URI has none, so nobody can tell.
+    Unknown,
 }
 
 impl Config {
@@ -53,25 +71,20 @@ impl Config {
             cache,
             placement: Placement::default(),
             origins: None,
+            stripe: Stripe::FIRST,
         }
     }
 
     /// Whether a request to `uri` may carry the token.
     #[inline]
-    pub(crate) fn stamps(&self, uri: &http::Uri) -> bool {
+    pub(crate) fn destination(&self, uri: &http::Uri) -> Destination {
         match &self.origins {
-            None => true,
-            Some(origins) => origins.iter().any(|origin| origin.matches(uri)),
+            None => Destination::Trusted,
+            Some(_) if uri.host().is_none() => Destination::Unknown,
+            Some(origins) if origins.iter().any(|origin| origin.matches(uri)) => {
+                Destination::Trusted
+            }
+            Some(_) => Destination::Elsewhere,
         }
-    }
-}
-
-impl fmt::Debug for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Config")
-            .field("cache", &self.cache)
-            .field("placement", &self.placement)
-            .field("origins", &self.origins)
-            .finish()
     }
 }

@@ -6,10 +6,11 @@ use http::{Request, Response};
 use tower_service::Service;
 
 use super::future::ResponseFuture;
-use super::{BearerAuthLayer, Configs};
+use super::{BearerAuthLayer, Configs, Destination};
 use crate::cache::Local;
-use crate::replay::{CloneBody, ReplayPolicy};
-use crate::{BoxError, Placement, TokenCache, TokenSource};
+use crate::error::ErrorKind;
+use crate::replay::{Replay, ReplayPolicy};
+use crate::{BoxError, Error, TokenCache, TokenSource};
 
 /// Middleware that stamps a bearer token on each request and replays a request once when its
 /// token is rejected. Made by [`BearerAuthLayer`].
@@ -38,7 +39,7 @@ use crate::{BoxError, Placement, TokenCache, TokenSource};
 /// its `poll_ready` reserved until the token arrives, so the token source must not need that
 /// same capacity: give the source its own HTTP client (or its own `ConcurrencyLimit`), never the
 /// client this layer wraps.
-pub struct BearerAuth<S, P = CloneBody> {
+pub struct BearerAuth<S, P = Replay> {
     inner: S,
     configs: Configs,
     policy: P,
@@ -109,11 +110,6 @@ impl<S, P> BearerAuth<S, P> {
     pub fn cache(&self) -> &TokenCache {
         &self.configs.config().cache
     }
-
-    /// Where the token goes on each request.
-    pub fn placement(&self) -> &Placement {
-        &self.configs.config().placement
-    }
 }
 
 impl<S: Clone, P: Clone> Clone for BearerAuth<S, P> {
@@ -165,16 +161,23 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let stripe = self.local.stripe();
         let config = self.configs.get(stripe);
-        if !config.stamps(req.uri()) {
-            let req = self.policy.pass(req);
-            let future = self.inner.call(req);
-            return ResponseFuture::passed(future, config.clone(), self.policy.clone());
+        match config.destination(req.uri()) {
+            Destination::Trusted => {}
+            Destination::Elsewhere => {
+                let req = self.policy.pass(req);
+                let future = self.inner.call(req);
+                return ResponseFuture::passed(future, config.clone(), self.policy.clone());
+            }
+            Destination::Unknown => {
+                let error = Error::new(ErrorKind::UnknownOrigin, None);
+                return ResponseFuture::failed(error, config.clone(), self.policy.clone());
+            }
         }
-        let (mut req, kept) = self.policy.prepare(req);
+        let (mut req, kept) = self.policy.keep(req);
         let stamped = self.local.with_current(|entry| {
             config
                 .placement
-                .stamp(&mut req, entry, stripe)
+                .stamp(&mut req, &entry.stamp, stripe)
                 .then_some(entry.id)
         });
         match stamped {
@@ -183,7 +186,10 @@ where
                 let future = self.inner.call(req);
                 ResponseFuture::sent(future, id, replay, config.clone(), self.policy.clone())
             }
-            Some(None) => ResponseFuture::unplaceable(config.clone(), self.policy.clone()),
+            Some(None) => {
+                let error = Error::new(ErrorKind::InvalidToken, None);
+                ResponseFuture::failed(error, config.clone(), self.policy.clone())
+            }
             None => {
                 // This service was polled ready; a clone of it may not be. Take the ready one
                 // into the future, which calls it once the token arrives.

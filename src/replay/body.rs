@@ -20,8 +20,9 @@ use http_body::{Body, Frame, SizeHint};
 /// is kept, what was kept is released at once, and the request can no longer be replayed. Its
 /// [`size_hint`](Body::size_hint), and so its `Content-Length`, is the original's.
 ///
-/// Made by the [`StreamingReplay`](super::StreamingReplay) policy; the body of a request whose
-/// body could be cloned is passed through untouched.
+/// Made by [`ReplayBody::keep`] for the [`ReplayableBody`](super::ReplayableBody) types that
+/// stream, and by [`ReplayBody::new`] for a body passed through untouched (a request that will
+/// not be replayed).
 pub struct ReplayBody<B> {
     kind: Kind<B>,
 }
@@ -98,10 +99,21 @@ fn spoil<B>(state: &mut State<B>) {
 }
 
 impl<B> ReplayBody<B> {
-    /// A body passed through untouched.
-    pub(crate) fn plain(body: B) -> Self {
+    /// A body passed through untouched: nothing is kept.
+    pub fn new(body: B) -> Self {
         Self {
             kind: Kind::Plain(body),
+        }
+    }
+
+    /// The replay's body.
+    pub(crate) fn replay(shared: Arc<Shared<B>>, hint: SizeHint) -> Self {
+        Self {
+            kind: Kind::Replay {
+                shared,
+                replay: None,
+                hint,
+            },
         }
     }
 }
@@ -132,17 +144,6 @@ impl<B: Body> ReplayBody<B> {
             },
         };
         (body, shared)
-    }
-
-    /// The replay's body.
-    pub(crate) fn replay(shared: Arc<Shared<B>>, hint: SizeHint) -> Self {
-        Self {
-            kind: Kind::Replay {
-                shared,
-                replay: None,
-                hint,
-            },
-        }
     }
 }
 

@@ -1,29 +1,49 @@
 //! Deciding whether a request can be sent a second time, and keeping what that takes.
 //!
 //! When a server rejects a token, the layer fetches a new one and sends the request again, once.
-//! That needs a second copy of the request, which is only possible for some bodies. A
-//! [`ReplayPolicy`] decides, per request, whether a copy is kept and what body the inner service
-//! sees:
+//! That needs a second copy of the request. The layer's [`ReplayPolicy`] decides how it is had:
 //!
-//! - [`CloneBody`] (the default) clones bodies that can be cloned; the inner service sees the
-//!   request's own body type.
-//! - [`StreamingReplay`] also replays streaming bodies (hyper's `Incoming`, tonic's body, any
-//!   `http_body::Body`) without buffering them first: the inner service sees a [`ReplayBody`]
-//!   that keeps what it sends, up to a cap.
-//! - [`NoReplay`] turns replays off.
+//! - [`Replay`] (the default) keeps the body type the caller sent, so the inner service is the
+//!   client as it is: bodies held in memory ([`Full`], [`Bytes`], `String`…) are cloned, and
+//!   streaming bodies whose type can hold any body (tonic's with the crate feature `tonic`,
+//!   axum's with `axum`, the boxed bodies of `http-body-util`) keep what they send, up to a cap
+//!   (64 KiB by default), without buffering it first. The body type says how, through
+//!   [`ReplayableBody`]; implement it for a body type of your own.
+//! - [`ReplayAnyBody`] replays any [`http_body::Body`], hyper's `Incoming` included (a gateway
+//!   forwarding what it received): each body is wrapped in a [`ReplayBody`] that keeps what it
+//!   sends, up to the cap, and the inner service receives `ReplayBody<B>`. An inner service
+//!   generic over its body type, such as hyper-util's `Client`, takes it as it is.
+//! - [`NoReplay`] never replays and keeps nothing; the inner service sees the caller's body.
+//!
+//! | body | [`Replay`] | [`ReplayAnyBody`] |
+//! |---|---|---|
+//! | [`Full`], [`Empty`], [`Bytes`], `String`, `Vec<u8>`, `&'static str`, `()` | cloned | kept as sent, in a `ReplayBody` |
+//! | tonic's `Body`, axum's `Body`, [`BoxBody`], [`UnsyncBoxBody`] | kept as sent, in its own type | kept as sent, in a `ReplayBody` |
+//! | hyper's `Incoming`, [`StreamBody`], other bodies | does not compile: use [`ReplayAnyBody`] | kept as sent, in a `ReplayBody` |
+//!
+//! A request whose body is known (from its size hint) to exceed the cap, outgrows it while being
+//! sent, or fails mid-stream, is not replayed: the rejection comes back as it came (the token is
+//! still dropped, so the next request gets a new one). The memory kept for a request is
+//! released when its response is returned.
+//!
+//! [`Full`]: http_body_util::Full
+//! [`Bytes`]: bytes::Bytes
+//! [`Empty`]: http_body_util::Empty
+//! [`StreamBody`]: http_body_util::StreamBody
+//! [`BoxBody`]: http_body_util::combinators::BoxBody
+//! [`UnsyncBoxBody`]: http_body_util::combinators::UnsyncBoxBody
 
+mod bodies;
 mod body;
 mod head;
 
-use std::any::Any;
 use std::convert::Infallible;
 use std::fmt;
 use std::sync::Arc;
 
-use bytes::{Buf, Bytes};
+use bytes::Buf;
 use http::Request;
 use http_body::{Body, SizeHint};
-use http_body_util::{Empty, Full};
 
 pub use body::ReplayBody;
 use body::Shared;
@@ -32,10 +52,9 @@ use head::Head;
 /// Decides whether a request can be replayed after its token was rejected, and keeps what a
 /// replay needs.
 ///
-/// The layer calls [`prepare`](Self::prepare) on every request before stamping its token, and
-/// [`replay`](Self::replay) only when the server rejected the token. A policy may change the
-/// body type the inner service sees (a streaming body can be wrapped so that it keeps what it
-/// sends).
+/// The layer calls [`keep`](Self::keep) on every request it stamps, [`pass`](Self::pass) on the
+/// requests it lets through without a token, and [`replay`](Self::replay) only when the server
+/// rejected the token. A policy may change the body type the inner service sees.
 pub trait ReplayPolicy<B> {
     /// The body type the inner service receives.
     type Body;
@@ -44,7 +63,7 @@ pub trait ReplayPolicy<B> {
 
     /// Splits a request into the one to send now and, if it can be replayed, what a replay
     /// needs.
-    fn prepare(&self, req: Request<B>) -> (Request<Self::Body>, Option<Self::Kept>);
+    fn keep(&self, req: Request<B>) -> (Request<Self::Body>, Option<Self::Kept>);
 
     /// Converts a request that is not to be replayed at all (see
     /// [`BearerAuthLayer::only_origins`](crate::BearerAuthLayer::only_origins)).
@@ -56,87 +75,190 @@ pub trait ReplayPolicy<B> {
     fn replay(&self, kept: Self::Kept) -> Option<Request<Self::Body>>;
 }
 
-/// Replays requests whose body can be cloned. The default [`ReplayPolicy`].
+/// A request body type that the default [`Replay`] policy knows how to send twice, in its own
+/// type.
 ///
-/// These body types are cloned: [`http_body_util::Full<Bytes>`], [`http_body_util::Empty<Bytes>`],
-/// `String`, [`Bytes`], `Vec<u8>` and `()`. A request with any other body is sent once, and a
-/// rejection of its token comes back as it is (the token is still dropped, so the next request
-/// gets a new one).
+/// Implemented for the body types of `http-body-util`, `bytes` and the standard library, and,
+/// behind the crate features of the same names, for the bodies of tonic and axum. For a body
+/// type of your own, pick one of two shapes: a body that is cheap to clone keeps a clone
+/// ([`KeptBody::cloned`]); a body type that can hold any body keeps what it sends through a
+/// [`ReplayBody`] ([`ReplayBody::keep`]) and wraps it back. A body type that can do neither
+/// (hyper's `Incoming`) is replayed by [`ReplayAnyBody`] instead.
 ///
-/// The method, URI, version, headers and extensions are copied as they were before the token was
-/// stamped; the replay gets the new token.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct CloneBody;
+/// ```
+/// use bytes::Bytes;
+/// use http_body_util::combinators::UnsyncBoxBody;
+/// use http_body_util::Full;
+/// use tower_bearer::replay::{KeptBody, ReplayBody, ReplayableBody};
+///
+/// /// A body that is cheap to clone: a replay sends a clone.
+/// #[derive(Clone)]
+/// struct Json(Full<Bytes>);
+///
+/// impl ReplayableBody for Json {
+///     fn keep(self, _cap: usize) -> (Json, Option<KeptBody<Json>>) {
+///         let copy = KeptBody::cloned(self.clone());
+///         (self, Some(copy))
+///     }
+///
+///     fn resend(kept: KeptBody<Json>) -> Option<Json> {
+///         kept.into_clone()
+///     }
+/// }
+///
+/// /// A body that holds any body: what it sends is kept, up to `cap` bytes.
+/// struct Upload(UnsyncBoxBody<Bytes, std::io::Error>);
+/// # impl http_body::Body for Upload {
+/// #     type Data = Bytes;
+/// #     type Error = std::io::Error;
+/// #     fn poll_frame(
+/// #         self: std::pin::Pin<&mut Self>,
+/// #         cx: &mut std::task::Context<'_>,
+/// #     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+/// #         std::pin::Pin::new(&mut self.get_mut().0).poll_frame(cx)
+/// #     }
+/// # }
+///
+/// impl ReplayableBody for Upload {
+///     fn keep(self, cap: usize) -> (Upload, Option<KeptBody<Upload>>) {
+///         let (body, kept) = ReplayBody::keep(self, cap);
+///         (Upload(UnsyncBoxBody::new(body)), kept)
+///     }
+///
+///     fn resend(kept: KeptBody<Upload>) -> Option<Upload> {
+///         Some(Upload(UnsyncBoxBody::new(kept.into_replay()?)))
+///     }
+/// }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "the default replay policy cannot send a `{Self}` request body twice in its own type",
+    label = "this body type",
+    note = "replay it wrapped with `BearerAuthLayer::replay_any_body()` (the inner service then \
+            receives `ReplayBody<{Self}>`), implement `tower_bearer::replay::ReplayableBody` for \
+            it, enable the crate feature for it (`tonic`, `axum`), or turn replays off with \
+            `BearerAuthLayer::without_replay()`"
+)]
+pub trait ReplayableBody: Sized {
+    /// The body to send now and, if the request can be replayed, what a replay needs, keeping
+    /// at most `cap` bytes of a streaming body.
+    fn keep(self, cap: usize) -> (Self, Option<KeptBody<Self>>);
 
-impl<B: 'static> ReplayPolicy<B> for CloneBody {
-    type Body = B;
-    type Kept = KeptRequest<B>;
+    /// The body to send again. `None` if it cannot be had any more (a stream outgrew the cap,
+    /// or failed).
+    fn resend(kept: KeptBody<Self>) -> Option<Self>;
+}
 
-    #[inline]
-    fn prepare(&self, req: Request<B>) -> (Request<B>, Option<KeptRequest<B>>) {
-        let Some(body) = clone_body(req.body()) else {
-            return (req, None);
-        };
-        let kept = Head::copy(&req).map(|head| KeptRequest {
-            head: Some(head),
-            body: Some(KeptBody::Cloned(body)),
-        });
-        (req, kept)
+/// What a [`ReplayableBody`] keeps for a replay: a clone, or a handle on what its
+/// [`ReplayBody`] keeps as it is sent. Dropping it releases the kept bytes.
+pub struct KeptBody<B> {
+    kept: Option<Kept<B>>,
+}
+
+enum Kept<B> {
+    Cloned(B),
+    Streamed {
+        shared: Arc<Shared<B>>,
+        hint: SizeHint,
+    },
+}
+
+impl<B> KeptBody<B> {
+    /// Keeps `copy`, a clone of the body being sent, for the replay.
+    pub fn cloned(copy: B) -> Self {
+        Self {
+            kept: Some(Kept::Cloned(copy)),
+        }
     }
 
-    #[inline]
-    fn pass(&self, req: Request<B>) -> Request<B> {
-        req
+    /// The clone kept with [`cloned`](Self::cloned); `None` if this keeps a stream.
+    pub fn into_clone(mut self) -> Option<B> {
+        match self.kept.take()? {
+            Kept::Cloned(body) => Some(body),
+            streamed @ Kept::Streamed { .. } => {
+                self.kept = Some(streamed);
+                None
+            }
+        }
     }
 
-    fn replay(&self, mut kept: KeptRequest<B>) -> Option<Request<B>> {
-        let head = kept.take_head()?;
-        match kept.body.take()? {
-            KeptBody::Cloned(body) => Some(Request::from_parts(head, body)),
-            // `CloneBody` keeps cloned bodies only.
-            KeptBody::Streamed { .. } => None,
+    /// The body for a replay: what the first attempt sent (resent from memory), then what it
+    /// did not read yet. A kept clone comes back as a [`ReplayBody`] passing it through. `None`
+    /// if a stream outgrew the cap or failed.
+    pub fn into_replay(mut self) -> Option<ReplayBody<B>> {
+        match self.kept.take()? {
+            Kept::Cloned(body) => Some(ReplayBody::new(body)),
+            Kept::Streamed { shared, hint } => {
+                if !shared.replayable() {
+                    shared.release();
+                    return None;
+                }
+                Some(ReplayBody::replay(shared, hint))
+            }
+        }
+    }
+
+    pub(crate) fn streamed(shared: Arc<Shared<B>>, hint: SizeHint) -> Self {
+        Self {
+            kept: Some(Kept::Streamed { shared, hint }),
         }
     }
 }
 
-/// Replays requests with any body: cloneable bodies are cloned as [`CloneBody`] does, and
-/// streaming bodies are wrapped in a [`ReplayBody`] that keeps what it sends, up to a cap.
+impl<B> Drop for KeptBody<B> {
+    fn drop(&mut self) {
+        if let Some(Kept::Streamed { shared, .. }) = &self.kept {
+            shared.release();
+        }
+    }
+}
+
+impl<B> fmt::Debug for KeptBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.kept {
+            Some(Kept::Cloned(_)) => "cloned",
+            Some(Kept::Streamed { .. }) => "streamed",
+            None => "taken",
+        };
+        f.debug_struct("KeptBody").field("kind", &kind).finish()
+    }
+}
+
+/// Replays every request whose body can be replayed in its own type. The default
+/// [`ReplayPolicy`].
 ///
-/// A request whose body is known (from its size hint) to exceed the cap, or outgrows it while
-/// being sent, or fails mid-stream, is not replayed: the rejection comes back as it came. The
-/// memory kept for a request is released when its response is returned.
+/// The body type decides how, through [`ReplayableBody`]: a clone for bodies held in memory;
+/// for streaming bodies that can hold any body, what was sent, up to a cap (64 KiB by default),
+/// without buffering the body before sending it. A streaming body without a known size that the
+/// server rejects *before* reading past the cap is still replayed: the kept part is resent and
+/// the rest streams from the caller as usual. The replay starts sending its body once the first
+/// attempt's body has been dropped by the connection that carried it (hyper drops it when the
+/// exchange ends, or when the server closes the connection), so that the unread rest of the
+/// original is never read by two attempts.
 ///
-/// A body without a known size that the server rejects *before* reading past the cap is still
-/// replayed: the kept part is resent and the rest streams from the caller as usual.
-///
-/// The replay starts sending its body once the first attempt's body has been dropped by the
-/// connection that carried it (hyper drops it when the exchange ends, or when the server closes
-/// the connection), so that the unread rest of the original is never read by two attempts.
-///
-/// The inner service receives `ReplayBody<B>`; for a client that wants its own body type (such
-/// as tonic's `Channel`), map it back with `ServiceBuilder::map_request`, as `examples/grpc.rs`
-/// does: `.map_request(|r: Request<ReplayBody<tonic::body::Body>>| r.map(tonic::body::Body::new))`.
+/// The method, URI, version, headers and extensions are copied as they were before the token was
+/// stamped; the replay gets the new token.
 ///
 /// ```
-/// use tower_bearer::replay::StreamingReplay;
+/// use tower_bearer::replay::Replay;
 /// use tower_bearer::{BearerAuthLayer, StaticToken};
 ///
 /// let layer = BearerAuthLayer::new(StaticToken::new("t0k3n"))
-///     .replay_policy(StreamingReplay::new().cap(256 * 1024));
+///     .replay_policy(Replay::new().cap(256 * 1024));
 /// # drop(layer);
 /// ```
 #[derive(Clone, Copy, Debug)]
-pub struct StreamingReplay {
+pub struct Replay {
     cap: usize,
 }
 
-impl StreamingReplay {
+impl Replay {
     /// A policy keeping up to 64 KiB of each streaming body.
     pub fn new() -> Self {
-        Self { cap: 64 * 1024 }
+        Self { cap: DEFAULT_CAP }
     }
 
-    /// How many bytes of a streaming body are kept for a replay.
+    /// How many bytes of a streaming body are kept for a replay. Bodies held in memory are
+    /// cloned whatever their size (the clone shares their bytes).
     ///
     /// Default: 64 KiB.
     pub fn cap(mut self, bytes: usize) -> Self {
@@ -145,138 +267,136 @@ impl StreamingReplay {
     }
 }
 
-impl Default for StreamingReplay {
+impl Default for Replay {
     fn default() -> Self {
         Self::new()
     }
 }
 
-/// What [`CloneBody`] and [`StreamingReplay`] keep for a replay: a copy of the request's head,
-/// and its cloned body or a handle on what its [`ReplayBody`] kept. Dropping it releases the
-/// kept bytes.
+const DEFAULT_CAP: usize = 64 * 1024;
+
+/// Replays requests with any body, wrapping each in a [`ReplayBody`] that keeps what it sends,
+/// up to a cap (64 KiB by default); the inner service receives `ReplayBody<B>`.
+///
+/// For body types that [`Replay`] cannot send twice in their own type: hyper's `Incoming` in a
+/// gateway that forwards what it receives, a [`StreamBody`](http_body_util::StreamBody), any
+/// `http_body::Body`. An inner service generic over its body type, such as hyper-util's
+/// `Client`, takes `ReplayBody<B>` as it is: its body type is inferred. Otherwise it behaves as
+/// [`Replay`] does for streams.
+///
+/// ```
+/// use tower_bearer::replay::ReplayAnyBody;
+/// use tower_bearer::{BearerAuthLayer, StaticToken};
+///
+/// let layer = BearerAuthLayer::new(StaticToken::new("t0k3n"))
+///     .replay_policy(ReplayAnyBody::new().cap(256 * 1024));
+/// # drop(layer);
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct ReplayAnyBody {
+    cap: usize,
+}
+
+impl ReplayAnyBody {
+    /// A policy keeping up to 64 KiB of each body.
+    pub fn new() -> Self {
+        Self { cap: DEFAULT_CAP }
+    }
+
+    /// How many bytes of each body are kept for a replay.
+    ///
+    /// Default: 64 KiB.
+    pub fn cap(mut self, bytes: usize) -> Self {
+        self.cap = bytes;
+        self
+    }
+}
+
+impl Default for ReplayAnyBody {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What [`Replay`] and [`ReplayAnyBody`] keep for a replay: a copy of the request's head, and what its body keeps.
+/// Dropping it releases the kept bytes.
 pub struct KeptRequest<B> {
-    head: Option<Head>,
-    body: Option<KeptBody<B>>,
-}
-
-impl<B> KeptRequest<B> {
-    fn take_head(&mut self) -> Option<http::request::Parts> {
-        self.head.take()?.into_parts()
-    }
-}
-
-enum KeptBody<B> {
-    Cloned(B),
-    Streamed {
-        shared: Arc<Shared<B>>,
-        hint: SizeHint,
-    },
-}
-
-impl<B> Drop for KeptRequest<B> {
-    fn drop(&mut self) {
-        if let Some(KeptBody::Streamed { shared, .. }) = &self.body {
-            shared.release();
-        }
-    }
+    head: Head,
+    body: KeptBody<B>,
 }
 
 impl<B> fmt::Debug for KeptRequest<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Only the method is shown: the headers may carry credentials of their own.
-        let mut out = f.debug_struct("KeptRequest");
-        if let Some(head) = &self.head {
-            out.field("method", head.method());
-        }
-        out.finish_non_exhaustive()
+        f.debug_struct("KeptRequest")
+            .field("method", self.head.method())
+            .field("body", &self.body)
+            .finish_non_exhaustive()
     }
 }
 
-impl<B> ReplayPolicy<B> for StreamingReplay
+impl<B: ReplayableBody> ReplayPolicy<B> for Replay {
+    type Body = B;
+    type Kept = KeptRequest<B>;
+
+    #[inline]
+    fn keep(&self, req: Request<B>) -> (Request<B>, Option<KeptRequest<B>>) {
+        keep_with(req, |body| body.keep(self.cap))
+    }
+
+    #[inline]
+    fn pass(&self, req: Request<B>) -> Request<B> {
+        req
+    }
+
+    fn replay(&self, kept: KeptRequest<B>) -> Option<Request<B>> {
+        let KeptRequest { head, body } = kept;
+        let body = B::resend(body)?;
+        Some(Request::from_parts(head.into_parts()?, body))
+    }
+}
+
+impl<B> ReplayPolicy<B> for ReplayAnyBody
 where
-    B: Body + Unpin + 'static,
+    B: Body + Unpin,
     B::Data: Buf,
 {
     type Body = ReplayBody<B>;
     type Kept = KeptRequest<B>;
 
-    fn prepare(&self, req: Request<B>) -> (Request<ReplayBody<B>>, Option<KeptRequest<B>>) {
-        let cloned = clone_body(req.body());
-        let hint = req.body().size_hint();
-        // A body known to outgrow the cap is never replayed: nothing is copied for it.
-        let head = match &cloned {
-            None if hint.lower() > self.cap as u64 => None,
-            _ => Head::copy(&req),
-        };
-        let (parts, body) = req.into_parts();
-        let Some(head) = head else {
-            return (Request::from_parts(parts, ReplayBody::plain(body)), None);
-        };
-        let (body, kept) = match cloned {
-            Some(copy) => (ReplayBody::plain(body), KeptBody::Cloned(copy)),
-            None => {
-                let (body, shared) = ReplayBody::first(body, self.cap);
-                (body, KeptBody::Streamed { shared, hint })
-            }
-        };
-        let kept = KeptRequest {
-            head: Some(head),
-            body: Some(kept),
-        };
-        (Request::from_parts(parts, body), Some(kept))
+    fn keep(&self, req: Request<B>) -> (Request<ReplayBody<B>>, Option<KeptRequest<B>>) {
+        keep_with(req, |body| ReplayBody::keep(body, self.cap))
     }
 
     fn pass(&self, req: Request<B>) -> Request<ReplayBody<B>> {
-        req.map(ReplayBody::plain)
+        req.map(ReplayBody::new)
     }
 
-    fn replay(&self, mut kept: KeptRequest<B>) -> Option<Request<ReplayBody<B>>> {
-        let head = kept.take_head()?;
-        let body = match kept.body.take()? {
-            KeptBody::Cloned(body) => ReplayBody::plain(body),
-            KeptBody::Streamed { shared, hint } => {
-                if !shared.replayable() {
-                    return None;
-                }
-                ReplayBody::replay(shared, hint)
-            }
-        };
-        Some(Request::from_parts(head, body))
+    fn replay(&self, kept: KeptRequest<B>) -> Option<Request<ReplayBody<B>>> {
+        let KeptRequest { head, body } = kept;
+        let body = body.into_replay()?;
+        Some(Request::from_parts(head.into_parts()?, body))
     }
 }
 
-/// Clones a body if its type is one of the known cloneable ones. The check is a comparison of
-/// type ids, resolved at compile time after inlining; nothing is allocated for other types.
+/// Splits `req`, keeps its body with `keep`, and copies its head if the body was kept.
 #[inline]
-fn clone_body<B: 'static>(body: &B) -> Option<B> {
-    let body = body as &dyn Any;
-    let mut out: Option<B> = None;
-    let slot = &mut out as &mut dyn Any;
-    if let Some(body) = body.downcast_ref::<Full<Bytes>>() {
-        put(slot, body.clone());
-    } else if let Some(body) = body.downcast_ref::<Empty<Bytes>>() {
-        put(slot, *body);
-    } else if let Some(body) = body.downcast_ref::<String>() {
-        put(slot, body.clone());
-    } else if let Some(body) = body.downcast_ref::<Bytes>() {
-        put(slot, body.clone());
-    } else if let Some(body) = body.downcast_ref::<Vec<u8>>() {
-        put(slot, body.clone());
-    } else if body.is::<()>() {
-        put(slot, ());
-    }
-    out
-}
-
-#[inline]
-fn put<T: 'static>(slot: &mut dyn Any, value: T) {
-    if let Some(slot) = slot.downcast_mut::<Option<T>>() {
-        *slot = Some(value);
-    }
+fn keep_with<B, T>(
+    req: Request<B>,
+    keep: impl FnOnce(B) -> (T, Option<KeptBody<B>>),
+) -> (Request<T>, Option<KeptRequest<B>>) {
+    let (parts, body) = req.into_parts();
+    let (body, kept) = keep(body);
+    let kept = kept.and_then(|body| {
+        let head = Head::copy(&parts)?;
+        Some(KeptRequest { head, body })
+    });
+    (Request::from_parts(parts, body), kept)
 }
 
 /// Never replays: a rejected token is dropped (the next request gets a new one) and the
-/// rejection is returned to the caller. Nothing is copied, so this is the cheapest policy.
+/// rejection is returned to the caller. Nothing is copied, so this is the cheapest policy, and
+/// the inner service receives the caller's body type, whatever it is.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NoReplay;
 
@@ -285,7 +405,7 @@ impl<B> ReplayPolicy<B> for NoReplay {
     type Kept = Infallible;
 
     #[inline]
-    fn prepare(&self, req: Request<B>) -> (Request<B>, Option<Infallible>) {
+    fn keep(&self, req: Request<B>) -> (Request<B>, Option<Infallible>) {
         (req, None)
     }
 
@@ -296,5 +416,19 @@ impl<B> ReplayPolicy<B> for NoReplay {
 
     fn replay(&self, kept: Infallible) -> Option<Request<B>> {
         match kept {}
+    }
+}
+
+impl<B: Body> ReplayBody<B> {
+    /// Wraps a streaming body so that it keeps what it sends, up to `cap` bytes, for a replay:
+    /// the body to send, and what a replay needs. When the body's size hint says it is larger
+    /// than `cap`, nothing is kept: the body passes through and `None` is returned.
+    pub fn keep(body: B, cap: usize) -> (Self, Option<KeptBody<B>>) {
+        let hint = body.size_hint();
+        if hint.lower() > cap as u64 {
+            return (Self::new(body), None);
+        }
+        let (body, shared) = Self::first(body, cap);
+        (body, Some(KeptBody::streamed(shared, hint)))
     }
 }

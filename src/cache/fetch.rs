@@ -1,0 +1,342 @@
+//! Fetching tokens: one fetch at a time in a spawned task, its outcome published to every
+//! waiter, failures backed off from, and what requests need built from each new token.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock, PoisonError};
+use std::time::Duration;
+
+use tokio::runtime::Handle;
+use tokio::time::Instant;
+use tower::ServiceExt;
+
+use super::builder::{Config, MAX_LIFETIME};
+use super::entry::{arm, rearm_at, Entry, DUE, EXPIRED, FRESH, KICKED};
+use super::{Outcome, Shared, Slow};
+use crate::error::{Chain, ErrorKind};
+use crate::shown::shown;
+use crate::stamp::{Stamp, Unstampable};
+use crate::{Error, Expiry, Reason, Token, TokenRequest};
+
+impl Shared {
+    pub(super) async fn acquire(
+        self: &Arc<Self>,
+        reason: Option<Reason>,
+    ) -> Result<Arc<Entry>, Error> {
+        let forced = reason == Some(Reason::Forced);
+        let (mut outcome, launch) = {
+            let mut slow = self.lock_slow();
+            // A fetch may have finished between the caller's lock-free look and this lock.
+            let current = self.current.load_full();
+            if let Some(entry) = current.as_ref().filter(|entry| !forced && entry.usable()) {
+                return Ok(entry.clone());
+            }
+            let mut launch = None;
+            if !slow.fetching {
+                if let (Some(retry_at), Some(error), false) =
+                    (slow.retry_at, &slow.last_error, forced)
+                {
+                    if Instant::now() < retry_at {
+                        return Err(error.clone());
+                    }
+                }
+                let reason = reason.unwrap_or(match (&current, slow.rejected) {
+                    (Some(_), _) => Reason::Expired,
+                    (None, true) => Reason::Rejected,
+                    (None, false) => Reason::Initial,
+                });
+                launch = Some(self.claim_fetch(&mut slow, reason)?);
+            }
+            self.counters.waits.fetch_add(1, Ordering::Relaxed);
+            (self.outcome.subscribe(), launch)
+        };
+        // Spawned after the lock is released: on a runtime that is shutting down, `spawn` drops
+        // the task at once, and its guard takes the lock to publish the cancellation.
+        if let Some(launch) = launch {
+            launch.spawn();
+        }
+        match outcome.changed().await {
+            Ok(()) => match &*outcome.borrow_and_update() {
+                Some(result) => result.clone(),
+                None => Err(Error::new(ErrorKind::Cancelled, None)),
+            },
+            Err(_) => Err(Error::new(ErrorKind::Cancelled, None)),
+        }
+    }
+
+    /// Starts a background refresh for a token that is due for one, unless a fetch is already
+    /// running or the last failure is still being backed off from.
+    pub(super) fn refresh_ahead(self: &Arc<Self>, entry: &Arc<Entry>) {
+        let launch = {
+            let mut slow = self.lock_slow();
+            if slow.fetching {
+                return;
+            }
+            if let Some(retry_at) = slow.retry_at {
+                if Instant::now() < retry_at {
+                    rearm_at(entry, retry_at);
+                    return;
+                }
+            }
+            match self.claim_fetch(&mut slow, Reason::Expiring) {
+                Ok(launch) => {
+                    tracing::debug!(
+                        token.id = entry.id,
+                        "token due for refresh; fetching a new one in the background"
+                    );
+                    launch
+                }
+                Err(error) => {
+                    tracing::warn!(error = %Chain(&error), "cannot refresh the token ahead of expiry");
+                    return;
+                }
+            }
+        };
+        launch.spawn();
+    }
+
+    /// Marks a fetch as running and prepares its task, guard included, so that even a task
+    /// that never runs publishes an outcome.
+    fn claim_fetch(self: &Arc<Self>, slow: &mut Slow, reason: Reason) -> Result<Launch, Error> {
+        let runtime = Handle::try_current().map_err(|_| Error::new(ErrorKind::NoRuntime, None))?;
+        slow.fetching = true;
+        Ok(Launch {
+            runtime,
+            reason,
+            guard: FetchGuard {
+                shared: Arc::clone(self),
+                armed: true,
+            },
+        })
+    }
+
+    /// Publishes the outcome of a fetch. Returns the current entry and the end of the backoff
+    /// when a background refresh failed and must be tried again later. `back_off` is false for a
+    /// fetch cancelled by its runtime shutting down: that says nothing about the source.
+    fn finish(
+        &self,
+        result: Outcome,
+        sent_at: Instant,
+        back_off: bool,
+    ) -> Option<(Arc<Entry>, Instant)> {
+        let mut slow = self.lock_slow();
+        slow.fetching = false;
+        let mut rearm = None;
+        match &result {
+            Ok(entry) => {
+                tracing::debug!(
+                    token.id = entry.id,
+                    elapsed = ?sent_at.elapsed(),
+                    usable_for = ?entry.usable_for,
+                    "token fetched"
+                );
+                slow.failures = 0;
+                slow.retry_at = None;
+                slow.last_error = None;
+                slow.rejected = false;
+                self.current.store(Some(entry.clone()));
+                self.changed();
+            }
+            Err(error) if back_off => {
+                self.counters.fetch_failures.fetch_add(1, Ordering::Relaxed);
+                slow.failures = slow.failures.saturating_add(1);
+                let delay = self.backoff(slow.failures, error);
+                let now = Instant::now();
+                let retry_at = now.checked_add(delay).unwrap_or(now + MAX_LIFETIME);
+                slow.retry_at = Some(retry_at);
+                slow.last_error = Some(error.clone());
+                tracing::warn!(
+                    error = %Chain(error),
+                    failures = slow.failures,
+                    retry_in = ?delay,
+                    "token fetch failed"
+                );
+                if let Some(entry) = self.current.load_full() {
+                    if entry.phase.load(Ordering::Relaxed) == KICKED {
+                        rearm = Some((entry, retry_at));
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::debug!(error = %Chain(error), "token fetch cancelled");
+            }
+        }
+        self.outcome.send_replace(Some(result));
+        rearm
+    }
+
+    fn backoff(&self, failures: u32, error: &Error) -> Duration {
+        let Config {
+            backoff_min: min,
+            backoff_max: max,
+            ..
+        } = self.config;
+        let exponent = failures.saturating_sub(1).min(31);
+        let full = min.saturating_mul(1 << exponent).min(max).min(MAX_LIFETIME);
+        // "Equal jitter": between half and all of the delay.
+        let delay = full / 2 + (full / 2).mul_f64(random_unit());
+        // A token endpoint knows best: honour its `Retry-After` (up to the maximum), and do not
+        // come back soon with credentials it refused for good.
+        match error.source_as::<crate::oauth2::Error>() {
+            Some(oauth) if !oauth.is_retryable() => delay.max(max / 2),
+            Some(oauth) => match oauth.retry_after() {
+                Some(asked) => delay.max(asked.min(max)),
+                None => delay,
+            },
+            None => delay,
+        }
+    }
+
+    /// Checks a token and builds what requests need from it.
+    fn build_entry(&self, token: Token, sent_at: Instant) -> Result<Arc<Entry>, Error> {
+        let stamp = Stamp::new(token.access_token().secret()).map_err(|refused| {
+            let kind = match refused {
+                Unstampable::TooLarge(_) => ErrorKind::TokenTooLarge,
+                Unstampable::NotPrintable => ErrorKind::InvalidToken,
+            };
+            Error::new(kind, Some(Box::new(refused)))
+        })?;
+        if let Some(kind) = token.token_type() {
+            if !kind.eq_ignore_ascii_case("bearer") {
+                tracing::warn!(
+                    token_type = %shown(kind, 64),
+                    "the token source returned a token that is not a bearer token; it is sent as \
+                     configured by the placement anyway"
+                );
+            }
+        }
+
+        let config = &self.config;
+        let lifetime = match token.expiry() {
+            None => config.default_lifetime,
+            Some(Expiry::In(lifetime)) => lifetime,
+            Some(Expiry::At(deadline)) => deadline.saturating_duration_since(sent_at),
+        }
+        .min(MAX_LIFETIME);
+        let floor = config.min_lifetime;
+        if lifetime < floor && !self.short_lifetime_logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                lifetime = ?lifetime,
+                min_lifetime = ?floor,
+                "the token source stated a lifetime under the floor: the token is used for the \
+                 floor's length instead, so that the source is not called on every request \
+                 (TokenCacheBuilder::min_lifetime; logged once per cache)"
+            );
+        }
+        let skew = config.expiry_skew.min(lifetime / 4);
+        let usable_for = (lifetime - skew).max(floor);
+        let window = config.refresh_ahead.min(usable_for / 2);
+        // Jitter widens the window, but a token is still used for 3/8 of its usable life.
+        let window =
+            (window + window.mul_f64(config.jitter * random_unit())).min(usable_for * 5 / 8);
+        let expires_at = sent_at + usable_for;
+        // Not refreshed before the floor either: lifetimes cause one fetch per floor at most.
+        let refresh_at = (expires_at - window).max(sent_at + floor);
+
+        let now = Instant::now();
+        let phase = if now >= expires_at {
+            EXPIRED
+        } else if now >= refresh_at {
+            DUE
+        } else {
+            FRESH
+        };
+        let entry = Arc::new(Entry {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            token,
+            stamp,
+            phase: AtomicU8::new(phase),
+            usable_for,
+            expires_at,
+            timer: OnceLock::new(),
+        });
+        if phase != EXPIRED {
+            arm(&entry, refresh_at, expires_at);
+        }
+        Ok(entry)
+    }
+}
+
+/// A fetch ready to be spawned.
+struct Launch {
+    runtime: Handle,
+    reason: Reason,
+    guard: FetchGuard,
+}
+
+impl Launch {
+    fn spawn(self) {
+        let Launch {
+            runtime,
+            reason,
+            guard,
+        } = self;
+        let span = tracing::debug_span!("token_fetch", ?reason);
+        runtime.spawn(tracing::Instrument::instrument(fetch(guard, reason), span));
+    }
+}
+
+async fn fetch(guard: FetchGuard, reason: Reason) {
+    let shared = guard.shared.clone();
+    let sent_at = Instant::now();
+    shared.counters.fetches.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(?reason, "fetching a token");
+    let source = shared
+        .source
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let request = TokenRequest::new(reason);
+    let timeout = shared.config.fetch_timeout;
+    let result = match tokio::time::timeout(timeout, source.oneshot(request)).await {
+        Ok(Ok(token)) => shared.build_entry(token, sent_at),
+        Ok(Err(error)) => Err(Error::source_failed(error)),
+        Err(_) => Err(Error::timeout(timeout)),
+    };
+    if let Some((entry, retry_at)) = guard.complete(result, sent_at) {
+        // A background refresh failed while the token is still valid: try again once the
+        // backoff is over, on the next request after it.
+        rearm_at(&entry, retry_at);
+    }
+}
+
+/// Publishes a cancellation if the fetch task is dropped before it finishes (its runtime shut
+/// down, or the source panicked), so that no waiter hangs and later requests can fetch again.
+struct FetchGuard {
+    shared: Arc<Shared>,
+    armed: bool,
+}
+
+impl FetchGuard {
+    fn complete(mut self, result: Outcome, sent_at: Instant) -> Option<(Arc<Entry>, Instant)> {
+        let rearm = self.shared.finish(result, sent_at, true);
+        self.armed = false;
+        rearm
+    }
+}
+
+impl Drop for FetchGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            // A panicking source is a broken source and is backed off from; a runtime shutting
+            // down is not the source's fault.
+            let panicked = std::thread::panicking();
+            let kind = if panicked {
+                ErrorKind::Panicked
+            } else {
+                ErrorKind::Cancelled
+            };
+            self.shared
+                .finish(Err(Error::new(kind, None)), Instant::now(), panicked);
+        }
+    }
+}
+
+/// A random number in `[0, 1)`, good enough to spread refreshes; not for cryptography.
+fn random_unit() -> f64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = RandomState::new().build_hasher();
+    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
