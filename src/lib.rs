@@ -61,6 +61,21 @@
 //! # }
 //! ```
 //!
+//! # Modules
+//!
+//! In the order they build on each other:
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`token`], [`source`] | what a token is, and where tokens come from: [`TokenSource`], [`source_fn`], [`StaticToken`], [`SourceError`](source::SourceError) |
+//! | [`cache`] | [`TokenCache`]: single flight, refresh ahead, rejection, backoff, and its [builder](cache::TokenCacheBuilder) and [stats](cache::CacheStats) |
+//! | [`placement`], [`challenge`], [`replay`], [`origin`] | where a token goes on a request; `WWW-Authenticate` parsing; how a request is kept for a replay; which origins get the token |
+//! | [`auth`] | the middleware: [`BearerAuthLayer`], [`BearerAuth`], its [`ResponseFuture`](auth::ResponseFuture), and what a response says about its token |
+//! | [`grpc`], [`oauth2`] | gRPC trailers; the OAuth 2.0 grants (feature `oauth2`, on by default) |
+//!
+//! The crate root re-exports what most programs name; secondary types (futures, builders,
+//! statistics, parse errors) are reached through their module.
+//!
 //! [tower]: https://docs.rs/tower
 
 #![forbid(unsafe_code)]
@@ -71,7 +86,7 @@
     rust_2018_idioms
 )]
 
-// In dependency order: each module uses only those above it (`lib.rs` re-exports aside).
+// The order modules build on each other is in the table above; `tests/layout.rs` keeps it.
 pub mod auth;
 pub mod cache;
 pub mod challenge;
@@ -84,7 +99,7 @@ pub mod replay;
 mod shown;
 pub mod source;
 mod stamp;
-mod token;
+pub mod token;
 
 pub use auth::{BearerAuth, BearerAuthLayer};
 pub use cache::TokenCache;
@@ -93,6 +108,12 @@ pub use origin::Origin;
 pub use placement::Placement;
 pub use source::{source_fn, StaticToken, TokenSource};
 pub use token::{AccessToken, Expiry, Reason, RefreshToken, Token, TokenRequest};
+
+/// The README's code, compiled and run as doc tests (it uses the optional features: the test
+/// command runs with all of them).
+#[doc = include_str!("../README.md")]
+#[cfg(all(doctest, feature = "tonic", feature = "axum"))]
+pub struct ReadmeDoctests;
 
 /// A type-erased error, as tower uses.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

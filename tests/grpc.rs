@@ -301,8 +301,12 @@ where
 }
 
 /// A client-streaming call sending `messages`.
-async fn upload_through<S>(client: &Client, messages: S) -> Result<ServingStatus, Status>
+async fn upload_through<T, S>(client: &T, messages: S) -> Result<ServingStatus, Status>
 where
+    T: tonic::client::GrpcService<Body> + Clone,
+    T::Error: Into<tower_bearer::BoxError> + std::fmt::Debug,
+    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <T::ResponseBody as http_body::Body>::Error: Into<tower_bearer::BoxError> + Send,
     S: Stream<Item = HealthCheckRequest> + Send + 'static,
 {
     let mut grpc = tonic::client::Grpc::new(client.clone());
@@ -384,6 +388,30 @@ async fn client_streaming_call_is_replayed_with_all_its_messages() {
         [accepted("tok-1"), rejected("tok-1"), accepted("tok-2")]
     );
     assert_eq!(f.stats(), (2, 1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bare_stack_replays_a_streaming_call_with_the_channel_as_it_is() {
+    // The stack of the README, nothing else: the layer, then tonic's `Channel`.
+    let api = Arc::new(Api::default());
+    let addr = serve(api.clone()).await;
+    let issued = Arc::new(AtomicUsize::new(0));
+    let channel = connect(addr).await;
+    let client = ServiceBuilder::new()
+        .layer(BearerAuthLayer::new(issuer(api.clone(), issued.clone())))
+        .service(channel);
+
+    assert_eq!(check(client.clone()).await.unwrap(), ServingStatus::Serving);
+    api.revoke("tok-1");
+    let sent = messages(3, 1024);
+    let status = upload_through(&client, tokio_stream::iter(sent.clone())).await;
+    assert_eq!(status.unwrap(), ServingStatus::Serving);
+    assert_eq!(api.uploads(), [names(&sent)]);
+    assert_eq!(
+        api.calls(),
+        [accepted("tok-1"), rejected("tok-1"), accepted("tok-2")]
+    );
+    assert_eq!(issued.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -481,6 +509,44 @@ async fn concurrent_calls_after_revocation_share_one_fetch() {
     assert_eq!(rejected_calls as u64, rejections);
     assert_eq!(after.iter().filter(|c| **c == accepted("tok-2")).count(), 8);
     assert_eq!(after.len(), 8 + rejected_calls);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailer_watching_switched_off_keeps_the_stack_type_and_leaves_the_token() {
+    let api = Arc::new(Api::default());
+    let addr = serve(api.clone()).await;
+    let issued = Arc::new(AtomicUsize::new(0));
+    let layer = BearerAuthLayer::new(issuer(api.clone(), issued.clone()));
+    let channel = connect(addr).await;
+    let stack = |watch: bool| {
+        ServiceBuilder::new()
+            .layer(layer.clone())
+            .layer(RejectOnTrailersLayer::new(&layer).enabled(watch))
+            .service(channel.clone())
+    };
+    // Both settings make one type (what `option_layer` cannot do for this layer).
+    let [_watching, client] = [stack(true), stack(false)];
+
+    let mut grpc = tonic::client::Grpc::new(client.clone());
+    bounded(grpc.ready()).await.unwrap();
+    let codec = ProstCodec::<HealthCheckRequest, HealthCheckResponse>::default();
+    let request = Request::new(HealthCheckRequest {
+        service: String::new(),
+    });
+    let call = grpc.server_streaming(request, PathAndQuery::from_static(REJECT_MID_STREAM), codec);
+    let mut stream = bounded(call).await.unwrap().into_inner();
+    bounded(stream.message()).await.unwrap().unwrap();
+    let status = bounded(stream.message()).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    // Unwatched: the token is kept, so the next call carries it, is rejected, and is replayed.
+    assert_eq!(layer.cache().stats().rejections, 0);
+    assert_eq!(check(client.clone()).await.unwrap(), ServingStatus::Serving);
+    assert_eq!(
+        api.calls(),
+        [accepted("tok-1"), rejected("tok-1"), accepted("tok-2")]
+    );
+    let stats = layer.cache().stats();
+    assert_eq!((stats.fetches, stats.rejections, stats.replays), (2, 1, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
