@@ -6,8 +6,7 @@ use std::alloc::System;
 use std::convert::Infallible;
 use std::future::{ready, Future};
 use std::pin::pin;
-use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response};
@@ -18,12 +17,6 @@ use tower_bearer::{BearerAuthLayer, StaticToken};
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
-
-struct Noop;
-
-impl Wake for Noop {
-    fn wake(self: Arc<Self>) {}
-}
 
 fn request() -> Request<Full<Bytes>> {
     let mut req = Request::post("https://api.example.com/v1/orders")
@@ -43,8 +36,7 @@ where
     S: Service<Request<Full<Bytes>>, Response = Response<()>>,
     S::Error: std::fmt::Debug,
 {
-    let waker = Waker::from(Arc::new(Noop));
-    let mut cx = Context::from_waker(&waker);
+    let mut cx = Context::from_waker(Waker::noop());
     let requests: Vec<_> = (0..calls).map(|_| request()).collect();
     let mut responses = Vec::with_capacity(calls as usize);
     // Nothing else runs meanwhile: the runtime is a current-thread one, idle on this thread.

@@ -2,11 +2,14 @@
 //! layer and of `TokenCache` can observe. Time is Tokio's paused clock unless a test says
 //! otherwise.
 
+#[allow(dead_code)]
+mod support;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -20,19 +23,17 @@ use tower::buffer::BufferLayer;
 use tower::limit::ConcurrencyLimitLayer;
 use tower::{service_fn, BoxError, Service, ServiceBuilder, ServiceExt};
 use tower_bearer::{
-    source_fn, BearerAuth, BearerAuthLayer, Error, ErrorKind, Placement, Reason, StaticToken,
-    Token, TokenCache, TokenRequest,
+    BearerAuth, BearerAuthLayer, ErrorKind, Placement, Reason, StaticToken, Token, TokenCache,
+    TokenRequest,
 };
 use tower_test::mock;
+
+use support::{get, token_error, within, Calls};
 
 type Body = Full<Bytes>;
 
 const SECOND: Duration = Duration::from_secs(1);
 const DAY: Duration = Duration::from_secs(86_400);
-
-fn get(uri: &str) -> Request<Body> {
-    Request::get(uri).body(Body::default()).unwrap()
-}
 
 fn with_header(mut req: Request<Body>, name: &'static str, value: &'static str) -> Request<Body> {
     req.headers_mut()
@@ -40,80 +41,7 @@ fn with_header(mut req: Request<Body>, name: &'static str, value: &'static str) 
     req
 }
 
-fn token_error(err: BoxError) -> Error {
-    match err.downcast::<Error>() {
-        Ok(err) => *err,
-        Err(other) => panic!("expected a tower_bearer::Error, got {other:?}"),
-    }
-}
-
-/// Bounds a step that must finish; with the paused clock this fails at once on a hang.
-async fn within<F: Future>(limit: Duration, what: &str, fut: F) -> F::Output {
-    match tokio::time::timeout(limit, fut).await {
-        Ok(out) => out,
-        Err(_) => panic!("{what}: did not finish within {limit:?}"),
-    }
-}
-
 type Answer = std::future::Ready<Result<Response<String>, Infallible>>;
-type TokenFuture = std::pin::Pin<Box<dyn Future<Output = Result<Token, io::Error>> + Send>>;
-
-/// Counts the calls a source gets and why it got them.
-#[derive(Clone, Default)]
-struct Calls {
-    n: Arc<AtomicUsize>,
-    reasons: Arc<Mutex<Vec<Reason>>>,
-}
-
-impl Calls {
-    fn count(&self) -> usize {
-        self.n.load(Ordering::SeqCst)
-    }
-
-    fn reasons(&self) -> Vec<Reason> {
-        self.reasons.lock().unwrap().clone()
-    }
-
-    /// A source whose `n`th call (from 1) waits `delay`, then answers `make(n)`.
-    fn source<F>(
-        &self,
-        delay: Duration,
-        make: F,
-    ) -> impl Service<TokenRequest, Response = Token, Error = io::Error, Future = TokenFuture>
-           + Clone
-           + Send
-           + 'static
-    where
-        F: Fn(usize) -> Result<Token, io::Error> + Clone + Send + Sync + 'static,
-    {
-        let this = self.clone();
-        source_fn(move |req: TokenRequest| {
-            let n = this.n.fetch_add(1, Ordering::SeqCst) + 1;
-            this.reasons.lock().unwrap().push(req.reason());
-            let make = make.clone();
-            Box::pin(async move {
-                if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
-                }
-                make(n)
-            }) as TokenFuture
-        })
-    }
-
-    /// `tok-1`, `tok-2`, ... living `lifetime` each.
-    fn lasting(
-        &self,
-        delay: Duration,
-        lifetime: Duration,
-    ) -> impl Service<TokenRequest, Response = Token, Error = io::Error, Future = TokenFuture>
-           + Clone
-           + Send
-           + 'static {
-        self.source(delay, move |n| {
-            Ok(Token::new(format!("tok-{n}")).expires_in(lifetime))
-        })
-    }
-}
 
 /// An API that accepts `Bearer tok-N` for `N >= min_ok` and answers with the `Authorization`
 /// header it saw. A request header `x-answer` forces an answer: `scope` (401 with

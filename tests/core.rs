@@ -1,6 +1,9 @@
 //! Behaviour of the layer and its cache: single flight, refresh ahead, rejection and replay,
 //! failures, backpressure, placements and secrecy. Time is Tokio's paused clock throughout.
 
+#[allow(dead_code)]
+mod support;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
@@ -13,55 +16,16 @@ use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use tokio_test::{assert_pending, assert_ready};
-use tower::{service_fn, BoxError, Service, ServiceBuilder, ServiceExt};
+use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 use tower_bearer::replay::{KeptBody, ReplayableBody};
 use tower_bearer::{
     source_fn, BearerAuth, BearerAuthLayer, Error, ErrorKind, Placement, Reason, StaticToken,
-    Token, TokenCache, TokenRequest, TokenSource,
+    Token, TokenCache,
 };
 
+use support::{get, token_error, Calls};
+
 type Body = Full<Bytes>;
-
-fn get(uri: &str) -> Request<Body> {
-    Request::get(uri).body(Body::default()).unwrap()
-}
-
-/// A source handing out `tok-1`, `tok-2`, ... with the given lifetime, after `delay`.
-#[derive(Clone)]
-struct Counting {
-    calls: Arc<AtomicUsize>,
-    reasons: Arc<Mutex<Vec<Reason>>>,
-}
-
-impl Counting {
-    fn new() -> Self {
-        Self {
-            calls: Arc::default(),
-            reasons: Arc::default(),
-        }
-    }
-
-    fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-
-    fn reasons(&self) -> Vec<Reason> {
-        self.reasons.lock().unwrap().clone()
-    }
-
-    fn source(&self, delay: Duration, lifetime: Duration) -> impl TokenSource {
-        let this = self.clone();
-        source_fn(move |req: TokenRequest| {
-            let this = this.clone();
-            async move {
-                let n = this.calls.fetch_add(1, Ordering::SeqCst) + 1;
-                this.reasons.lock().unwrap().push(req.reason());
-                tokio::time::sleep(delay).await;
-                Ok::<_, Infallible>(Token::new(format!("tok-{n}")).expires_in(lifetime))
-            }
-        })
-    }
-}
 
 /// An API that accepts the tokens in `accepted` (all if `None`) and answers with the
 /// `Authorization` header it saw.
@@ -98,20 +62,13 @@ fn api(
     })
 }
 
-fn token_error(err: BoxError) -> Error {
-    match err.downcast::<Error>() {
-        Ok(err) => *err,
-        Err(other) => panic!("expected a tower_bearer::Error, got {other}"),
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn ten_thousand_concurrent_requests_with_an_empty_cache_make_one_fetch() {
-    let tokens = Counting::new();
+    let tokens = Calls::default();
     let calls = Arc::new(AtomicUsize::new(0));
     let svc = BearerAuth::new(
         api(None, calls.clone()),
-        tokens.source(Duration::from_millis(50), Duration::from_secs(600)),
+        tokens.lasting(Duration::from_millis(50), Duration::from_secs(600)),
     );
     let tasks: Vec<_> = (0..10_000)
         .map(|_| tokio::spawn(svc.clone().oneshot(get("http://api.test/"))))
@@ -121,7 +78,7 @@ async fn ten_thousand_concurrent_requests_with_an_empty_cache_make_one_fetch() {
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.body(), "Bearer tok-1");
     }
-    assert_eq!(tokens.calls(), 1);
+    assert_eq!(tokens.count(), 1);
     assert_eq!(tokens.reasons(), [Reason::Initial]);
     assert_eq!(calls.load(Ordering::SeqCst), 10_000);
     assert_eq!(svc.cache().stats().waits, 10_000);
@@ -129,11 +86,11 @@ async fn ten_thousand_concurrent_requests_with_an_empty_cache_make_one_fetch() {
 
 #[tokio::test(start_paused = true)]
 async fn ten_thousand_concurrent_requests_on_an_expired_token_make_one_fetch() {
-    let tokens = Counting::new();
+    let tokens = Calls::default();
     let calls = Arc::new(AtomicUsize::new(0));
     let svc = BearerAuth::new(
         api(None, calls.clone()),
-        tokens.source(Duration::from_millis(50), Duration::from_secs(60)),
+        tokens.lasting(Duration::from_millis(50), Duration::from_secs(60)),
     );
     svc.clone().oneshot(get("http://api.test/")).await.unwrap();
     tokio::time::advance(Duration::from_secs(61)).await;
@@ -144,16 +101,17 @@ async fn ten_thousand_concurrent_requests_on_an_expired_token_make_one_fetch() {
     for task in tasks {
         assert_eq!(task.await.unwrap().unwrap().body(), "Bearer tok-2");
     }
-    assert_eq!(tokens.calls(), 2);
+    assert_eq!(tokens.count(), 2);
     assert_eq!(tokens.reasons(), [Reason::Initial, Reason::Expired]);
 }
 
 #[tokio::test(start_paused = true)]
 async fn two_concurrent_rejections_of_one_token_cause_one_refresh() {
-    let tokens = Counting::new();
+    let tokens = Calls::default();
     let accepted = Arc::new(Mutex::new(vec!["tok-1".to_owned()]));
     let api_calls = Arc::new(AtomicUsize::new(0));
-    let cache = TokenCache::new(tokens.source(Duration::from_millis(10), Duration::from_secs(600)));
+    let cache =
+        TokenCache::new(tokens.lasting(Duration::from_millis(10), Duration::from_secs(600)));
     cache.token().await.unwrap();
 
     // Both requests are in flight with tok-1 when the server stops accepting it.
@@ -183,7 +141,7 @@ async fn two_concurrent_rejections_of_one_token_cause_one_refresh() {
     );
     assert_eq!(a.unwrap().body(), "Bearer tok-2");
     assert_eq!(b.unwrap().body(), "Bearer tok-2");
-    assert_eq!(tokens.calls(), 2);
+    assert_eq!(tokens.count(), 2);
     assert_eq!(tokens.reasons(), [Reason::Initial, Reason::Rejected]);
     let stats = cache.stats();
     assert_eq!((stats.rejections, stats.replays), (2, 2));
@@ -192,8 +150,8 @@ async fn two_concurrent_rejections_of_one_token_cause_one_refresh() {
 
 #[tokio::test(start_paused = true)]
 async fn a_rejection_of_an_already_replaced_token_causes_no_fetch() {
-    let tokens = Counting::new();
-    let cache = TokenCache::new(tokens.source(Duration::ZERO, Duration::from_secs(600)));
+    let tokens = Calls::default();
+    let cache = TokenCache::new(tokens.lasting(Duration::ZERO, Duration::from_secs(600)));
     let (mut svc, mut handle) = tower_test::mock::spawn_layer::<Request<Body>, Response<Body>, _>(
         BearerAuthLayer::from_cache(cache.clone()),
     );
@@ -207,7 +165,7 @@ async fn a_rejection_of_an_already_replaced_token_causes_no_fetch() {
 
     // Another part of the program replaced tok-1 while the request was in flight.
     cache.refresh().await.unwrap();
-    assert_eq!(tokens.calls(), 2);
+    assert_eq!(tokens.count(), 2);
 
     let mut unauthorized = Response::new(Body::default());
     *unauthorized.status_mut() = StatusCode::UNAUTHORIZED;
@@ -218,7 +176,7 @@ async fn a_rejection_of_an_already_replaced_token_causes_no_fetch() {
     send.send_response(Response::new(Body::from("ok")));
     let response = response.await.unwrap().unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(tokens.calls(), 2, "a stale rejection must not fetch");
+    assert_eq!(tokens.count(), 2, "a stale rejection must not fetch");
     assert_eq!(
         cache.token().await.unwrap().access_token().secret(),
         "tok-2"
@@ -227,12 +185,12 @@ async fn a_rejection_of_an_already_replaced_token_causes_no_fetch() {
 
 #[tokio::test(start_paused = true)]
 async fn a_rejected_request_is_replayed_exactly_once() {
-    let tokens = Counting::new();
+    let tokens = Calls::default();
     let api_calls = Arc::new(AtomicUsize::new(0));
     let nothing_accepted = Arc::new(Mutex::new(Vec::new()));
     let svc = BearerAuth::new(
         api(Some(nothing_accepted), api_calls.clone()),
-        tokens.source(Duration::ZERO, Duration::from_secs(600)),
+        tokens.lasting(Duration::ZERO, Duration::from_secs(600)),
     );
     let response = svc.clone().oneshot(get("http://api.test/")).await.unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
@@ -256,18 +214,18 @@ async fn a_rejected_request_is_replayed_exactly_once() {
         "replayed with the kept token"
     );
     assert_eq!(api_calls.load(Ordering::SeqCst), 4);
-    assert_eq!(tokens.calls(), 2);
+    assert_eq!(tokens.count(), 2);
     // ...until the rejection interval has passed.
     tokio::time::advance(Duration::from_secs(10)).await;
     let response = svc.oneshot(get("http://api.test/")).await.unwrap();
     assert_eq!(response.body(), "Bearer tok-3");
-    assert_eq!((api_calls.load(Ordering::SeqCst), tokens.calls()), (6, 3));
+    assert_eq!((api_calls.load(Ordering::SeqCst), tokens.count()), (6, 3));
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_replay_is_an_identical_request_with_the_new_token() {
-    let tokens = Counting::new();
-    let cache = TokenCache::new(tokens.source(Duration::ZERO, Duration::from_secs(600)));
+    let tokens = Calls::default();
+    let cache = TokenCache::new(tokens.lasting(Duration::ZERO, Duration::from_secs(600)));
     let (mut svc, mut handle) = tower_test::mock::spawn_layer::<Request<Body>, Response<Body>, _>(
         BearerAuthLayer::from_cache(cache.clone()),
     );
@@ -343,16 +301,16 @@ async fn insufficient_scope_and_forbidden_are_returned_as_they_are() {
         ),
     ];
     for (status, challenge) in cases {
-        let tokens = Counting::new();
+        let tokens = Calls::default();
         let calls = Arc::new(AtomicUsize::new(0));
         let svc = BearerAuth::new(
             respond_with(status, challenge, calls.clone()),
-            tokens.source(Duration::ZERO, Duration::from_secs(600)),
+            tokens.lasting(Duration::ZERO, Duration::from_secs(600)),
         );
         let response = svc.clone().oneshot(get("http://api.test/")).await.unwrap();
         assert_eq!(response.status(), status, "{challenge:?}");
         assert_eq!(calls.load(Ordering::SeqCst), 1, "{challenge:?}");
-        assert_eq!(tokens.calls(), 1, "{challenge:?}");
+        assert_eq!(tokens.count(), 1, "{challenge:?}");
         assert_eq!(svc.cache().stats().replays, 0);
     }
 }
@@ -365,11 +323,11 @@ async fn a_401_without_a_challenge_or_with_other_challenges_is_a_rejection() {
         Some(r#"DPoP algs="ES256", Bearer realm="r""#),
         Some("garbage \"unterminated"),
     ] {
-        let tokens = Counting::new();
+        let tokens = Calls::default();
         let calls = Arc::new(AtomicUsize::new(0));
         let svc = BearerAuth::new(
             respond_with(StatusCode::UNAUTHORIZED, challenge, calls.clone()),
-            tokens.source(Duration::ZERO, Duration::from_secs(600)),
+            tokens.lasting(Duration::ZERO, Duration::from_secs(600)),
         );
         svc.clone().oneshot(get("http://api.test/")).await.unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 2, "{challenge:?}");
@@ -392,7 +350,7 @@ impl ReplayableBody for Streaming {
 
 #[tokio::test(start_paused = true)]
 async fn a_request_that_cannot_be_replayed_gets_its_401_back_and_drops_the_token() {
-    let tokens = Counting::new();
+    let tokens = Calls::default();
     let calls = Arc::new(AtomicUsize::new(0));
     let inner = {
         let calls = calls.clone();
@@ -406,7 +364,7 @@ async fn a_request_that_cannot_be_replayed_gets_its_401_back_and_drops_the_token
     };
     let svc = BearerAuth::new(
         inner,
-        tokens.source(Duration::ZERO, Duration::from_secs(600)),
+        tokens.lasting(Duration::ZERO, Duration::from_secs(600)),
     );
     let req = || {
         Request::put("http://api.test/")
@@ -462,27 +420,27 @@ async fn every_cloneable_body_type_is_replayed() {
 
 #[tokio::test(start_paused = true)]
 async fn replay_can_be_switched_off() {
-    let tokens = Counting::new();
+    let tokens = Calls::default();
     let calls = Arc::new(AtomicUsize::new(0));
     let svc = ServiceBuilder::new()
         .layer(
-            BearerAuthLayer::new(tokens.source(Duration::ZERO, Duration::from_secs(600)))
+            BearerAuthLayer::new(tokens.lasting(Duration::ZERO, Duration::from_secs(600)))
                 .without_replay(),
         )
         .service(respond_with(StatusCode::UNAUTHORIZED, None, calls.clone()));
     let response = svc.clone().oneshot(get("http://api.test/")).await.unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
-    assert_eq!(tokens.calls(), 1);
+    assert_eq!(tokens.count(), 1);
     svc.oneshot(get("http://api.test/")).await.unwrap();
-    assert_eq!(tokens.calls(), 2, "the rejected token was dropped");
+    assert_eq!(tokens.count(), 2, "the rejected token was dropped");
 }
 
 #[tokio::test(start_paused = true)]
 async fn refresh_ahead_makes_no_request_wait() {
-    let tokens = Counting::new();
+    let tokens = Calls::default();
     let cache =
-        TokenCache::builder(tokens.source(Duration::from_millis(200), Duration::from_secs(100)))
+        TokenCache::builder(tokens.lasting(Duration::from_millis(200), Duration::from_secs(100)))
             .build();
     let svc = BearerAuth::from_cache(api(None, Arc::default()), cache.clone());
     let mut seen = Vec::new();
@@ -496,22 +454,22 @@ async fn refresh_ahead_makes_no_request_wait() {
     }
     // 200 seconds of 100-second tokens: refreshed several times, ahead of expiry each time.
     let stats = cache.stats();
-    assert!(tokens.calls() >= 3, "{} fetches", tokens.calls());
+    assert!(tokens.count() >= 3, "{} fetches", tokens.count());
     assert_eq!(
         stats.waits, 1,
         "only the very first request waited: {stats:?}"
     );
     // Every fetched token was used, except perhaps one fetched after the last request.
-    assert!(tokens.calls() - seen.len() <= 1, "{seen:?}");
+    assert!(tokens.count() - seen.len() <= 1, "{seen:?}");
     assert!(tokens.reasons()[1..].iter().all(|r| *r == Reason::Expiring));
 }
 
 #[tokio::test(start_paused = true)]
 async fn short_lived_tokens_do_not_refresh_in_a_loop() {
-    let tokens = Counting::new();
+    let tokens = Calls::default();
     // Under the default floor (10 s) these tokens would be used for 10 s; without it, their own
     // timeline applies.
-    let cache = TokenCache::builder(tokens.source(Duration::ZERO, Duration::from_secs(5)))
+    let cache = TokenCache::builder(tokens.lasting(Duration::ZERO, Duration::from_secs(5)))
         .min_lifetime(Duration::ZERO)
         .build();
     let svc = BearerAuth::from_cache(api(None, Arc::default()), cache);
@@ -521,23 +479,23 @@ async fn short_lived_tokens_do_not_refresh_in_a_loop() {
     }
     // 10 seconds of 5-second tokens: each is used for at least 3/8 of its usable 3.75 s.
     assert!(
-        (2..=8).contains(&tokens.calls()),
+        (2..=8).contains(&tokens.count()),
         "{} fetches",
-        tokens.calls()
+        tokens.count()
     );
 }
 
 #[tokio::test(start_paused = true)]
 async fn dropping_the_request_that_started_a_fetch_leaves_the_others_served() {
-    let tokens = Counting::new();
+    let tokens = Calls::default();
     let svc = BearerAuth::new(
         api(None, Arc::default()),
-        tokens.source(Duration::from_secs(1), Duration::from_secs(600)),
+        tokens.lasting(Duration::from_secs(1), Duration::from_secs(600)),
     );
     let first = tokio::spawn(svc.clone().oneshot(get("http://api.test/")));
     tokio::task::yield_now().await;
     tokio::task::yield_now().await;
-    assert_eq!(tokens.calls(), 1, "the first request started the fetch");
+    assert_eq!(tokens.count(), 1, "the first request started the fetch");
     first.abort();
     assert!(first.await.unwrap_err().is_cancelled());
 
@@ -547,7 +505,7 @@ async fn dropping_the_request_that_started_a_fetch_leaves_the_others_served() {
     );
     assert_eq!(a.unwrap().body(), "Bearer tok-1");
     assert_eq!(b.unwrap().body(), "Bearer tok-1");
-    assert_eq!(tokens.calls(), 1);
+    assert_eq!(tokens.count(), 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -825,8 +783,8 @@ async fn each_placement_puts_the_token_where_it_belongs() {
 
 #[tokio::test(start_paused = true)]
 async fn a_cache_shared_by_two_layers_fetches_once() {
-    let tokens = Counting::new();
-    let cache = TokenCache::new(tokens.source(Duration::from_millis(5), Duration::from_secs(600)));
+    let tokens = Calls::default();
+    let cache = TokenCache::new(tokens.lasting(Duration::from_millis(5), Duration::from_secs(600)));
     let a = BearerAuth::from_cache(api(None, Arc::default()), cache.clone());
     let b = ServiceBuilder::new()
         .layer(BearerAuthLayer::from_cache(cache.clone()).placement(Placement::authorization_raw()))
@@ -837,7 +795,7 @@ async fn a_cache_shared_by_two_layers_fetches_once() {
     );
     assert_eq!(ra.unwrap().body(), "Bearer tok-1");
     assert_eq!(rb.unwrap().body(), "tok-1");
-    assert_eq!(tokens.calls(), 1);
+    assert_eq!(tokens.count(), 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -869,10 +827,10 @@ async fn tokens_without_expiry_live_for_the_default_lifetime() {
 
 #[tokio::test(start_paused = true)]
 async fn expiry_counts_from_when_the_request_was_sent() {
-    let tokens = Counting::new();
+    let tokens = Calls::default();
     // The token endpoint takes 20 s to answer a 60 s token: 40 s are left when it arrives.
     let cache =
-        TokenCache::builder(tokens.source(Duration::from_secs(20), Duration::from_secs(60)))
+        TokenCache::builder(tokens.lasting(Duration::from_secs(20), Duration::from_secs(60)))
             .expiry_skew(Duration::ZERO)
             .refresh_ahead(Duration::ZERO)
             .build();
@@ -891,8 +849,8 @@ async fn expiry_counts_from_when_the_request_was_sent() {
 
 #[tokio::test(start_paused = true)]
 async fn forced_refresh_and_invalidate() {
-    let tokens = Counting::new();
-    let cache = TokenCache::new(tokens.source(Duration::ZERO, Duration::from_secs(600)));
+    let tokens = Calls::default();
+    let cache = TokenCache::new(tokens.lasting(Duration::ZERO, Duration::from_secs(600)));
     assert_eq!(
         cache.token().await.unwrap().access_token().secret(),
         "tok-1"
@@ -914,16 +872,12 @@ async fn forced_refresh_and_invalidate() {
 
 #[test]
 fn fetching_outside_a_runtime_is_a_typed_error() {
-    struct Noop;
-    impl std::task::Wake for Noop {
-        fn wake(self: Arc<Self>) {}
-    }
     let cache = TokenCache::new(StaticToken::new("tok"));
     let mut token = std::pin::pin!(cache.token());
-    let waker = Arc::new(Noop).into();
+    let waker = std::task::Waker::noop();
     let poll = token
         .as_mut()
-        .poll(&mut std::task::Context::from_waker(&waker));
+        .poll(&mut std::task::Context::from_waker(waker));
     let std::task::Poll::Ready(Err(err)) = poll else {
         panic!("expected an error at once");
     };
@@ -1047,7 +1001,7 @@ impl Service<Request<Body>> for Tagged {
 
 #[tokio::test(start_paused = true)]
 async fn the_inner_service_is_cloned_for_replays_not_for_every_request() {
-    let tokens = Counting::new();
+    let tokens = Calls::default();
     let clones = Arc::new(AtomicUsize::new(0));
     let inner = Tagged {
         tag: "first",
@@ -1055,7 +1009,7 @@ async fn the_inner_service_is_cloned_for_replays_not_for_every_request() {
     };
     let mut svc = BearerAuth::new(
         inner,
-        tokens.source(Duration::ZERO, Duration::from_secs(600)),
+        tokens.lasting(Duration::ZERO, Duration::from_secs(600)),
     );
     async fn send(svc: &mut BearerAuth<Tagged>) -> Response<String> {
         let svc = svc.ready().await.unwrap();
@@ -1083,5 +1037,5 @@ async fn the_inner_service_is_cloned_for_replays_not_for_every_request() {
     let response = send(&mut svc).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.body(), "second");
-    assert_eq!((tokens.calls(), svc.cache().stats().replays), (4, 2));
+    assert_eq!((tokens.count(), svc.cache().stats().replays), (4, 2));
 }

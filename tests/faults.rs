@@ -8,6 +8,9 @@
 //! within what the backoff allows, that a still-valid token keeps being used, that everything
 //! resumes once the endpoint recovers, and that no request is ever sent without its token.
 
+#[allow(dead_code)]
+mod support;
+
 use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::future::Future;
@@ -21,7 +24,7 @@ use bytes::Bytes;
 use http::header::AUTHORIZATION;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -30,6 +33,8 @@ use tower::{service_fn, BoxError, Layer, ServiceExt};
 use tower_bearer::cache::CacheStats;
 use tower_bearer::oauth2::{self, Client, ClientCredentials};
 use tower_bearer::{BearerAuthLayer, ErrorKind, Expiry, TokenCache};
+
+use support::{chain, read_request, token_error, within, write_response};
 
 // ---------------------------------------------------------------------------------------------
 // Timing
@@ -90,10 +95,7 @@ fn the_fetch_bound_is_what_the_comment_says() {
 }
 
 async fn bounded<F: Future>(fut: F) -> F::Output {
-    match tokio::time::timeout(TEST_LIMIT, fut).await {
-        Ok(out) => out,
-        Err(_) => panic!("the test did not finish within {TEST_LIMIT:?}"),
-    }
+    within(TEST_LIMIT, "the test", fut).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -230,54 +232,6 @@ async fn serve(mut stream: TcpStream, state: Arc<State>) {
     state.calls.fetch_add(1, Ordering::SeqCst);
     let mode = state.mode.lock().unwrap().clone();
     let _ = answer(&mut stream, mode, &state).await;
-}
-
-/// Reads one HTTP/1.1 request (head and `Content-Length` body); returns the body.
-async fn read_request(stream: &mut TcpStream) -> Option<Vec<u8>> {
-    let mut buf = Vec::with_capacity(2048);
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = std::str::from_utf8(&buf[..end]).ok()?;
-            let length = head
-                .lines()
-                .filter_map(|line| line.split_once(':'))
-                .find(|(name, _)| name.trim().eq_ignore_ascii_case("content-length"))
-                .and_then(|(_, value)| value.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-            while buf.len() < end + 4 + length {
-                let n = stream.read(&mut chunk).await.ok()?;
-                if n == 0 {
-                    return None;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            return Some(buf[end + 4..end + 4 + length].to_vec());
-        }
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 || buf.len() > 64 * 1024 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-async fn write_response(
-    stream: &mut TcpStream,
-    status: &str,
-    content_type: &str,
-    extra: &str,
-    body: &[u8],
-) -> io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\
-         connection: close\r\n{extra}\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body).await?;
-    stream.flush().await?;
-    stream.shutdown().await
 }
 
 const JSON: &str = "application/json";
@@ -431,21 +385,14 @@ impl Harness {
     /// One request: the `Authorization` header the API received, or the token error.
     async fn send(&mut self) -> Outcome {
         let request = self.api.clone().oneshot(Request::new(Full::default()));
-        let result = match tokio::time::timeout(Duration::from_secs(5), request).await {
-            Ok(result) => result,
-            Err(_) => panic!("a request hung"),
-        };
-        match result {
+        match within(Duration::from_secs(5), "a request", request).await {
             Ok(response) => {
                 assert_eq!(response.status(), StatusCode::OK);
                 let body = response.into_body().collect().await.unwrap().to_bytes();
                 self.successes += 1;
                 Ok(String::from_utf8(body.to_vec()).unwrap())
             }
-            Err(error) => match error.downcast::<tower_bearer::Error>() {
-                Ok(error) => Err(*error),
-                Err(other) => panic!("expected a tower_bearer::Error, got {other:?}"),
-            },
+            Err(error) => Err(token_error(error)),
         }
     }
 
@@ -495,18 +442,6 @@ impl Harness {
             );
         }
     }
-}
-
-/// `err` and its sources, `outer: inner: ...`.
-fn chain(err: &(dyn StdError + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The OAuth 2.0 error behind a failed fetch, reached both ways the crate documents.

@@ -18,9 +18,13 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
 use tower::{BoxError, ServiceBuilder, ServiceExt};
 use tower_bearer::{source_fn, BearerAuthLayer, Token, TokenRequest};
+
+#[allow(dead_code)]
+mod support;
+
+use support::loopback;
 
 /// Every wait in these tests is bounded by this.
 const LIMIT: Duration = Duration::from_secs(20);
@@ -87,12 +91,6 @@ impl Upstream {
     }
 }
 
-async fn listen() -> (TcpListener, SocketAddr) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    (listener, addr)
-}
-
 /// A gateway whose tokens come from a source that issues `tok-1`, `tok-2`, … and makes each
 /// one the upstream's valid token.
 struct Gateway {
@@ -104,7 +102,7 @@ struct Gateway {
 impl Gateway {
     async fn start() -> Self {
         let upstream = Upstream::default();
-        let (listener, upstream_addr) = listen().await;
+        let (listener, upstream_addr) = loopback().await;
         tokio::spawn({
             let upstream = upstream.clone();
             async move {
@@ -136,7 +134,7 @@ impl Gateway {
             .layer(layer.clone())
             .service(Client::builder(TokioExecutor::new()).build_http());
 
-        let (listener, addr) = listen().await;
+        let (listener, addr) = loopback().await;
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let client = client.clone();

@@ -13,16 +13,15 @@
 //! BearerAuth (default Replay policy) -> RejectOnTrailers -> Channel
 //! ```
 
-use std::collections::HashSet;
-use std::convert::Infallible;
+#[allow(dead_code)]
+mod support;
+
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use http::uri::PathAndQuery;
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
@@ -39,7 +38,9 @@ use tonic_prost::ProstCodec;
 use tower::{service_fn, ServiceBuilder, ServiceExt};
 use tower_bearer::grpc::{RejectOnTrailers, RejectOnTrailersLayer};
 use tower_bearer::replay::NoReplay;
-use tower_bearer::{source_fn, BearerAuth, BearerAuthLayer, Token, TokenRequest, TokenSource};
+use tower_bearer::{BearerAuth, BearerAuthLayer};
+
+use support::{loopback, within, Issuer};
 
 /// Every wait in these tests is bounded by this.
 const LIMIT: Duration = Duration::from_secs(10);
@@ -50,9 +51,7 @@ const UPLOAD: &str = "/test.Uploads/Upload";
 const REJECT_MID_STREAM: &str = "/test.Uploads/RejectMidStream";
 
 async fn bounded<F: Future>(future: F) -> F::Output {
-    tokio::time::timeout(LIMIT, future)
-        .await
-        .expect("timed out")
+    within(LIMIT, "a step of the test", future).await
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -66,8 +65,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// What the server knows and saw.
 #[derive(Default)]
 struct Api {
-    /// The tokens it accepts: issued by the token source, not revoked.
-    valid: Mutex<HashSet<String>>,
+    /// The tokens it accepts: issued by its token source, not revoked.
+    tokens: Issuer,
     /// Every call its interceptor saw: the `authorization` value and whether it was accepted.
     calls: Mutex<Vec<(String, bool)>>,
     /// The messages of each upload that reached the handler.
@@ -76,7 +75,7 @@ struct Api {
 
 impl Api {
     fn revoke(&self, token: &str) {
-        assert!(lock(&self.valid).remove(token), "{token} was not valid");
+        self.tokens.revoke(token);
     }
 
     fn calls(&self) -> Vec<(String, bool)> {
@@ -119,8 +118,7 @@ fn bearer(metadata: &MetadataMap) -> Option<&str> {
 /// an interceptor that accepts only valid tokens. A rejection is trailers-only:
 /// `grpc-status: 16` in the response headers.
 async fn serve(api: Arc<Api>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (listener, addr) = loopback().await;
     let (_reporter, health) = tonic_health::server::health_reporter();
     let handlers = api.clone();
     let routes = service_fn(move |req: http::Request<Body>| {
@@ -141,7 +139,7 @@ async fn serve(api: Arc<Api>) -> SocketAddr {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
-        let ok = bearer(req.metadata()).is_some_and(|token| lock(&api.valid).contains(token));
+        let ok = bearer(req.metadata()).is_some_and(|token| api.tokens.is_valid(token));
         lock(&api.calls).push((authorization, ok));
         if ok {
             Ok(req)
@@ -207,24 +205,9 @@ async fn reject_mid_stream(api: Arc<Api>, req: http::Request<Body>) -> http::Res
 /// The client stack: `Channel` behind the bearer layer.
 type Client = BearerAuth<RejectOnTrailers<Channel>>;
 
-/// A token source issuing `tok-1`, `tok-2`, ..., each made valid on the server when issued.
-fn issuer(api: Arc<Api>, issued: Arc<AtomicUsize>) -> impl TokenSource {
-    source_fn(move |_: TokenRequest| {
-        let api = api.clone();
-        let issued = issued.clone();
-        async move {
-            let token = format!("tok-{}", issued.fetch_add(1, Ordering::SeqCst) + 1);
-            lock(&api.valid).insert(token.clone());
-            Ok::<_, Infallible>(Token::new(token).expires_in(Duration::from_secs(3600)))
-        }
-    })
-}
-
 struct Fixture {
     api: Arc<Api>,
     addr: SocketAddr,
-    /// Calls to the token source.
-    issued: Arc<AtomicUsize>,
     layer: BearerAuthLayer,
     client: Client,
 }
@@ -238,8 +221,7 @@ impl Fixture {
     async fn with(configure: impl FnOnce(BearerAuthLayer, SocketAddr) -> BearerAuthLayer) -> Self {
         let api = Arc::new(Api::default());
         let addr = serve(api.clone()).await;
-        let issued = Arc::new(AtomicUsize::new(0));
-        let layer = BearerAuthLayer::new(issuer(api.clone(), issued.clone()));
+        let layer = BearerAuthLayer::new(api.tokens.source());
         let layer = configure(layer, addr);
         let channel = connect(addr).await;
         let client = ServiceBuilder::new()
@@ -249,7 +231,6 @@ impl Fixture {
         Self {
             api,
             addr,
-            issued,
             layer,
             client,
         }
@@ -269,8 +250,9 @@ impl Fixture {
         assert_eq!(status, ServingStatus::Serving);
     }
 
+    /// Calls to the token source.
     fn issued(&self) -> usize {
-        self.issued.load(Ordering::SeqCst)
+        self.api.tokens.issued()
     }
 
     /// (fetches, rejections, replays)
@@ -395,10 +377,9 @@ async fn the_bare_stack_replays_a_streaming_call_with_the_channel_as_it_is() {
     // The stack of the README, nothing else: the layer, then tonic's `Channel`.
     let api = Arc::new(Api::default());
     let addr = serve(api.clone()).await;
-    let issued = Arc::new(AtomicUsize::new(0));
     let channel = connect(addr).await;
     let client = ServiceBuilder::new()
-        .layer(BearerAuthLayer::new(issuer(api.clone(), issued.clone())))
+        .layer(BearerAuthLayer::new(api.tokens.source()))
         .service(channel);
 
     assert_eq!(check(client.clone()).await.unwrap(), ServingStatus::Serving);
@@ -411,7 +392,7 @@ async fn the_bare_stack_replays_a_streaming_call_with_the_channel_as_it_is() {
         api.calls(),
         [accepted("tok-1"), rejected("tok-1"), accepted("tok-2")]
     );
-    assert_eq!(issued.load(Ordering::SeqCst), 2);
+    assert_eq!(api.tokens.issued(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -515,8 +496,7 @@ async fn concurrent_calls_after_revocation_share_one_fetch() {
 async fn trailer_watching_switched_off_keeps_the_stack_type_and_leaves_the_token() {
     let api = Arc::new(Api::default());
     let addr = serve(api.clone()).await;
-    let issued = Arc::new(AtomicUsize::new(0));
-    let layer = BearerAuthLayer::new(issuer(api.clone(), issued.clone()));
+    let layer = BearerAuthLayer::new(api.tokens.source());
     let channel = connect(addr).await;
     let stack = |watch: bool| {
         ServiceBuilder::new()
@@ -553,9 +533,8 @@ async fn trailer_watching_switched_off_keeps_the_stack_type_and_leaves_the_token
 async fn without_replay_the_rejection_comes_back_and_the_next_call_fetches() {
     let api = Arc::new(Api::default());
     let addr = serve(api.clone()).await;
-    let issued = Arc::new(AtomicUsize::new(0));
     let layer: BearerAuthLayer<NoReplay> =
-        BearerAuthLayer::new(issuer(api.clone(), issued.clone())).without_replay();
+        BearerAuthLayer::new(api.tokens.source()).without_replay();
     let client = ServiceBuilder::new()
         .layer(layer.clone())
         .layer(RejectOnTrailersLayer::new(&layer))
@@ -574,7 +553,7 @@ async fn without_replay_the_rejection_comes_back_and_the_next_call_fetches() {
     );
     let stats = layer.cache().stats();
     assert_eq!((stats.fetches, stats.rejections, stats.replays), (2, 1, 0));
-    assert_eq!(issued.load(Ordering::SeqCst), 2);
+    assert_eq!(api.tokens.issued(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -596,11 +575,7 @@ async fn only_origins_fails_calls_whose_uri_has_no_origin() {
     .unwrap_or_else(|| panic!("no tower_bearer::Error in {status:?}"));
     assert_eq!(error.kind(), tower_bearer::ErrorKind::UnknownOrigin);
     assert!(f.api.calls().is_empty(), "{:?}", f.api.calls());
-    assert_eq!(
-        f.issued.load(Ordering::SeqCst),
-        0,
-        "no token is fetched for it"
-    );
+    assert_eq!(f.issued(), 0, "no token is fetched for it");
 
     let origin: http::Uri = format!("http://{}", f.addr).parse().unwrap();
     let mut health = HealthClient::with_origin(f.client.clone(), origin);

@@ -6,10 +6,12 @@
 //! `service_fn`. Time is Tokio's paused clock, and every `tracing` event is captured, so that
 //! the tests can read the log lines an operator would see.
 
+#[allow(dead_code)]
+mod support;
+
 use std::convert::Infallible;
 use std::error::Error as _;
 use std::future::ready;
-use std::io::{self, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,6 +25,9 @@ use http_body_util::{BodyExt, Full};
 use tower::{service_fn, BoxError, Service, ServiceBuilder, ServiceExt};
 use tower_bearer::oauth2::{self, Client, ClientAuth, ClientCredentials, RefreshTokenSource};
 use tower_bearer::{BearerAuthLayer, ErrorKind, Expiry, TokenCache};
+use tracing_subscriber::fmt::format::FmtSpan;
+
+use support::{chain, token_error, within, Calls, Log};
 
 const SECRET: &str = "cs-S3CRET/with+reserved=chars&more";
 
@@ -145,70 +150,31 @@ fn api(
 }
 
 fn get() -> Request<Full<Bytes>> {
-    Request::get("https://api.example.com/")
-        .body(Full::default())
-        .unwrap()
-}
-
-/// The log, as `tracing-subscriber`'s default format writes it.
-#[derive(Clone, Default)]
-struct Log(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Log {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Log {
-    fn text(&self) -> String {
-        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
-    }
-
-    fn lines_with(&self, what: &str) -> Vec<String> {
-        self.text()
-            .lines()
-            .filter(|line| line.contains(what))
-            .map(str::to_owned)
-            .collect()
-    }
+    support::get("https://api.example.com/")
 }
 
 /// Runs `test` on a current-thread runtime with a paused clock (so that every task, the fetches
 /// included, runs on this thread under the capturing subscriber), and returns the log.
 fn logged<F: std::future::Future<Output = ()>>(test: impl FnOnce(Log) -> F) -> Log {
     let log = Log::default();
-    let writer = log.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
+    let subscriber = log.subscriber(tracing::Level::DEBUG, FmtSpan::NONE);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .start_paused(true)
         .build()
         .unwrap();
     let _guard = tracing::subscriber::set_default(subscriber);
-    runtime.block_on(async {
-        tokio::time::timeout(Duration::from_secs(3600), test(log.clone()))
-            .await
-            .expect("the test finished in an hour of virtual time")
-    });
+    runtime.block_on(within(
+        Duration::from_secs(3600),
+        "the test (in virtual time)",
+        test(log.clone()),
+    ));
     log
 }
 
 /// The OAuth 2.0 error behind a failed request.
 fn oauth_error(error: BoxError) -> oauth2::Error {
-    let error = error
-        .downcast::<tower_bearer::Error>()
-        .expect("a token error");
-    error
+    token_error(error)
         .source_as::<oauth2::Error>()
         .expect("an OAuth 2.0 error")
         .clone()
@@ -309,11 +275,7 @@ fn server_text_is_bounded_and_says_it_was_cut() {
             let cache = endpoint.cache(ClientAuth::Basic);
             let error = failing_request(&cache).await;
             // The error and its causes, as a log line shows them.
-            let error_ref: &(dyn std::error::Error + 'static) = &*error;
-            let chain = std::iter::successors(Some(error_ref), |&e| e.source())
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(": ");
+            let chain = chain(&*error);
             assert!(chain.len() < 1_500, "{} bytes: {chain}", chain.len());
             assert!(chain.contains("bytes in all]"), "{chain}");
             let error = oauth_error(error);
@@ -727,20 +689,8 @@ fn concurrent_rejections_of_one_token_all_replay_with_its_replacement() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let fetches = Arc::new(AtomicUsize::new(0));
-        let source = {
-            let fetches = fetches.clone();
-            tower_bearer::source_fn(move |_: tower_bearer::TokenRequest| {
-                let n = fetches.fetch_add(1, Ordering::SeqCst) + 1;
-                async move {
-                    Ok::<_, Infallible>(
-                        tower_bearer::Token::new(format!("tok-{n}"))
-                            .expires_in(Duration::from_secs(3600)),
-                    )
-                }
-            })
-        };
-        let cache = TokenCache::new(source);
+        let fetches = Calls::default();
+        let cache = TokenCache::new(fetches.lasting(Duration::ZERO, Duration::from_secs(3600)));
         cache.token().await.unwrap();
         // Requests with tok-1 wait until all of them are in flight, then are refused together.
         let barrier = Arc::new(tokio::sync::Barrier::new(IN_FLIGHT));
@@ -771,7 +721,7 @@ fn concurrent_rejections_of_one_token_all_replay_with_its_replacement() {
             assert_eq!(response.status(), StatusCode::OK);
             assert_eq!(response.body(), "Bearer tok-2");
         }
-        assert_eq!(fetches.load(Ordering::SeqCst), 2);
+        assert_eq!(fetches.count(), 2);
         let stats = cache.stats();
         assert_eq!(stats.rejections, IN_FLIGHT as u64, "{stats:?}");
         assert_eq!(stats.replays, IN_FLIGHT as u64, "{stats:?}");

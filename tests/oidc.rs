@@ -1,6 +1,9 @@
 //! Interoperability with a real, certified authorization server: `oidc-provider` (npm, pinned in
 //! `tests/peers`), started by each test on a free loopback port. `scripts/test.sh` installs it.
 
+#[allow(dead_code)]
+mod support;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -21,6 +24,8 @@ use tower_bearer::oauth2::{
     LoopbackRedirect, MemoryStore, RefreshTokenSource, TokenResponse,
 };
 use tower_bearer::{source_fn, BearerAuthLayer, RefreshToken, TokenCache, TokenRequest};
+
+use support::get;
 
 type Http = HyperClient<HttpConnector, Full<Bytes>>;
 
@@ -311,8 +316,7 @@ async fn me(
         Error = tower::BoxError,
     >,
 ) -> (StatusCode, String) {
-    let req = Request::get(peer.url("/me")).body(Full::default()).unwrap();
-    let response = svc.oneshot(req).await.unwrap();
+    let response = svc.oneshot(get(&peer.url("/me"))).await.unwrap();
     let status = response.status();
     let body = response.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())

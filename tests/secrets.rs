@@ -5,11 +5,14 @@
 //! every error. None of it may contain a token, a refresh token, a code, a verifier or a client
 //! secret.
 
+#[allow(dead_code)]
+mod support;
+
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::fmt::Debug;
-use std::io::{self, Write};
+use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,8 +24,7 @@ use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
 use tower_bearer::grpc::RejectOnTrailersLayer;
 use tower_bearer::oauth2::{
@@ -36,6 +38,8 @@ use tower_bearer::{
     Reason, RefreshToken, StaticToken, Token, TokenCache, TokenRequest,
 };
 use tracing_subscriber::fmt::format::FmtSpan;
+
+use support::{chain, header, loopback, read_request, within, write_response, Log};
 
 const CLIENT_SECRET: &str = "cs-SECRET-1234";
 const WRONG_SECRET: &str = "cs-SECRET-wrong";
@@ -66,8 +70,8 @@ struct AuthServer {
 
 impl AuthServer {
     async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (listener, addr) = loopback().await;
+        let url = format!("http://{addr}");
         let auth = Arc::new(Auth::default());
         auth.refresh_tokens
             .lock()
@@ -109,51 +113,21 @@ async fn serve(mut stream: TcpStream, auth: Arc<Auth>) {
         .unwrap()
         .push(format!("{head}\r\n\r\n{}", String::from_utf8_lossy(&body)));
     let (status, json) = token_endpoint(&auth, &head, &body);
-    let extra = if status == 401 {
+    let challenge = if status == 401 {
         "www-authenticate: Basic realm=\"token\"\r\n"
     } else {
         ""
     };
-    let response = format!(
-        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-         cache-control: no-store\r\nconnection: close\r\n{extra}\r\n{json}",
-        json.len()
-    );
-    let _ = stream.write_all(response.as_bytes()).await;
-    let _ = stream.shutdown().await;
-}
-
-async fn read_request(stream: &mut TcpStream) -> Option<(String, Vec<u8>)> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8(buf[..end].to_vec()).ok()?;
-            let length = header(&head, "content-length")
-                .and_then(|v| v.parse::<usize>().ok())
-                .unwrap_or(0);
-            while buf.len() < end + 4 + length {
-                let n = stream.read(&mut chunk).await.ok()?;
-                if n == 0 {
-                    return None;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            return Some((head, buf[end + 4..end + 4 + length].to_vec()));
-        }
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 || buf.len() > 64 * 1024 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines()
-        .filter_map(|line| line.split_once(':'))
-        .find(|(n, _)| n.trim().eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.trim())
+    let status = format!("{status} X");
+    let extra = format!("cache-control: no-store\r\n{challenge}");
+    let _ = write_response(
+        &mut stream,
+        &status,
+        "application/json",
+        &extra,
+        json.as_bytes(),
+    )
+    .await;
 }
 
 fn token_endpoint(auth: &Auth, head: &str, body: &[u8]) -> (u16, String) {
@@ -311,28 +285,12 @@ impl Api {
 }
 
 fn get() -> Request<Full<Bytes>> {
-    Request::get("http://127.0.0.1:9/items")
-        .body(Full::default())
-        .unwrap()
+    support::get("http://127.0.0.1:9/items")
 }
 
 // ---------------------------------------------------------------------------------------------
 // Capturing what is rendered
 // ---------------------------------------------------------------------------------------------
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
 
 /// Everything rendered, labelled.
 #[derive(Default)]
@@ -348,14 +306,7 @@ impl Rendered {
     /// `Display` of an error, of its whole source chain, and its `Debug`.
     fn error(&mut self, label: &str, error: &(dyn StdError + 'static)) {
         self.debug(label, error);
-        let mut text = error.to_string();
-        let mut source = error.source();
-        while let Some(cause) = source {
-            text.push_str(": ");
-            text.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        self.0.push((format!("{label} (display)"), text));
+        self.0.push((format!("{label} (display)"), chain(error)));
     }
 
     /// A boxed error from the layer: a `tower_bearer::Error`, rendered as itself.
@@ -375,14 +326,8 @@ impl Rendered {
 
 #[test]
 fn no_secret_in_debug_display_or_trace_logs() {
-    let log = Capture::default();
-    let writer = log.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_span_events(FmtSpan::FULL)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
+    let log = Log::default();
+    let subscriber = log.subscriber(tracing::Level::TRACE, FmtSpan::FULL);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -390,11 +335,8 @@ fn no_secret_in_debug_display_or_trace_logs() {
     // A current-thread runtime: spawned tasks (fetches, timers, connections) run on this
     // thread, under this subscriber.
     let guard = tracing::subscriber::set_default(subscriber);
-    let (rendered, mut secrets) = runtime.block_on(async {
-        tokio::time::timeout(Duration::from_secs(30), flow())
-            .await
-            .expect("the flow finished in time")
-    });
+    let (rendered, mut secrets) =
+        runtime.block_on(within(Duration::from_secs(30), "the flow", flow()));
     drop(runtime);
     drop(guard);
 
@@ -406,7 +348,7 @@ fn no_secret_in_debug_display_or_trace_logs() {
     }
     secrets.push("SECRET".to_owned());
 
-    let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let log = log.text();
     // The log is real: the events of the flow are there.
     for expected in [
         "fetching a token",

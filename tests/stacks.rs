@@ -10,13 +10,13 @@
 //!
 //! Every wait is bounded, so a broken stack fails instead of hanging.
 
-use std::collections::HashSet;
-use std::convert::Infallible;
+#[allow(dead_code)]
+mod support;
+
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -36,27 +36,22 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tower::{ServiceBuilder, ServiceExt};
-use tower_bearer::{
-    source_fn, BearerAuth, BearerAuthLayer, Token, TokenCache, TokenRequest, TokenSource,
-};
+use tower_bearer::{BearerAuth, BearerAuthLayer, TokenCache, TokenSource};
 use tower_http::follow_redirect::{FollowRedirectLayer, RequestUri};
+
+use support::{loopback, Issuer};
 
 /// The bound on every wait in these tests.
 const LIMIT: Duration = Duration::from_secs(20);
 
 async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(LIMIT, future).await {
-        Ok(value) => value,
-        Err(_) => panic!("{what}: nothing within {LIMIT:?}"),
-    }
+    support::within(LIMIT, what, future).await
 }
 
 async fn serve(router: Router) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (listener, addr) = loopback().await;
     // `axum::serve` runs hyper-util's auto connection builder: HTTP/1.1, and HTTP/2 with prior
     // knowledge (h2c), on the same port.
     tokio::spawn(async move { axum::serve(listener, router).await });
@@ -87,8 +82,7 @@ struct Hit {
 
 #[derive(Clone, Default)]
 struct Api {
-    valid: Arc<Mutex<HashSet<String>>>,
-    issued: Arc<AtomicUsize>,
+    tokens: Issuer,
     hits: Arc<Mutex<Vec<Hit>>>,
     /// What the API last reached: the `x-upload-id` of an upload whose first bytes it received,
     /// or `<id>:401` for an upload `/guarded-upload` rejected.
@@ -99,22 +93,11 @@ impl Api {
     /// The token source of the API's authorization server: each token it issues, `tok-N`, is
     /// valid until revoked.
     fn source(&self) -> impl TokenSource {
-        let api = self.clone();
-        source_fn(move |_: TokenRequest| {
-            let api = api.clone();
-            async move {
-                let token = format!("tok-{}", api.issued.fetch_add(1, Ordering::SeqCst) + 1);
-                api.valid.lock().unwrap().insert(token.clone());
-                Ok::<_, Infallible>(Token::new(token).expires_in(Duration::from_secs(3600)))
-            }
-        })
+        self.tokens.source()
     }
 
     fn revoke(&self, token: &str) {
-        assert!(
-            self.valid.lock().unwrap().remove(token),
-            "{token} was not valid"
-        );
+        self.tokens.revoke(token);
     }
 
     fn hits(&self) -> Vec<Hit> {
@@ -143,7 +126,7 @@ impl Api {
         let valid = authorization
             .as_deref()
             .and_then(|value| value.strip_prefix("Bearer "))
-            .is_some_and(|token| self.valid.lock().unwrap().contains(token));
+            .is_some_and(|token| self.tokens.is_valid(token));
         (authorization, valid)
     }
 

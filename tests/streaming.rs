@@ -1,8 +1,10 @@
 //! Replay of streaming request bodies with `ReplayAnyBody`: what the inner service receives on
 //! the first attempt and on the replay, the cap, trailers, failures and memory.
 
+#[allow(dead_code)]
+mod support;
+
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,6 +19,8 @@ use http_body_util::BodyExt;
 use tower::{service_fn, BoxError, Service, ServiceExt};
 use tower_bearer::replay::{ReplayAnyBody, ReplayBody};
 use tower_bearer::{BearerAuthLayer, StaticToken};
+
+use support::{within, Calls};
 
 /// A streaming body that cannot be cloned: frames handed out one by one, with an exact size hint.
 struct Chunks {
@@ -172,10 +176,8 @@ fn inner(
 
 /// A token source handing out `tok-1`, `tok-2`, ...
 fn tokens() -> impl tower_bearer::TokenSource {
-    let n = Arc::new(AtomicUsize::new(0));
-    tower_bearer::source_fn(move |_| {
-        let n = n.fetch_add(1, Ordering::SeqCst) + 1;
-        async move { Ok::<_, Infallible>(tower_bearer::Token::new(format!("tok-{n}"))) }
+    Calls::default().source(Duration::ZERO, |n| {
+        Ok(tower_bearer::Token::new(format!("tok-{n}")))
     })
 }
 
@@ -191,12 +193,12 @@ async fn send(
         tower::ServiceBuilder::new()
             .layer(layer)
             .service(inner(read, rejections, seen.clone()));
-    let response = tokio::time::timeout(
+    let response = within(
         Duration::from_secs(10),
+        "the upload",
         svc.oneshot(Request::post("http://api.test/upload").body(body).unwrap()),
     )
-    .await
-    .expect("no hang");
+    .await;
     let seen = seen.lock().unwrap().clone();
     (response, seen)
 }
