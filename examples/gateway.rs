@@ -6,7 +6,7 @@
 //! It shows:
 //!
 //! 1. the gateway's client stack in five lines: no type alias, no mapping of bodies.
-//!    `replay_any_body()` wraps each `Incoming` body in a `ReplayBody` that keeps up to 64 KiB
+//!    `replay_wrapped()` wraps each `Incoming` body in a `ReplayBody` that keeps up to 64 KiB
 //!    of it as it streams through, and hyper-util's client takes that body type as it is;
 //! 2. the upstream API revoking the token: the layer fetches a new one and replays the upload,
 //!    and the caller only sees the answer.
@@ -53,7 +53,7 @@ async fn run() -> Result<(), BoxError> {
             async move { Ok::<_, Infallible>(Token::new(token).expires_in(Duration::from_secs(600))) }
         }
     });
-    let layer = BearerAuthLayer::new(tokens).replay_any_body();
+    let layer = BearerAuthLayer::new(tokens).replay_wrapped();
     let client = ServiceBuilder::new()
         .layer(layer.clone())
         .service(Client::builder(TokioExecutor::new()).build_http());

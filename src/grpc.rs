@@ -56,12 +56,15 @@ use crate::auth::{grpc_unauthenticated, BearerAuthLayer, Config};
 /// use tower_bearer::grpc::RejectOnTrailersLayer;
 /// use tower_bearer::{BearerAuthLayer, StaticToken};
 ///
-/// let watch_trailers = std::env::var_os("NO_TRAILER_WATCH").is_none();
 /// let bearer = BearerAuthLayer::new(StaticToken::new("t0k3n"));
-/// let stack = ServiceBuilder::new()
-///     .layer(bearer.clone())
-///     .layer(RejectOnTrailersLayer::new(&bearer).enabled(watch_trailers));
-/// # drop(stack);
+/// let stack = |watch_trailers: bool| {
+///     ServiceBuilder::new()
+///         .layer(bearer.clone())
+///         .layer(RejectOnTrailersLayer::new(&bearer).enabled(watch_trailers))
+/// };
+/// // Switched on or off, the stack has one type: both fit in one array.
+/// let [on, off] = [stack(true), stack(false)];
+/// # drop((on, off));
 /// ```
 #[derive(Clone, Debug)]
 pub struct RejectOnTrailersLayer {
@@ -71,7 +74,8 @@ pub struct RejectOnTrailersLayer {
 
 impl RejectOnTrailersLayer {
     /// A layer dropping the tokens of `bearer`'s cache that trailers reject, as placed by
-    /// `bearer`.
+    /// `bearer`. It copies `bearer`'s configuration: build it from the layer as finally
+    /// configured (after [`placement`](BearerAuthLayer::placement)).
     pub fn new<P>(bearer: &BearerAuthLayer<P>) -> Self {
         Self {
             config: Arc::new(bearer.config().clone()),
@@ -146,15 +150,19 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let is_grpc = req
-            .headers()
-            .get(CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let is_grpc = |req: &Request<B>| {
+            req.headers()
+                .get(CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+        };
+        // Switched off, not even the content type is looked at.
         let watch = match &self.config {
-            Some(config) if is_grpc => config.placement.stamped_value(&req).map(|value| Watch {
-                config: config.clone(),
-                value,
-            }),
+            Some(config) if is_grpc(&req) => {
+                config.placement.stamped_value(&req).map(|value| Watch {
+                    config: config.clone(),
+                    value,
+                })
+            }
             _ => None,
         };
         TrailersFuture {

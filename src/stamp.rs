@@ -137,7 +137,7 @@ impl Stamp {
 
 /// `prefix` and `secret` as one sensitive header value whose bytes are zeroed when freed.
 /// Both parts were checked to be printable ASCII.
-pub(crate) fn sensitive_value(prefix: &[u8], secret: &str) -> HeaderValue {
+fn sensitive_value(prefix: &[u8], secret: &str) -> HeaderValue {
     let mut buf = Vec::with_capacity(prefix.len() + secret.len());
     buf.extend_from_slice(prefix);
     buf.extend_from_slice(secret.as_bytes());

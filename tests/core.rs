@@ -339,7 +339,7 @@ async fn a_401_without_a_challenge_or_with_other_challenges_is_a_rejection() {
 struct Streaming(#[allow(dead_code)] Vec<u8>);
 
 impl ReplayableBody for Streaming {
-    fn keep(self, _cap: usize) -> (Self, Option<KeptBody<Self>>) {
+    fn split(self, _cap: usize) -> (Self, Option<KeptBody<Self>>) {
         (self, None)
     }
 

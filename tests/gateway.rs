@@ -1,7 +1,7 @@
 //! tower-bearer in a gateway built on hyper, over real loopback HTTP/1.1: the gateway forwards
 //! each `Request<Incoming>` it receives to an upstream API through hyper-util's `Client` under
 //! the bearer layer. The client stack is written as a user writes it, with no type alias and no
-//! mapping of bodies: `ServiceBuilder::new().layer(layer.replay_any_body()).service(client)`,
+//! mapping of bodies: `ServiceBuilder::new().layer(layer.replay_wrapped()).service(client)`,
 //! the client's body type inferred.
 
 use std::convert::Infallible;
@@ -96,7 +96,7 @@ impl Upstream {
 struct Gateway {
     addr: SocketAddr,
     upstream: Upstream,
-    layer: BearerAuthLayer<tower_bearer::replay::ReplayAnyBody>,
+    layer: BearerAuthLayer<tower_bearer::replay::ReplayWrapped>,
 }
 
 impl Gateway {
@@ -129,7 +129,7 @@ impl Gateway {
         });
 
         // The stack under test, as a user writes it.
-        let layer = BearerAuthLayer::new(source).replay_any_body();
+        let layer = BearerAuthLayer::new(source).replay_wrapped();
         let client = ServiceBuilder::new()
             .layer(layer.clone())
             .service(Client::builder(TokioExecutor::new()).build_http());

@@ -940,7 +940,7 @@ proptest! {
     ) {
         use bytes::Bytes;
         use http_body_util::{BodyExt, Full};
-        use tower_bearer::replay::{Replay, ReplayAnyBody, ReplayPolicy};
+        use tower_bearer::replay::{Replay, ReplayWrapped, ReplayPolicy};
 
         let version = if http2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
         let request = || {
@@ -969,11 +969,11 @@ proptest! {
         prop_assert_eq!(listed(sent.headers()), listed(&headers));
         check(Replay::new().replay(kept.expect("a Full body is replayable")).expect("rebuilt"))?;
 
-        // `ReplayAnyBody` keeps what the first attempt sends: send it, then replay.
-        let (sent, kept) = ReplayAnyBody::new().keep(request());
+        // `ReplayWrapped` keeps what the first attempt sends: send it, then replay.
+        let (sent, kept) = ReplayWrapped::new().keep(request());
         let sent = runtime().block_on(sent.into_body().collect()).unwrap().to_bytes();
         prop_assert_eq!(&sent[..], &body[..]);
-        let replay = ReplayAnyBody::new()
+        let replay = ReplayWrapped::new()
             .replay(kept.expect("a Full body is replayable"))
             .expect("rebuilt");
         let (parts, replayed) = replay.into_parts();

@@ -32,7 +32,7 @@ use tower_bearer::oauth2::{
     ClientSecret, ErrorCode, FileStore, LoopbackRedirect, MemoryStore, Pkce, RefreshTokenSource,
     TokenResponse,
 };
-use tower_bearer::replay::{NoReplay, Replay, ReplayAnyBody, ReplayPolicy};
+use tower_bearer::replay::{NoReplay, Replay, ReplayPolicy, ReplayWrapped};
 use tower_bearer::{
     challenge, source_fn, AccessToken, BearerAuthLayer, ErrorKind, Expiry, Origin, Placement,
     Reason, RefreshToken, StaticToken, Token, TokenCache, TokenRequest,
@@ -472,9 +472,9 @@ async fn flow() -> (Rendered, Vec<String>) {
     out.debug("BearerAuthLayer<NoReplay>", &no_replay);
     out.debug("BearerAuth<NoReplay>", &no_replay.layer(api.service()));
     let streaming = BearerAuthLayer::from_cache(cache.clone())
-        .replay_policy(ReplayAnyBody::new().cap(1024))
+        .replay_policy(ReplayWrapped::new().cap(1024))
         .placement(Placement::query());
-    out.debug("BearerAuthLayer<ReplayAnyBody>", &streaming);
+    out.debug("BearerAuthLayer<ReplayWrapped>", &streaming);
     let trailers = RejectOnTrailersLayer::new(&streaming);
     out.debug("RejectOnTrailersLayer", &trailers);
     out.debug("RejectOnTrailers", &trailers.layer(api.service()));
@@ -757,7 +757,7 @@ async fn flow() -> (Rendered, Vec<String>) {
     );
     out.debug("Replay", &Replay::new());
     out.debug("NoReplay", &NoReplay);
-    out.debug("ReplayAnyBody", &ReplayAnyBody::new());
+    out.debug("ReplayWrapped", &ReplayWrapped::new());
 
     // What a streaming replay keeps: the head (with credentials of its own) is not shown.
     let body = BoxBody::new(Full::new(Bytes::from_static(b"body-SECRET-upload")));
@@ -770,8 +770,8 @@ async fn flow() -> (Rendered, Vec<String>) {
     request
         .headers_mut()
         .insert("x-api-key", HeaderValue::from_static("key-SECRET-header"));
-    let (prepared, kept) = <ReplayAnyBody as ReplayPolicy<BoxBody<Bytes, Infallible>>>::keep(
-        &ReplayAnyBody::new(),
+    let (prepared, kept) = <ReplayWrapped as ReplayPolicy<BoxBody<Bytes, Infallible>>>::keep(
+        &ReplayWrapped::new(),
         request,
     );
     out.debug("ReplayBody", prepared.body());

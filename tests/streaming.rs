@@ -1,4 +1,4 @@
-//! Replay of streaming request bodies with `ReplayAnyBody`: what the inner service receives on
+//! Replay of streaming request bodies with `ReplayWrapped`: what the inner service receives on
 //! the first attempt and on the replay, the cap, trailers, failures and memory.
 
 #[allow(dead_code)]
@@ -17,7 +17,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tower::{service_fn, BoxError, Service, ServiceExt};
-use tower_bearer::replay::{ReplayAnyBody, ReplayBody};
+use tower_bearer::replay::{ReplayBody, ReplayWrapped};
 use tower_bearer::{BearerAuthLayer, StaticToken};
 
 use support::{within, Calls};
@@ -188,7 +188,7 @@ async fn send(
     cap: usize,
 ) -> (Result<Response<String>, BoxError>, Vec<Seen>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let layer = BearerAuthLayer::new(tokens()).replay_policy(ReplayAnyBody::new().cap(cap));
+    let layer = BearerAuthLayer::new(tokens()).replay_policy(ReplayWrapped::new().cap(cap));
     let svc =
         tower::ServiceBuilder::new()
             .layer(layer)
@@ -271,7 +271,7 @@ async fn a_body_that_outgrows_the_cap_while_streaming_is_not_replayed() {
             }
         })
     };
-    let layer = BearerAuthLayer::new(tokens()).replay_policy(ReplayAnyBody::new().cap(2500));
+    let layer = BearerAuthLayer::new(tokens()).replay_policy(ReplayWrapped::new().cap(2500));
     let svc = tower::ServiceBuilder::new().layer(layer).service(svc);
     let body = Unsized(Chunks::new(&data, None));
     let response = svc.oneshot(Request::new(body)).await.unwrap();
@@ -362,7 +362,7 @@ async fn a_body_that_fails_mid_stream_reaches_the_caller_and_is_not_replayed() {
             }
         })
     };
-    let layer = BearerAuthLayer::new(tokens()).replay_any_body();
+    let layer = BearerAuthLayer::new(tokens()).replay_wrapped();
     let svc = tower::ServiceBuilder::new().layer(layer).service(svc);
     let response = svc
         .oneshot(Request::new(Chunks::failing_after(&data)))
@@ -416,7 +416,7 @@ async fn no_copy_of_the_body_is_kept_after_the_response() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let hold = Read::AllThenHold(Duration::from_secs(3600));
     let mut svc = tower::ServiceBuilder::new()
-        .layer(BearerAuthLayer::new(tokens()).replay_any_body())
+        .layer(BearerAuthLayer::new(tokens()).replay_wrapped())
         .service(inner(hold, 0, seen));
     svc.ready().await.unwrap();
     let future = svc.call(Request::new(Chunks::new(&data, None)));

@@ -3,7 +3,7 @@ use std::fmt;
 use tower_layer::Layer;
 
 use super::{BearerAuth, Config, Configs};
-use crate::replay::{NoReplay, Replay, ReplayAnyBody};
+use crate::replay::{NoReplay, Replay, ReplayWrapped};
 use crate::{Origin, Placement, TokenCache, TokenSource};
 
 /// A [`Layer`] that authenticates every request with a bearer token from a [`TokenSource`].
@@ -106,12 +106,12 @@ impl<P> BearerAuthLayer<P> {
 
     /// Replays requests with any body, hyper's `Incoming` included, wrapping each body in a
     /// [`ReplayBody`](crate::replay::ReplayBody) that keeps up to 64 KiB of it as it is sent; see
-    /// [`ReplayAnyBody`]. The inner service then receives `ReplayBody<B>`: a gateway forwarding
+    /// [`ReplayWrapped`]. The inner service then receives `ReplayBody<B>`: a gateway forwarding
     /// `Incoming` bodies through hyper-util's `Client` takes it as it is.
     ///
     /// Default: [`Replay`], which keeps the caller's body type (see [`replay`](crate::replay)).
-    pub fn replay_any_body(self) -> BearerAuthLayer<ReplayAnyBody> {
-        self.replay_policy(ReplayAnyBody::new())
+    pub fn replay_wrapped(self) -> BearerAuthLayer<ReplayWrapped> {
+        self.replay_policy(ReplayWrapped::new())
     }
 
     /// Never replays a request whose token was rejected; the rejection is returned as it came

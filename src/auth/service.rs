@@ -33,6 +33,14 @@ use crate::{BoxError, Error, TokenCache, TokenSource};
 /// clones copy state it changes through `&mut self`. Wrap a service that is not `Clone` in
 /// [`tower::buffer::Buffer`](https://docs.rs/tower/0.5/tower/buffer/struct.Buffer.html).
 ///
+/// # Errors
+///
+/// Errors of the inner service pass through unchanged. A request that cannot be sent with a
+/// valid token fails with an [`Error`](crate::Error) instead, and is not sent: the token source
+/// failed, timed out or is being backed off from (see [`ErrorKind`](crate::ErrorKind)); it
+/// returned a token that cannot be stamped; or origins are restricted and the request's URI has
+/// none ([`ErrorKind::UnknownOrigin`](crate::ErrorKind::UnknownOrigin)).
+///
 /// # Backpressure
 ///
 /// `poll_ready` is the inner service's. A request that must wait for a token keeps the capacity

@@ -13,7 +13,7 @@ macro_rules! cloned {
         $(#[$meta])*
         impl<$($generics)*> ReplayableBody for $ty {
             #[inline]
-            fn keep(self, _cap: usize) -> (Self, Option<KeptBody<Self>>) {
+            fn split(self, _cap: usize) -> (Self, Option<KeptBody<Self>>) {
                 let copy = KeptBody::cloned(self.clone());
                 (self, Some(copy))
             }
@@ -45,8 +45,12 @@ macro_rules! rewrapped {
         $(#[$meta])*
         impl<$($generics)*> ReplayableBody for $ty {
             #[inline]
-            fn keep(self, cap: usize) -> (Self, Option<KeptBody<Self>>) {
-                let (body, kept) = ReplayBody::keep(self, cap);
+            fn split(self, cap: usize) -> (Self, Option<KeptBody<Self>>) {
+                if http_body::Body::size_hint(&self).lower() > cap as u64 {
+                    // Known to outgrow the cap: sent as it is, never replayed.
+                    return (self, None);
+                }
+                let (body, kept) = ReplayBody::recording(self, cap);
                 ($wrap(body), kept)
             }
 
@@ -67,4 +71,42 @@ rewrapped! {
     /// axum's body: a gateway built on axum forwards it with its own type.
     #[cfg(feature = "axum")]
     [] axum_core::body::Body => axum_core::body::Body::new;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    fn boxed(bytes: &'static [u8]) -> BoxBody<Bytes, Infallible> {
+        BoxBody::new(Full::new(Bytes::from_static(bytes)))
+    }
+
+    #[tokio::test]
+    async fn a_boxed_body_is_kept_as_it_is_sent_and_resent_in_its_own_type() {
+        let (first, kept) = boxed(b"payload").split(64);
+        assert_eq!(first.collect().await.unwrap().to_bytes(), "payload");
+        let replay = BoxBody::resend(kept.expect("kept")).expect("replayable");
+        assert_eq!(replay.collect().await.unwrap().to_bytes(), "payload");
+    }
+
+    #[tokio::test]
+    async fn a_boxed_body_known_to_outgrow_the_cap_is_sent_whole_and_not_kept() {
+        let (first, kept) = boxed(b"payload").split(3);
+        assert!(kept.is_none());
+        assert_eq!(first.collect().await.unwrap().to_bytes(), "payload");
+    }
+
+    #[test]
+    fn a_body_held_in_memory_is_cloned_whatever_the_cap() {
+        let (_, kept) = Full::new(Bytes::from_static(b"payload")).split(0);
+        let copy = Full::resend(kept.expect("cloned")).expect("resent");
+        assert_eq!(
+            format!("{copy:?}"),
+            format!("{:?}", Full::new(Bytes::from_static(b"payload")))
+        );
+    }
 }

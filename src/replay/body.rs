@@ -20,15 +20,16 @@ use http_body::{Body, Frame, SizeHint};
 /// is kept, what was kept is released at once, and the request can no longer be replayed. Its
 /// [`size_hint`](Body::size_hint), and so its `Content-Length`, is the original's.
 ///
-/// Made by [`ReplayBody::keep`] for the [`ReplayableBody`](super::ReplayableBody) types that
-/// stream, and by [`ReplayBody::new`] for a body passed through untouched (a request that will
-/// not be replayed).
+/// Made by [`ReplayBody::recording`], which the [`ReplayWrapped`](super::ReplayWrapped) policy
+/// and the [`ReplayableBody`](super::ReplayableBody) types that stream use, and by
+/// [`ReplayBody::new`] for a body passed through untouched (a request that will not be
+/// replayed).
 pub struct ReplayBody<B> {
     kind: Kind<B>,
 }
 
 enum Kind<B> {
-    /// Not kept: a cloneable body (the policy cloned it) or one known to exceed the cap.
+    /// Not kept: a body that will not be replayed, or one known to exceed the cap.
     Plain(B),
     /// The first attempt: reads the original and keeps what it read.
     First {

@@ -9,17 +9,20 @@
 //!   axum's with `axum`, the boxed bodies of `http-body-util`) keep what they send, up to a cap
 //!   (64 KiB by default), without buffering it first. The body type says how, through
 //!   [`ReplayableBody`]; implement it for a body type of your own.
-//! - [`ReplayAnyBody`] replays any [`http_body::Body`], hyper's `Incoming` included (a gateway
-//!   forwarding what it received): each body is wrapped in a [`ReplayBody`] that keeps what it
-//!   sends, up to the cap, and the inner service receives `ReplayBody<B>`. An inner service
-//!   generic over its body type, such as hyper-util's `Client`, takes it as it is.
+//! - [`ReplayWrapped`] replays any `Unpin` [`http_body::Body`], hyper's `Incoming` included (a
+//!   gateway forwarding what it received): each body is wrapped in a [`ReplayBody`] that keeps
+//!   what it sends, up to the cap, and the inner service receives `ReplayBody<B>`. An inner
+//!   service generic over its body type, such as hyper-util's `Client`, takes it as it is.
 //! - [`NoReplay`] never replays and keeps nothing; the inner service sees the caller's body.
 //!
-//! | body | [`Replay`] | [`ReplayAnyBody`] |
+//! | body | [`Replay`] | [`ReplayWrapped`] |
 //! |---|---|---|
-//! | [`Full`], [`Empty`], [`Bytes`], `String`, `Vec<u8>`, `&'static str`, `()` | cloned | kept as sent, in a `ReplayBody` |
-//! | tonic's `Body`, axum's `Body`, [`BoxBody`], [`UnsyncBoxBody`] | kept as sent, in its own type | kept as sent, in a `ReplayBody` |
-//! | hyper's `Incoming`, [`StreamBody`], other bodies | does not compile: use [`ReplayAnyBody`] | kept as sent, in a `ReplayBody` |
+//! | [`Full`], [`Empty`], [`Bytes`], `String`, `Vec<u8>`, `&'static str`, `&'static [u8]`, `()` | cloned, whatever its size | kept as sent, up to the cap, in a `ReplayBody` |
+//! | tonic's `Body`, axum's `Body`, [`BoxBody`], [`UnsyncBoxBody`] | kept as sent, up to the cap, in its own type | kept as sent, up to the cap, in a `ReplayBody` |
+//! | hyper's `Incoming`, [`StreamBody`], other bodies | does not compile: use [`ReplayWrapped`] | kept as sent, up to the cap, in a `ReplayBody` |
+//!
+//! A body type of another crate that neither policy fits (the orphan rule keeps you from
+//! implementing [`ReplayableBody`] for it) takes a newtype, or a [`ReplayPolicy`] of your own.
 //!
 //! A request whose body is known (from its size hint) to exceed the cap, outgrows it while being
 //! sent, or fails mid-stream, is not replayed: the rejection comes back as it came (the token is
@@ -82,13 +85,13 @@ pub trait ReplayPolicy<B> {
 /// behind the crate features of the same names, for the bodies of tonic and axum. For a body
 /// type of your own, pick one of two shapes: a body that is cheap to clone keeps a clone
 /// ([`KeptBody::cloned`]); a body type that can hold any body keeps what it sends through a
-/// [`ReplayBody`] ([`ReplayBody::keep`]) and wraps it back. A body type that can do neither
-/// (hyper's `Incoming`) is replayed by [`ReplayAnyBody`] instead.
+/// [`ReplayBody`] ([`ReplayBody::recording`]) and wraps it back. A body type that can do neither
+/// (hyper's `Incoming`) is replayed by [`ReplayWrapped`] instead.
 ///
 /// ```
 /// use bytes::Bytes;
 /// use http_body_util::combinators::UnsyncBoxBody;
-/// use http_body_util::Full;
+/// use http_body_util::{BodyExt, Full};
 /// use tower_bearer::replay::{KeptBody, ReplayBody, ReplayableBody};
 ///
 /// /// A body that is cheap to clone: a replay sends a clone.
@@ -96,7 +99,7 @@ pub trait ReplayPolicy<B> {
 /// struct Json(Full<Bytes>);
 ///
 /// impl ReplayableBody for Json {
-///     fn keep(self, _cap: usize) -> (Json, Option<KeptBody<Json>>) {
+///     fn split(self, _cap: usize) -> (Json, Option<KeptBody<Json>>) {
 ///         let copy = KeptBody::cloned(self.clone());
 ///         (self, Some(copy))
 ///     }
@@ -120,8 +123,8 @@ pub trait ReplayPolicy<B> {
 /// # }
 ///
 /// impl ReplayableBody for Upload {
-///     fn keep(self, cap: usize) -> (Upload, Option<KeptBody<Upload>>) {
-///         let (body, kept) = ReplayBody::keep(self, cap);
+///     fn split(self, cap: usize) -> (Upload, Option<KeptBody<Upload>>) {
+///         let (body, kept) = ReplayBody::recording(self, cap);
 ///         (Upload(UnsyncBoxBody::new(body)), kept)
 ///     }
 ///
@@ -129,11 +132,21 @@ pub trait ReplayPolicy<B> {
 ///         Some(Upload(UnsyncBoxBody::new(kept.into_replay()?)))
 ///     }
 /// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// // What the layer does with a request whose token is rejected: the first attempt is sent,
+/// // then the kept copy is resent.
+/// let (first, kept) = Json(Full::new(Bytes::from("{}"))).split(64 * 1024);
+/// let replay = Json::resend(kept.expect("a clone is kept")).expect("it can be resent");
+/// assert_eq!(replay.0.collect().await.unwrap().to_bytes(), "{}");
+/// # drop(first);
+/// # }
 /// ```
 #[diagnostic::on_unimplemented(
     message = "the default replay policy cannot send a `{Self}` request body twice in its own type",
     label = "this body type",
-    note = "replay it wrapped with `BearerAuthLayer::replay_any_body()` (the inner service then \
+    note = "replay it wrapped with `BearerAuthLayer::replay_wrapped()` (the inner service then \
             receives `ReplayBody<{Self}>`), implement `tower_bearer::replay::ReplayableBody` for \
             it, enable the crate feature for it (`tonic`, `axum`), or turn replays off with \
             `BearerAuthLayer::without_replay()`"
@@ -141,7 +154,7 @@ pub trait ReplayPolicy<B> {
 pub trait ReplayableBody: Sized {
     /// The body to send now and, if the request can be replayed, what a replay needs, keeping
     /// at most `cap` bytes of a streaming body.
-    fn keep(self, cap: usize) -> (Self, Option<KeptBody<Self>>);
+    fn split(self, cap: usize) -> (Self, Option<KeptBody<Self>>);
 
     /// The body to send again. `None` if it cannot be had any more (a stream outgrew the cap,
     /// or failed).
@@ -275,29 +288,33 @@ impl Default for Replay {
 
 const DEFAULT_CAP: usize = 64 * 1024;
 
-/// Replays requests with any body, wrapping each in a [`ReplayBody`] that keeps what it sends,
-/// up to a cap (64 KiB by default); the inner service receives `ReplayBody<B>`.
+/// Replays requests with any `Unpin` body, wrapping each in a [`ReplayBody`] that keeps what it
+/// sends, up to a cap (64 KiB by default); the inner service receives `ReplayBody<B>`.
 ///
 /// For body types that [`Replay`] cannot send twice in their own type: hyper's `Incoming` in a
 /// gateway that forwards what it receives, a [`StreamBody`](http_body_util::StreamBody), any
-/// `http_body::Body`. An inner service generic over its body type, such as hyper-util's
+/// body of another crate. An inner service generic over its body type, such as hyper-util's
 /// `Client`, takes `ReplayBody<B>` as it is: its body type is inferred. Otherwise it behaves as
 /// [`Replay`] does for streams.
 ///
+/// Every body is kept as it streams, bodies held in memory too: a `Full` body larger than the
+/// cap is not replayed (raise the [cap](Self::cap), or use [`Replay`], which clones it), and the
+/// replay starts once the first attempt's body has been dropped by its connection.
+///
 /// ```
-/// use tower_bearer::replay::ReplayAnyBody;
+/// use tower_bearer::replay::ReplayWrapped;
 /// use tower_bearer::{BearerAuthLayer, StaticToken};
 ///
 /// let layer = BearerAuthLayer::new(StaticToken::new("t0k3n"))
-///     .replay_policy(ReplayAnyBody::new().cap(256 * 1024));
+///     .replay_policy(ReplayWrapped::new().cap(256 * 1024));
 /// # drop(layer);
 /// ```
 #[derive(Clone, Copy, Debug)]
-pub struct ReplayAnyBody {
+pub struct ReplayWrapped {
     cap: usize,
 }
 
-impl ReplayAnyBody {
+impl ReplayWrapped {
     /// A policy keeping up to 64 KiB of each body.
     pub fn new() -> Self {
         Self { cap: DEFAULT_CAP }
@@ -312,13 +329,13 @@ impl ReplayAnyBody {
     }
 }
 
-impl Default for ReplayAnyBody {
+impl Default for ReplayWrapped {
     fn default() -> Self {
         Self::new()
     }
 }
 
-/// What [`Replay`] and [`ReplayAnyBody`] keep for a replay: a copy of the request's head, and what its body keeps.
+/// What [`Replay`] and [`ReplayWrapped`] keep for a replay: a copy of the request's head, and what its body keeps.
 /// Dropping it releases the kept bytes.
 pub struct KeptRequest<B> {
     head: Head,
@@ -341,7 +358,7 @@ impl<B: ReplayableBody> ReplayPolicy<B> for Replay {
 
     #[inline]
     fn keep(&self, req: Request<B>) -> (Request<B>, Option<KeptRequest<B>>) {
-        keep_with(req, |body| body.keep(self.cap))
+        keep_with(req, |body| body.split(self.cap))
     }
 
     #[inline]
@@ -351,12 +368,14 @@ impl<B: ReplayableBody> ReplayPolicy<B> for Replay {
 
     fn replay(&self, kept: KeptRequest<B>) -> Option<Request<B>> {
         let KeptRequest { head, body } = kept;
-        let body = B::resend(body)?;
-        Some(Request::from_parts(head.into_parts()?, body))
+        // The head first: if it cannot be rebuilt, `body` is dropped unused and releases what
+        // it kept at once.
+        let parts = head.into_parts()?;
+        Some(Request::from_parts(parts, B::resend(body)?))
     }
 }
 
-impl<B> ReplayPolicy<B> for ReplayAnyBody
+impl<B> ReplayPolicy<B> for ReplayWrapped
 where
     B: Body + Unpin,
     B::Data: Buf,
@@ -365,7 +384,7 @@ where
     type Kept = KeptRequest<B>;
 
     fn keep(&self, req: Request<B>) -> (Request<ReplayBody<B>>, Option<KeptRequest<B>>) {
-        keep_with(req, |body| ReplayBody::keep(body, self.cap))
+        keep_with(req, |body| ReplayBody::recording(body, self.cap))
     }
 
     fn pass(&self, req: Request<B>) -> Request<ReplayBody<B>> {
@@ -374,8 +393,8 @@ where
 
     fn replay(&self, kept: KeptRequest<B>) -> Option<Request<ReplayBody<B>>> {
         let KeptRequest { head, body } = kept;
-        let body = body.into_replay()?;
-        Some(Request::from_parts(head.into_parts()?, body))
+        let parts = head.into_parts()?;
+        Some(Request::from_parts(parts, body.into_replay()?))
     }
 }
 
@@ -423,7 +442,7 @@ impl<B: Body> ReplayBody<B> {
     /// Wraps a streaming body so that it keeps what it sends, up to `cap` bytes, for a replay:
     /// the body to send, and what a replay needs. When the body's size hint says it is larger
     /// than `cap`, nothing is kept: the body passes through and `None` is returned.
-    pub fn keep(body: B, cap: usize) -> (Self, Option<KeptBody<B>>) {
+    pub fn recording(body: B, cap: usize) -> (Self, Option<KeptBody<B>>) {
         let hint = body.size_hint();
         if hint.lower() > cap as u64 {
             return (Self::new(body), None);
