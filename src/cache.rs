@@ -781,15 +781,12 @@ impl Shared {
         let full = min.saturating_mul(1 << exponent).min(max).min(MAX_LIFETIME);
         // "Equal jitter": between half and all of the delay.
         let delay = full / 2 + (full / 2).mul_f64(random_unit());
-        // A token endpoint knows best: honour its `Retry-After` (up to the maximum), and do not
-        // come back soon with credentials it refused for good.
-        match error.source_as::<crate::oauth2::Error>() {
-            Some(oauth) if !oauth.is_retryable() => delay.max(max / 2),
-            Some(oauth) => match oauth.retry_after() {
-                Some(asked) => delay.max(asked.min(max)),
-                None => delay,
-            },
-            None => delay,
+        // The source knows best (a `SourceError`'s hint): honour a server's `Retry-After` (up
+        // to the maximum), and do not come back soon with credentials refused for good.
+        match error.retry() {
+            crate::Retry::NotSoon => delay.max(max / 2),
+            crate::Retry::After(asked) => delay.max(asked.min(max)),
+            crate::Retry::Backoff => delay,
         }
     }
 

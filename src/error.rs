@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::BoxError;
+use crate::{BoxError, Retry, SourceError};
 
 /// Why no valid token could be had for a request.
 ///
@@ -24,6 +24,8 @@ pub struct Error {
 struct Inner {
     kind: ErrorKind,
     source: Option<BoxError>,
+    /// When fetching again can help, as the source said with a [`SourceError`].
+    retry: Retry,
 }
 
 /// The category of an [`Error`].
@@ -52,12 +54,36 @@ pub enum ErrorKind {
 impl Error {
     pub(crate) fn new(kind: ErrorKind, source: Option<BoxError>) -> Self {
         Self {
-            inner: Arc::new(Inner { kind, source }),
+            inner: Arc::new(Inner {
+                kind,
+                source,
+                retry: Retry::Backoff,
+            }),
         }
     }
 
+    /// The source's error. A [`SourceError`] is unwrapped: its hint is kept for the backoff, and
+    /// the error it wraps becomes the `source()`, so that `source_as` finds it.
     pub(crate) fn source_failed(source: BoxError) -> Self {
-        Self::new(ErrorKind::Source, Some(source))
+        let (source, retry) = match source.downcast::<SourceError>() {
+            Ok(wrapped) => {
+                let retry = wrapped.retry();
+                (wrapped.into_inner(), retry)
+            }
+            Err(source) => (source, Retry::Backoff),
+        };
+        Self {
+            inner: Arc::new(Inner {
+                kind: ErrorKind::Source,
+                source: Some(source),
+                retry,
+            }),
+        }
+    }
+
+    /// When fetching again can help, as the source said.
+    pub(crate) fn retry(&self) -> Retry {
+        self.inner.retry
     }
 
     pub(crate) fn timeout(after: Duration) -> Self {

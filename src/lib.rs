@@ -76,6 +76,7 @@ pub mod cache;
 pub mod challenge;
 mod error;
 pub mod grpc;
+#[cfg(feature = "oauth2")]
 pub mod oauth2;
 mod origin;
 pub mod placement;
@@ -91,6 +92,8 @@ pub use error::{Error, ErrorKind};
 pub use origin::{InvalidOrigin, Origin};
 pub use placement::Placement;
 pub use source::{source_fn, SourceFn, StaticToken, TokenSource};
+pub use source::{Retry, SourceError};
+pub use token::{Access, Refresh, Secret, SecretKind};
 pub use token::{AccessToken, Expiry, Reason, RefreshToken, Token, TokenRequest};
 
 /// A type-erased error, as tower uses.

@@ -1,9 +1,9 @@
 //! OAuth 2.0 token sources (RFC 6749): client credentials, refresh token with rotation, and
 //! authorization code with PKCE, tolerant of the quirks real authorization servers have.
 //!
-//! Every grant talks to its token endpoint through a [`Client`]: the endpoint URL (`https`
-//! required unless loopback), the client id, its authentication ([`ClientAuth`]) and the HTTP
-//! client used (any tower service; hyper-util with rustls by default).
+//! Every grant talks to its token endpoint through a [`TokenEndpoint`]: the endpoint URL
+//! (`https` required unless loopback), the client id, its authentication ([`ClientAuth`]) and
+//! the HTTP client used (any tower service; hyper-util with rustls by default).
 //!
 //! | grant | source | |
 //! |---|---|---|
@@ -18,17 +18,21 @@
 
 mod authorization_code;
 mod authorize;
-mod client;
 mod client_credentials;
+mod endpoint;
 mod error;
+mod loopback;
+mod pkce;
 mod redact;
 mod refresh;
 mod response;
 
 pub use authorization_code::AuthorizationCode;
-pub use authorize::{AuthorizationRequest, AuthorizationResponse, LoopbackRedirect, Pkce};
-pub use client::{Client, ClientAuth, ClientBuilder, ClientSecret};
+pub use authorize::{AuthorizationRequest, AuthorizationResponse};
 pub use client_credentials::ClientCredentials;
+pub use endpoint::{ClientAuth, ClientSecret, Confidential, TokenEndpoint, TokenEndpointBuilder};
 pub use error::{Error, ErrorCode, ErrorKind};
+pub use loopback::LoopbackRedirect;
+pub use pkce::Pkce;
 pub use refresh::{FileStore, MemoryStore, RefreshTokenSource, RefreshTokenStore};
 pub use response::{ExtraFields, TokenResponse};
