@@ -23,7 +23,7 @@ use zeroize::{Zeroize, Zeroizing};
 /// assert_eq!(token.secret(), "s3cr3t");
 /// assert_eq!(format!("{token:?}"), "AccessToken(<redacted>)");
 /// ```
-pub struct Secret<K> {
+pub struct Secret<K: SecretKind> {
     value: String,
     kind: PhantomData<fn() -> K>,
 }
@@ -66,7 +66,7 @@ pub type AccessToken = Secret<Access>;
 /// `RefreshToken(<redacted>)`.
 pub type RefreshToken = Secret<Refresh>;
 
-impl<K> Secret<K> {
+impl<K: SecretKind> Secret<K> {
     /// Wraps a secret.
     pub fn new(secret: impl Into<String>) -> Self {
         Self {
@@ -81,7 +81,7 @@ impl<K> Secret<K> {
     }
 }
 
-impl<K> Drop for Secret<K> {
+impl<K: SecretKind> Drop for Secret<K> {
     fn drop(&mut self) {
         self.value.zeroize();
     }
@@ -93,22 +93,23 @@ impl<K: SecretKind> fmt::Debug for Secret<K> {
     }
 }
 
-// By hand: derived, they would require `K: Clone` and `K: PartialEq` of the marker kinds.
-impl<K> Clone for Secret<K> {
+// By hand: derived, they would require the kinds, which are never values, to be `Clone` and
+// `PartialEq`.
+impl<K: SecretKind> Clone for Secret<K> {
     fn clone(&self) -> Self {
         Self::new(self.value.clone())
     }
 }
 
-impl<K> PartialEq for Secret<K> {
+impl<K: SecretKind> PartialEq for Secret<K> {
     fn eq(&self, other: &Self) -> bool {
         self.value == other.value
     }
 }
 
-impl<K> Eq for Secret<K> {}
+impl<K: SecretKind> Eq for Secret<K> {}
 
-impl<K, T: Into<String>> From<T> for Secret<K> {
+impl<K: SecretKind, T: Into<String>> From<T> for Secret<K> {
     fn from(secret: T) -> Self {
         Self::new(secret)
     }
