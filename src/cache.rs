@@ -784,9 +784,9 @@ impl Shared {
         // The source knows best (a `SourceError`'s hint): honour a server's `Retry-After` (up
         // to the maximum), and do not come back soon with credentials refused for good.
         match error.retry() {
-            crate::Retry::NotSoon => delay.max(max / 2),
-            crate::Retry::After(asked) => delay.max(asked.min(max)),
-            crate::Retry::Backoff => delay,
+            crate::RetryHint::NotSoon => delay.max(max / 2),
+            crate::RetryHint::After(asked) => delay.max(asked.min(max)),
+            crate::RetryHint::Backoff => delay,
         }
     }
 

@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{BoxError, Retry, SourceError};
+use crate::{BoxError, RetryHint, SourceError};
 
 /// Why no valid token could be had for a request.
 ///
@@ -25,7 +25,7 @@ struct Inner {
     kind: ErrorKind,
     source: Option<BoxError>,
     /// When fetching again can help, as the source said with a [`SourceError`].
-    retry: Retry,
+    retry: RetryHint,
 }
 
 /// The category of an [`Error`].
@@ -57,7 +57,7 @@ impl Error {
             inner: Arc::new(Inner {
                 kind,
                 source,
-                retry: Retry::Backoff,
+                retry: RetryHint::Backoff,
             }),
         }
     }
@@ -70,7 +70,7 @@ impl Error {
                 let retry = wrapped.retry();
                 (wrapped.into_inner(), retry)
             }
-            Err(source) => (source, Retry::Backoff),
+            Err(source) => (source, RetryHint::Backoff),
         };
         Self {
             inner: Arc::new(Inner {
@@ -82,7 +82,7 @@ impl Error {
     }
 
     /// When fetching again can help, as the source said.
-    pub(crate) fn retry(&self) -> Retry {
+    pub(crate) fn retry(&self) -> RetryHint {
         self.inner.retry
     }
 

@@ -92,7 +92,7 @@ pub use error::{Error, ErrorKind};
 pub use origin::{InvalidOrigin, Origin};
 pub use placement::Placement;
 pub use source::{source_fn, SourceFn, StaticToken, TokenSource};
-pub use source::{Retry, SourceError};
+pub use source::{RetryHint, SourceError};
 pub use token::{Access, Refresh, Secret, SecretKind};
 pub use token::{AccessToken, Expiry, Reason, RefreshToken, Token, TokenRequest};
 

@@ -183,16 +183,17 @@ where
 /// A token source's failure, with what the source knows about trying again.
 ///
 /// A source fails with any error convertible into [`BoxError`]. When that error is a
-/// `SourceError` (directly, not as the cause of another error), the cache reads its
-/// [`Retry`] hint to decide how long to back off, and reports the error it wraps: that is the
-/// [`source()`](StdError::source) of the crate's [`Error`](crate::Error), so
-/// [`Error::source_as`](crate::Error::source_as) finds it, the wrapper is never seen.
+/// `SourceError` (itself, not the cause of another error; tower middleware such as a timeout
+/// passes it on boxed, which keeps it), the cache reads its [`RetryHint`] to decide how long to
+/// back off, and reports the error it wraps: that error, not the wrapper, is the
+/// [`source()`](StdError::source) of the crate's [`Error`](crate::Error), which
+/// [`Error::source_as`](crate::Error::source_as) finds.
 ///
 /// `Display` and `source()` are those of the wrapped error.
 ///
 /// ```
 /// use std::time::Duration;
-/// use tower_bearer::{source_fn, Retry, SourceError, Token, TokenRequest};
+/// use tower_bearer::{source_fn, RetryHint, SourceError, Token, TokenRequest};
 ///
 /// let source = source_fn(|_: TokenRequest| async {
 ///     // The token service said `503` with `Retry-After: 30`.
@@ -201,19 +202,19 @@ where
 /// });
 /// # drop(source);
 /// let error = SourceError::new("invalid credentials").not_soon();
-/// assert_eq!(error.retry(), Retry::NotSoon);
+/// assert_eq!(error.retry(), RetryHint::NotSoon);
 /// assert_eq!(error.to_string(), "invalid credentials");
 /// ```
 #[derive(Debug)]
 pub struct SourceError {
     error: BoxError,
-    retry: Retry,
+    retry: RetryHint,
 }
 
 /// When trying a failed token source again can help: the hint a [`SourceError`] carries.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
-pub enum Retry {
+pub enum RetryHint {
     /// Nothing is known: the cache backs off as configured
     /// ([`TokenCacheBuilder::backoff`](crate::cache::TokenCacheBuilder::backoff)). The default.
     #[default]
@@ -227,32 +228,32 @@ pub enum Retry {
 }
 
 impl SourceError {
-    /// Wraps a source's error, with the hint [`Retry::Backoff`].
+    /// Wraps a source's error, with the hint [`RetryHint::Backoff`].
     pub fn new(error: impl Into<BoxError>) -> Self {
         Self {
             error: error.into(),
-            retry: Retry::Backoff,
+            retry: RetryHint::Backoff,
         }
     }
 
-    /// Sets the hint to [`Retry::After`]: the server asked to come back after `delay`.
+    /// Sets the hint to [`RetryHint::After`]: the server asked to come back after `delay`.
     ///
-    /// Default: [`Retry::Backoff`].
+    /// Default: [`RetryHint::Backoff`].
     pub fn retry_after(mut self, delay: Duration) -> Self {
-        self.retry = Retry::After(delay);
+        self.retry = RetryHint::After(delay);
         self
     }
 
-    /// Sets the hint to [`Retry::NotSoon`]: trying again soon cannot help.
+    /// Sets the hint to [`RetryHint::NotSoon`]: trying again soon cannot help.
     ///
-    /// Default: [`Retry::Backoff`].
+    /// Default: [`RetryHint::Backoff`].
     pub fn not_soon(mut self) -> Self {
-        self.retry = Retry::NotSoon;
+        self.retry = RetryHint::NotSoon;
         self
     }
 
     /// The hint: when trying again can help.
-    pub fn retry(&self) -> Retry {
+    pub fn retry(&self) -> RetryHint {
         self.retry
     }
 
@@ -381,6 +382,27 @@ mod tests {
         assert_eq!(calls_after(&failing, start, MAX / 2).await, 2);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn the_hint_survives_tower_middleware() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let source = {
+            let calls = calls.clone();
+            source_fn(move |_: TokenRequest| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                async { Err::<Token, _>(SourceError::new(refused()).not_soon()) }
+            })
+        };
+        // The timeout boxes the source's error: still a `SourceError` to the cache.
+        let source = tower::ServiceBuilder::new()
+            .timeout(Duration::from_secs(5))
+            .service(source);
+        let failing = (TokenCache::builder(source).backoff(MIN, MAX).build(), calls);
+        let start = Instant::now();
+        assert_eq!(calls_after(&failing, start, ms(0)).await, 1);
+        assert_eq!(calls_after(&failing, start, MAX / 2 - ms(1)).await, 1);
+        assert_eq!(calls_after(&failing, start, MAX / 2).await, 2);
+    }
+
     #[test]
     fn a_source_error_shows_the_error_it_wraps() {
         #[derive(Debug)]
@@ -396,13 +418,13 @@ mod tests {
             }
         }
         let error = SourceError::new(Outer(refused()));
-        assert_eq!(error.retry(), Retry::Backoff);
+        assert_eq!(error.retry(), RetryHint::Backoff);
         assert_eq!(error.to_string(), "token service failed");
         assert_eq!(error.source().unwrap().to_string(), "refused");
         assert!(error.get_ref().is::<Outer>());
         let error = error.retry_after(ms(5));
-        assert_eq!(error.retry(), Retry::After(ms(5)));
-        assert_eq!(error.not_soon().retry(), Retry::NotSoon);
-        assert_eq!(Retry::default(), Retry::Backoff);
+        assert_eq!(error.retry(), RetryHint::After(ms(5)));
+        assert_eq!(error.not_soon().retry(), RetryHint::NotSoon);
+        assert_eq!(RetryHint::default(), RetryHint::Backoff);
     }
 }
