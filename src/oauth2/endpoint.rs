@@ -151,7 +151,7 @@ impl TokenEndpoint {
         &self.inner.client_id
     }
 
-    /// The token endpoint.
+    /// The token endpoint's URL.
     pub fn token_url(&self) -> &Uri {
         &self.inner.token_url
     }

@@ -15,6 +15,14 @@
 //! string, missing (the cache's default lifetime applies), zero, negative or huge; `token_type` in
 //! any case; JSON or form-encoded; fields this crate does not know are kept in [`ExtraFields`].
 //! Errors are one typed [`Error`]: an `error` field means an error even with HTTP 200.
+//!
+//! This module is the default-on `oauth2` feature; without it the crate's core (layer, cache,
+//! replay) builds without the grants' dependencies (serde_json, sha2, base64, getrandom, hyper).
+//!
+//! As token sources, the grants fail with a [`SourceError`](crate::SourceError) that carries
+//! the token endpoint's `Retry-After`, or says that retrying soon cannot help (`invalid_client`,
+//! `invalid_grant`, ...), for the cache's backoff. The cache reports the [`Error`] inside:
+//! `tower_bearer::Error::source_as::<oauth2::Error>()` finds it.
 
 mod authorization_code;
 mod authorize;
