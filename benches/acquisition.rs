@@ -19,7 +19,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use oauth2::basic::BasicClient;
 use oauth2::{ClientId, ClientSecret, TokenResponse as _, TokenUrl};
-use tower_bearer::oauth2::{Client, ClientCredentials};
+use tower_bearer::oauth2::{ClientCredentials, TokenEndpoint};
 
 // Not every benchmark uses every shared item.
 #[allow(dead_code)]
@@ -77,11 +77,11 @@ fn acquisition(c: &mut Criterion) {
     let _guard = rt.enter();
 
     // This crate: its default client (hyper-util; rustls for https, plain http to loopback).
-    let client = Client::builder(token_url.as_str(), CLIENT_ID)
+    let endpoint = TokenEndpoint::builder(token_url.as_str(), CLIENT_ID)
         .client_secret(CLIENT_SECRET)
         .build()
-        .expect("client");
-    let ours = ClientCredentials::new(client);
+        .expect("token endpoint");
+    let ours = ClientCredentials::new(endpoint);
     let token = rt
         .block_on(ours.request_token())
         .expect("token")

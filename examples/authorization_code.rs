@@ -140,12 +140,12 @@ async fn run() -> Result<(), Failure> {
 
     // A command-line app cannot keep a secret (anyone can read it from the binary), so it is
     // normally a public client, protected by PKCE instead; a secret is still supported.
-    let builder = oauth2::Client::builder(token_url.trim(), client_id.trim());
+    let builder = oauth2::TokenEndpoint::builder(token_url.trim(), client_id.trim());
     let builder = match optional("CLIENT_SECRET")? {
         Some(secret) => builder.client_secret(secret).auth(ClientAuth::Basic),
         None => builder.auth(ClientAuth::None),
     };
-    let client = builder
+    let endpoint = builder
         .build()
         .map_err(|e| fail(explain_oauth(&e, Stage::SignIn)))?;
 
@@ -161,7 +161,7 @@ async fn run() -> Result<(), Failure> {
             eprintln!("using the refresh token saved in {token_file}");
             // The source refreshes for the first access token, and saves every rotated refresh
             // token, so the file always holds the one the server will accept next.
-            RefreshTokenSource::new(client, refresh_token).store(store)
+            RefreshTokenSource::new(endpoint, refresh_token).store(store)
         }
         None => {
             let authorization_url = required(
@@ -169,7 +169,7 @@ async fn run() -> Result<(), Failure> {
                 "the authorization endpoint, e.g. https://auth.example.com/oauth2/authorize",
             )?;
             sign_in(
-                client,
+                endpoint,
                 &authorization_url,
                 &scope,
                 issuer.as_deref(),
@@ -186,7 +186,7 @@ async fn run() -> Result<(), Failure> {
 /// Signs the user in through the browser, saves the refresh token, and returns a source that
 /// starts with the access token of the code exchange.
 async fn sign_in(
-    client: oauth2::Client,
+    endpoint: oauth2::TokenEndpoint,
     authorization_url: &str,
     scope: &str,
     issuer: Option<&str>,
@@ -194,7 +194,7 @@ async fn sign_in(
     token_file: &str,
 ) -> Result<RefreshTokenSource, Failure> {
     let scopes: Vec<&str> = scope.split_whitespace().collect();
-    let mut grant = AuthorizationCode::new(client.clone(), authorization_url.trim());
+    let mut grant = AuthorizationCode::new(endpoint.clone(), authorization_url.trim());
     for scope in &scopes {
         grant = grant.scope(*scope);
     }
@@ -239,7 +239,7 @@ async fn sign_in(
             one_line(&chain(&*e))
         ),
     }
-    RefreshTokenSource::from_response(client, tokens)
+    RefreshTokenSource::from_response(endpoint, tokens)
         .map(|source| source.store(store))
         .map_err(|e| fail(explain_oauth(&e, Stage::SignIn)))
 }
@@ -405,7 +405,7 @@ fn api_client(
 }
 
 /// Without the `default-client` feature there is no TLS stack among the crate's dependencies:
-/// plain http only (and the token client then needs `ClientBuilder::transport`, which this
+/// plain http only (and the token client then needs `TokenEndpointBuilder::transport`, which this
 /// example reports as a configuration error).
 #[cfg(not(feature = "default-client"))]
 fn api_client(

@@ -122,12 +122,12 @@ async fn run() -> Result<(), Failure> {
     };
     let api_url = api_url()?;
 
-    let client = oauth2::Client::builder(token_url.trim(), client_id.trim())
+    let endpoint = oauth2::TokenEndpoint::builder(token_url.trim(), client_id.trim())
         .client_secret(secret)
         .auth(auth)
         .build()
         .map_err(|e| fail(explain_oauth(&e)))?;
-    let mut source = ClientCredentials::new(client);
+    let mut source = ClientCredentials::new(endpoint);
     if let Some(scope) = optional("SCOPE")? {
         source = source.scopes(scope.split_whitespace());
     }
@@ -321,7 +321,7 @@ fn api_client(
 }
 
 /// Without the `default-client` feature there is no TLS stack among the crate's dependencies:
-/// plain http only (and the token client then needs `ClientBuilder::transport`, which this
+/// plain http only (and the token client then needs `TokenEndpointBuilder::transport`, which this
 /// example reports as a configuration error).
 #[cfg(not(feature = "default-client"))]
 fn api_client(

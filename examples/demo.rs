@@ -198,10 +198,10 @@ fn client_credentials(
 ) -> Result<ClientCredentials, BoxError> {
     // Plain http is accepted because the token endpoint is on loopback; any other host would
     // need https.
-    let client = oauth2::Client::builder(token_url.to_string(), client_id)
+    let endpoint = oauth2::TokenEndpoint::builder(token_url.to_string(), client_id)
         .client_secret(client_secret)
         .build()?;
-    Ok(ClientCredentials::new(client))
+    Ok(ClientCredentials::new(endpoint))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -17,6 +17,12 @@ cargo fmt --all --check
 step "cargo clippy (all targets, all features, -D warnings)"
 cargo clippy --all-targets --all-features -- -D warnings
 
+step "the core without the OAuth 2.0 grants (--no-default-features: build, clippy, unit tests)"
+cargo build --no-default-features
+cargo clippy --no-default-features -- -D warnings
+cargo test --no-default-features --lib
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --no-default-features
+
 step "cargo doc (-D warnings)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features
 

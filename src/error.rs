@@ -24,6 +24,9 @@ pub struct Error {
 struct Inner {
     kind: ErrorKind,
     source: Option<BoxError>,
+    /// When fetching again can help, as the source said with a
+    /// [`SourceError`](crate::SourceError).
+    retry: RetryHint,
 }
 
 /// The category of an [`Error`].
@@ -59,12 +62,28 @@ pub enum ErrorKind {
 impl Error {
     pub(crate) fn new(kind: ErrorKind, source: Option<BoxError>) -> Self {
         Self {
-            inner: Arc::new(Inner { kind, source }),
+            inner: Arc::new(Inner {
+                kind,
+                source,
+                retry: RetryHint::Backoff,
+            }),
         }
     }
 
-    pub(crate) fn source_failed(source: BoxError) -> Self {
-        Self::new(ErrorKind::Source, Some(source))
+    /// The source's error, with what the source said about trying again.
+    pub(crate) fn source_failed(source: BoxError, retry: RetryHint) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                kind: ErrorKind::Source,
+                source: Some(source),
+                retry,
+            }),
+        }
+    }
+
+    /// When fetching again can help, as the source said.
+    pub(crate) fn retry(&self) -> RetryHint {
+        self.inner.retry
     }
 
     pub(crate) fn timeout(after: Duration) -> Self {
@@ -125,6 +144,22 @@ impl StdError for Error {
             None => None,
         }
     }
+}
+
+/// When trying a failed token source again can help: the hint a [`SourceError`](crate::SourceError) carries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RetryHint {
+    /// Nothing is known: the cache backs off as configured
+    /// ([`TokenCacheBuilder::backoff`](crate::cache::TokenCacheBuilder::backoff)). The default.
+    #[default]
+    Backoff,
+    /// The source's server said when to come back (an HTTP `Retry-After`): the cache waits at
+    /// least this long, up to its maximum backoff.
+    After(Duration),
+    /// Trying again soon cannot help (the credentials were refused, for example OAuth's
+    /// `invalid_client`): the cache waits at least half of its maximum backoff.
+    NotSoon,
 }
 
 #[derive(Debug)]

@@ -67,11 +67,11 @@
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | [`token`], [`source`] | what a token is, and where tokens come from: [`TokenSource`], [`source_fn`], [`StaticToken`], [`SourceError`](source::SourceError) |
+//! | [`token`], [`source`] | what a token is, and where tokens come from: [`TokenSource`], [`source_fn`], [`StaticToken`], [`SourceError`] |
 //! | [`cache`] | [`TokenCache`]: single flight, refresh ahead, rejection, backoff, and its [builder](cache::TokenCacheBuilder) and [stats](cache::CacheStats) |
 //! | [`placement`], [`challenge`], [`replay`], [`origin`] | where a token goes on a request; `WWW-Authenticate` parsing; how a request is kept for a replay; which origins get the token |
 //! | [`auth`] | the middleware: [`BearerAuthLayer`], [`BearerAuth`], its [`ResponseFuture`](auth::ResponseFuture), and what a response says about its token |
-//! | [`grpc`], [`oauth2`] | gRPC trailers; the OAuth 2.0 grants (feature `oauth2`, on by default) |
+//! | [`grpc`], `oauth2` | gRPC trailers; the OAuth 2.0 grants (feature `oauth2`, on by default) |
 //!
 //! The crate root re-exports what most programs name; secondary types (futures, builders,
 //! statistics, parse errors) are reached through their module.
@@ -92,6 +92,7 @@ pub mod cache;
 pub mod challenge;
 mod error;
 pub mod grpc;
+#[cfg(feature = "oauth2")]
 pub mod oauth2;
 pub mod origin;
 pub mod placement;
@@ -106,7 +107,7 @@ pub use cache::TokenCache;
 pub use error::{Error, ErrorKind};
 pub use origin::Origin;
 pub use placement::Placement;
-pub use source::{source_fn, StaticToken, TokenSource};
+pub use source::{source_fn, SourceError, StaticToken, TokenSource};
 pub use token::{AccessToken, Expiry, Reason, RefreshToken, Token, TokenRequest};
 
 /// The README's code, compiled and run as doc tests (it uses the optional features: the test

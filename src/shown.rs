@@ -14,6 +14,7 @@ use std::fmt;
 
 /// The most bytes of one piece of server text that an error keeps, escapes included. Enough to
 /// recognize an error page or read a description; the note on a cut text adds a few more.
+#[cfg(feature = "oauth2")]
 pub(crate) const MAX_SHOWN: usize = 256;
 
 /// Server text that went through [`shown`]: escaped and bounded. Errors take this type rather
@@ -24,14 +25,17 @@ pub(crate) struct Shown(String);
 impl Shown {
     /// Text this crate wrote itself, which needs no escaping (it may quote server text that went
     /// through [`shown`]).
+    #[cfg(feature = "oauth2")]
     pub(crate) fn ours(text: String) -> Self {
         Self(text)
     }
 
+    #[cfg(any(test, feature = "oauth2"))]
     pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 
+    #[cfg(feature = "oauth2")]
     pub(crate) fn into_string(self) -> String {
         self.0
     }

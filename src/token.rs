@@ -1,71 +1,117 @@
 //! Tokens and token requests.
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::time::Instant;
 use zeroize::{Zeroize, Zeroizing};
 
-/// An OAuth 2.0 access token.
+/// A secret string: an access token, a refresh token, a client secret.
 ///
-/// The secret is reachable only through [`AccessToken::secret`]: `Debug` prints a placeholder
-/// and there is no `Display`, so a token cannot end up in a log line by accident. Its memory is
-/// overwritten with zeros when it is dropped.
-#[derive(Clone, PartialEq, Eq)]
-pub struct AccessToken(String);
-
-impl AccessToken {
-    /// Wraps a secret access token.
-    pub fn new(secret: impl Into<String>) -> Self {
-        Self(secret.into())
-    }
-
-    /// The token itself. Handle with care: never log it.
-    pub fn secret(&self) -> &str {
-        &self.0
-    }
-}
-
-impl Drop for AccessToken {
-    fn drop(&mut self) {
-        self.0.zeroize();
-    }
-}
-
-impl fmt::Debug for AccessToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("AccessToken(<redacted>)")
-    }
-}
-
-/// An OAuth 2.0 refresh token (RFC 6749 §1.5).
+/// The secret is reachable only through [`secret`](Self::secret): `Debug` prints the kind's
+/// name and a placeholder (`AccessToken(<redacted>)`) and there is no `Display`, so a secret
+/// cannot end up in a log line by accident. Its memory is overwritten with zeros when it is
+/// dropped. `K` says what the secret is ([`AccessToken`], [`RefreshToken`], or the OAuth 2.0
+/// grants' `oauth2::ClientSecret`), so that one cannot be passed where another is expected.
 ///
-/// Like [`AccessToken`], its `Debug` output never shows the secret.
-#[derive(Clone, PartialEq, Eq)]
-pub struct RefreshToken(String);
+/// ```
+/// use tower_bearer::AccessToken;
+///
+/// let token = AccessToken::new("s3cr3t");
+/// assert_eq!(token.secret(), "s3cr3t");
+/// assert_eq!(format!("{token:?}"), "AccessToken(<redacted>)");
+/// ```
+pub struct Secret<K: SecretKind> {
+    value: String,
+    kind: PhantomData<fn() -> K>,
+}
 
-impl RefreshToken {
-    /// Wraps a secret refresh token.
+/// What a [`Secret`] is: the name its `Debug` output shows. Implemented by this crate's kinds
+/// only.
+pub trait SecretKind: sealed::Sealed {
+    /// The name `Debug` prints, such as `AccessToken`.
+    const NAME: &'static str;
+}
+
+pub(crate) mod sealed {
+    pub trait Sealed {}
+}
+
+/// The kind of an [`AccessToken`].
+#[derive(Debug)]
+pub enum Access {}
+
+impl sealed::Sealed for Access {}
+
+impl SecretKind for Access {
+    const NAME: &'static str = "AccessToken";
+}
+
+/// The kind of a [`RefreshToken`].
+#[derive(Debug)]
+pub enum Refresh {}
+
+impl sealed::Sealed for Refresh {}
+
+impl SecretKind for Refresh {
+    const NAME: &'static str = "RefreshToken";
+}
+
+/// An OAuth 2.0 access token: a [`Secret`], so its `Debug` output is `AccessToken(<redacted>)`.
+pub type AccessToken = Secret<Access>;
+
+/// An OAuth 2.0 refresh token (RFC 6749 §1.5): a [`Secret`], so its `Debug` output is
+/// `RefreshToken(<redacted>)`.
+pub type RefreshToken = Secret<Refresh>;
+
+impl<K: SecretKind> Secret<K> {
+    /// Wraps a secret.
     pub fn new(secret: impl Into<String>) -> Self {
-        Self(secret.into())
+        Self {
+            value: secret.into(),
+            kind: PhantomData,
+        }
     }
 
-    /// The token itself. Handle with care: never log it.
+    /// The secret itself. Handle with care: never log it.
     pub fn secret(&self) -> &str {
-        &self.0
+        &self.value
     }
 }
 
-impl Drop for RefreshToken {
+impl<K: SecretKind> Drop for Secret<K> {
     fn drop(&mut self) {
-        self.0.zeroize();
+        self.value.zeroize();
     }
 }
 
-impl fmt::Debug for RefreshToken {
+impl<K: SecretKind> fmt::Debug for Secret<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("RefreshToken(<redacted>)")
+        write!(f, "{}(<redacted>)", K::NAME)
+    }
+}
+
+// By hand: derived, they would require the kinds, which are never values, to be `Clone` and
+// `PartialEq`.
+impl<K: SecretKind> Clone for Secret<K> {
+    fn clone(&self) -> Self {
+        Self::new(self.value.clone())
+    }
+}
+
+impl<K: SecretKind> PartialEq for Secret<K> {
+    fn eq(&self, other: &Self) -> bool {
+        self.value == other.value
+    }
+}
+
+impl<K: SecretKind> Eq for Secret<K> {}
+
+impl<K: SecretKind, T: Into<String>> From<T> for Secret<K> {
+    fn from(secret: T) -> Self {
+        Self::new(secret)
     }
 }
 
@@ -147,8 +193,7 @@ impl Token {
     }
 
     /// Attaches a value of any type, such as fields of the token response that this crate does
-    /// not interpret (the OAuth 2.0 sources attach
-    /// [`ExtraFields`](crate::oauth2::ExtraFields) this way).
+    /// not interpret (the OAuth 2.0 sources attach `oauth2::ExtraFields` this way).
     pub fn with_extension<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
         self.extensions.insert(value);
         self

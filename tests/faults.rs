@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use tower::util::BoxCloneService;
 use tower::{service_fn, BoxError, Layer, ServiceExt};
 use tower_bearer::cache::CacheStats;
-use tower_bearer::oauth2::{self, Client, ClientCredentials};
+use tower_bearer::oauth2::{self, ClientCredentials, TokenEndpoint};
 use tower_bearer::{BearerAuthLayer, ErrorKind, Expiry, TokenCache};
 
 use support::{chain, read_request, token_error, within, write_response};
@@ -338,7 +338,7 @@ impl Harness {
 
     async fn with_floor(mode: Mode, min_lifetime: Duration) -> Self {
         let endpoint = Endpoint::start(mode).await;
-        let client = Client::builder(endpoint.url(), "faults-client")
+        let client = TokenEndpoint::builder(endpoint.url(), "faults-client")
             .client_secret("secret")
             .timeout(CLIENT_TIMEOUT)
             .build()

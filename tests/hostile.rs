@@ -1,7 +1,7 @@
 //! Hostile token endpoints and APIs: what they send back must not control our logs or our
 //! errors, must not become a token, and must not make the layer hammer the token endpoint.
 //!
-//! The token endpoint is a tower service handed to `Client::builder(..).transport(..)`, so each
+//! The token endpoint is a tower service handed to `TokenEndpoint::builder(..).transport(..)`, so each
 //! test scripts its answers byte for byte and counts the requests it gets; the API is a
 //! `service_fn`. Time is Tokio's paused clock, and every `tracing` event is captured, so that
 //! the tests can read the log lines an operator would see.
@@ -23,7 +23,9 @@ use http::header::{AUTHORIZATION, CONTENT_TYPE};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tower::{service_fn, BoxError, Service, ServiceBuilder, ServiceExt};
-use tower_bearer::oauth2::{self, Client, ClientAuth, ClientCredentials, RefreshTokenSource};
+use tower_bearer::oauth2::{
+    self, ClientAuth, ClientCredentials, RefreshTokenSource, TokenEndpoint,
+};
 use tower_bearer::{BearerAuthLayer, ErrorKind, Expiry, TokenCache};
 use tracing_subscriber::fmt::format::FmtSpan;
 
@@ -81,7 +83,7 @@ impl Endpoint {
         self.seen.lock().unwrap().len()
     }
 
-    fn client(&self, auth: ClientAuth) -> Client {
+    fn client(&self, auth: ClientAuth) -> TokenEndpoint {
         let this = self.clone();
         let transport = service_fn(move |req: Request<Full<Bytes>>| {
             let this = this.clone();
@@ -108,7 +110,7 @@ impl Endpoint {
                 Ok::<_, BoxError>(response)
             }
         });
-        Client::builder("https://auth.example.com/token", "hostile-client")
+        TokenEndpoint::builder("https://auth.example.com/token", "hostile-client")
             .client_secret(SECRET)
             .auth(auth)
             .transport(transport)

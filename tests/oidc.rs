@@ -20,8 +20,8 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_bearer::oauth2::{
-    AuthorizationCode, Client, ClientAuth, ClientCredentials, ErrorCode, ErrorKind,
-    LoopbackRedirect, MemoryStore, RefreshTokenSource, TokenResponse,
+    AuthorizationCode, ClientAuth, ClientCredentials, ErrorCode, ErrorKind, LoopbackRedirect,
+    MemoryStore, RefreshTokenSource, TokenEndpoint, TokenResponse,
 };
 use tower_bearer::{source_fn, BearerAuthLayer, RefreshToken, TokenCache, TokenRequest};
 
@@ -78,8 +78,8 @@ impl Peer {
         format!("{}{path}", self.issuer)
     }
 
-    fn client(&self, id: &str, secret: Option<&str>, auth: ClientAuth) -> Client {
-        let mut builder = Client::builder(self.url("/token"), id).auth(auth);
+    fn client(&self, id: &str, secret: Option<&str>, auth: ClientAuth) -> TokenEndpoint {
+        let mut builder = TokenEndpoint::builder(self.url("/token"), id).auth(auth);
         if let Some(secret) = secret {
             builder = builder.client_secret(secret);
         }
@@ -281,7 +281,7 @@ async fn sign_in(http: &Http, url: &str, redirect_uri: &str) {
 }
 
 /// The whole authorization code flow with PKCE, driven without a person.
-async fn log_in(peer: &Peer, client: &Client) -> TokenResponse {
+async fn log_in(peer: &Peer, client: &TokenEndpoint) -> TokenResponse {
     let grant = AuthorizationCode::new(client.clone(), peer.url("/auth"))
         .scope("openid")
         .scope("offline_access")
@@ -304,7 +304,7 @@ async fn log_in(peer: &Peer, client: &Client) -> TokenResponse {
     grant.exchange(&request, &response).await.unwrap()
 }
 
-fn public_client(peer: &Peer) -> Client {
+fn public_client(peer: &Peer) -> TokenEndpoint {
     peer.client("public-native", None, ClientAuth::None)
 }
 
@@ -336,8 +336,8 @@ async fn authorization_code_with_pkce_then_refresh_with_rotation() {
         .unwrap()
         .store(store.clone());
     // The first token is the one from the code exchange; the second comes from a refresh.
-    let a = source.refresh().await.unwrap();
-    let b = source.refresh().await.unwrap();
+    let a = source.request_token().await.unwrap();
+    let b = source.request_token().await.unwrap();
     assert_ne!(a.access_token(), b.access_token());
     let rotated = store.get().expect("the rotated refresh token was saved");
     assert_ne!(rotated, first_refresh);
@@ -353,13 +353,13 @@ async fn authorization_code_with_pkce_then_refresh_with_rotation() {
 
     // Reusing a refresh token that was rotated away is refused, and says so.
     let stale = RefreshTokenSource::new(client, first_refresh);
-    let err = stale.refresh().await.unwrap_err();
+    let err = stale.request_token().await.unwrap_err();
     assert_eq!(err.code(), Some(&ErrorCode::InvalidGrant));
     assert!(err.needs_reauthorization());
     assert!(!err.is_retryable());
     assert!(err.to_string().contains("authorize again"));
     // It stays refused (that the server is not called again is shown in tests/secrets.rs).
-    let again = stale.refresh().await.unwrap_err();
+    let again = stale.request_token().await.unwrap_err();
     assert_eq!(again.code(), Some(&ErrorCode::InvalidGrant));
 }
 
@@ -502,6 +502,6 @@ async fn a_refresh_token_given_by_hand_works() {
     let tokens = log_in(&peer, &client).await;
     let refresh_token = RefreshToken::new(tokens.refresh_token().unwrap().secret());
     let source = RefreshTokenSource::new(client, refresh_token.clone());
-    let token = source.refresh().await.unwrap();
+    let token = source.request_token().await.unwrap();
     assert_ne!(token.refresh_token(), Some(&refresh_token), "rotated");
 }

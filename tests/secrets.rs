@@ -28,8 +28,8 @@ use tokio::net::TcpStream;
 use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
 use tower_bearer::grpc::RejectOnTrailersLayer;
 use tower_bearer::oauth2::{
-    self, AuthorizationCode, AuthorizationResponse, Client, ClientAuth, ClientCredentials,
-    ClientSecret, ErrorCode, FileStore, LoopbackRedirect, MemoryStore, Pkce, RefreshTokenSource,
+    self, AuthorizationCode, AuthorizationResponse, ClientAuth, ClientCredentials, ClientSecret,
+    ErrorCode, FileStore, LoopbackRedirect, MemoryStore, Pkce, RefreshTokenSource, TokenEndpoint,
     TokenResponse,
 };
 use tower_bearer::replay::{NoReplay, Replay, ReplayPolicy, ReplayWrapped};
@@ -391,12 +391,12 @@ async fn flow() -> (Rendered, Vec<String>) {
     let api = Api::default();
 
     // --- Client credentials, refresh ahead, and a replay after a 401 ---------------------------
-    let builder = Client::builder(server.token_url(), "cc-client")
+    let builder = TokenEndpoint::builder(server.token_url(), "cc-client")
         .client_secret(ClientSecret::new(CLIENT_SECRET))
         .timeout(Duration::from_secs(5));
-    out.debug("ClientBuilder", &builder);
+    out.debug("TokenEndpointBuilder", &builder);
     let client = builder.build().unwrap();
-    out.debug("Client", &client);
+    out.debug("TokenEndpoint", &client);
     out.debug("ClientSecret", &ClientSecret::new(CLIENT_SECRET));
     let source = ClientCredentials::new(client.clone())
         .scope("read")
@@ -481,11 +481,11 @@ async fn flow() -> (Rendered, Vec<String>) {
 
     // --- Failures -----------------------------------------------------------------------------
     // The token endpoint refuses the client: 401 invalid_client.
-    let wrong = Client::builder(server.token_url(), "cc-client")
+    let wrong = TokenEndpoint::builder(server.token_url(), "cc-client")
         .client_secret(WRONG_SECRET)
         .build()
         .unwrap();
-    out.debug("Client (wrong secret)", &wrong);
+    out.debug("TokenEndpoint (wrong secret)", &wrong);
     let failing = TokenCache::builder(ClientCredentials::new(wrong))
         .backoff(Duration::from_millis(10), Duration::from_millis(20))
         .build();
@@ -504,7 +504,7 @@ async fn flow() -> (Rendered, Vec<String>) {
     out.debug("TokenCache (failing)", &failing);
 
     // A CR/LF access token is refused, never sent.
-    let crlf = Client::builder(server.token_url(), "crlf-client")
+    let crlf = TokenEndpoint::builder(server.token_url(), "crlf-client")
         .client_secret(CLIENT_SECRET)
         .build()
         .unwrap();
@@ -539,7 +539,7 @@ async fn flow() -> (Rendered, Vec<String>) {
     out.error("Error (source)", &broken.token().await.unwrap_err());
 
     // --- Refresh token with rotation, a replay, a forced refresh, stores ----------------------
-    let rt_client = Client::builder(server.token_url(), "rt-client")
+    let rt_client = TokenEndpoint::builder(server.token_url(), "rt-client")
         .client_secret(CLIENT_SECRET)
         .auth(ClientAuth::Post)
         .build()
@@ -581,7 +581,7 @@ async fn flow() -> (Rendered, Vec<String>) {
     let file_source =
         RefreshTokenSource::new(rt_client.clone(), latest.clone()).store(file_store.clone());
     out.debug("RefreshTokenSource (file)", &file_source);
-    file_source.refresh().await.unwrap();
+    file_source.request_token().await.unwrap();
     let loaded = file_store.load().unwrap().unwrap();
     assert!(loaded.secret().starts_with("rt-SECRET-rot-"));
     out.debug("FileStore", &file_store);
@@ -590,7 +590,7 @@ async fn flow() -> (Rendered, Vec<String>) {
 
     // A revoked refresh token: invalid_grant ends the source, without calling the server again.
     let revoked = RefreshTokenSource::new(rt_client.clone(), RefreshToken::new("rt-SECRET-gone"));
-    let error = revoked.refresh().await.unwrap_err();
+    let error = revoked.request_token().await.unwrap_err();
     assert!(error.needs_reauthorization());
     out.error("oauth2::Error (invalid_grant)", &error);
     let calls = server.calls();
@@ -601,7 +601,7 @@ async fn flow() -> (Rendered, Vec<String>) {
     out.debug("RefreshTokenSource (dead)", &revoked);
 
     // --- Authorization code with PKCE --------------------------------------------------------
-    let public = Client::builder(server.token_url(), "ac-client")
+    let public = TokenEndpoint::builder(server.token_url(), "ac-client")
         .auth(ClientAuth::None)
         .build()
         .unwrap();
@@ -668,7 +668,7 @@ async fn flow() -> (Rendered, Vec<String>) {
     );
     out.error(
         "oauth2::Error (config)",
-        &Client::builder("http://auth.example.com/token", "x")
+        &TokenEndpoint::builder("http://auth.example.com/token", "x")
             .client_secret(CLIENT_SECRET)
             .build()
             .unwrap_err(),

@@ -16,6 +16,7 @@ use super::entry::{arm, rearm_at, Entry, DUE, EXPIRED, FRESH, KICKED};
 use super::{Outcome, Shared, Slow};
 use crate::error::{Chain, ErrorKind};
 use crate::shown::shown;
+use crate::source::{RetryHint, SourceError};
 use crate::stamp::{Stamp, Unstampable};
 use crate::{Error, Expiry, Reason, Token, TokenRequest};
 
@@ -176,15 +177,12 @@ impl Shared {
         let full = min.saturating_mul(1 << exponent).min(max).min(MAX_LIFETIME);
         // "Equal jitter": between half and all of the delay.
         let delay = full / 2 + (full / 2).mul_f64(random_unit());
-        // A token endpoint knows best: honour its `Retry-After` (up to the maximum), and do not
-        // come back soon with credentials it refused for good.
-        match error.source_as::<crate::oauth2::Error>() {
-            Some(oauth) if !oauth.is_retryable() => delay.max(max / 2),
-            Some(oauth) => match oauth.retry_after() {
-                Some(asked) => delay.max(asked.min(max)),
-                None => delay,
-            },
-            None => delay,
+        // The source knows best (a `SourceError`'s hint): honour a server's `Retry-After` (up
+        // to the maximum), and do not come back soon with credentials refused for good.
+        match error.retry() {
+            RetryHint::NotSoon => delay.max(max / 2),
+            RetryHint::After(asked) => delay.max(asked.min(max)),
+            RetryHint::Backoff => delay,
         }
     }
 
@@ -291,7 +289,15 @@ async fn fetch(guard: FetchGuard, reason: Reason) {
     let timeout = shared.config.fetch_timeout;
     let result = match tokio::time::timeout(timeout, source.oneshot(request)).await {
         Ok(Ok(token)) => shared.build_entry(token, sent_at),
-        Ok(Err(error)) => Err(Error::source_failed(error)),
+        // A `SourceError` is unwrapped: its hint is kept for the backoff, and the error it wraps
+        // becomes the `source()`, so that `Error::source_as` finds it.
+        Ok(Err(error)) => Err(match error.downcast::<SourceError>() {
+            Ok(wrapped) => {
+                let retry = wrapped.retry();
+                Error::source_failed(wrapped.into_inner(), retry)
+            }
+            Err(error) => Error::source_failed(error, RetryHint::Backoff),
+        }),
         Err(_) => Err(Error::timeout(timeout)),
     };
     if let Some((entry, retry_at)) = guard.complete(result, sent_at) {

@@ -1,10 +1,9 @@
 //! The authorization code grant with PKCE (RFC 6749 §4.1, RFC 7636), for apps acting for a user.
 
-use std::fmt;
 use std::sync::Arc;
 
 use super::authorize::{AuthorizationRequest, AuthorizationResponse};
-use super::{Client, Error, RefreshTokenSource, TokenResponse};
+use super::{Error, RefreshTokenSource, TokenEndpoint, TokenResponse};
 
 /// The authorization code grant with PKCE (RFC 6749 §4.1, RFC 7636 `S256`).
 ///
@@ -20,14 +19,14 @@ use super::{Client, Error, RefreshTokenSource, TokenResponse};
 /// ```no_run
 /// use std::time::Duration;
 /// use tower_bearer::oauth2::{
-///     AuthorizationCode, Client, ClientAuth, LoopbackRedirect, RefreshTokenSource,
+///     AuthorizationCode, ClientAuth, LoopbackRedirect, RefreshTokenSource, TokenEndpoint,
 /// };
 ///
 /// # async fn login() -> Result<(), tower_bearer::oauth2::Error> {
-/// let client = Client::builder("https://auth.example.com/token", "cli-app")
+/// let endpoint = TokenEndpoint::builder("https://auth.example.com/token", "cli-app")
 ///     .auth(ClientAuth::None)
 ///     .build()?;
-/// let grant = AuthorizationCode::new(client.clone(), "https://auth.example.com/authorize")
+/// let grant = AuthorizationCode::new(endpoint.clone(), "https://auth.example.com/authorize")
 ///     .scope("openid")
 ///     .scope("offline_access");
 /// let redirect = LoopbackRedirect::bind().await?;
@@ -37,14 +36,14 @@ use super::{Client, Error, RefreshTokenSource, TokenResponse};
 ///     .receive(&request, Some("https://auth.example.com"), Duration::from_secs(300))
 ///     .await?;
 /// let tokens = grant.exchange(&request, &response).await?;
-/// let source = RefreshTokenSource::from_response(client, tokens)?;
+/// let source = RefreshTokenSource::from_response(endpoint, tokens)?;
 /// # drop(source);
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct AuthorizationCode {
-    client: Client,
+    token_endpoint: TokenEndpoint,
     authorization_endpoint: Arc<str>,
     scopes: Vec<String>,
     resources: Vec<String>,
@@ -53,10 +52,11 @@ pub struct AuthorizationCode {
 }
 
 impl AuthorizationCode {
-    /// The grant for `client`, whose users sign in at `authorization_endpoint`.
-    pub fn new(client: Client, authorization_endpoint: impl Into<String>) -> Self {
+    /// The grant for the client of `token_endpoint`, whose users sign in at
+    /// `authorization_endpoint`.
+    pub fn new(token_endpoint: TokenEndpoint, authorization_endpoint: impl Into<String>) -> Self {
         Self {
-            client,
+            token_endpoint,
             authorization_endpoint: authorization_endpoint.into().into(),
             scopes: Vec::new(),
             resources: Vec::new(),
@@ -105,7 +105,7 @@ impl AuthorizationCode {
     pub fn authorization_request(&self, redirect_uri: &str) -> Result<AuthorizationRequest, Error> {
         AuthorizationRequest::new(
             &self.authorization_endpoint,
-            self.client.client_id(),
+            self.token_endpoint.client_id(),
             redirect_uri,
             &self.scopes,
             &self.resources,
@@ -132,27 +132,15 @@ impl AuthorizationCode {
             ("redirect_uri", request.redirect_uri()),
             ("code_verifier", request.pkce().verifier()),
         ];
-        self.client.token_request(&params).await
+        self.token_endpoint.token_request(&params).await
     }
 
-    /// A [`RefreshTokenSource`] for this grant's client, continuing from `tokens`.
+    /// A [`RefreshTokenSource`] for this grant's token endpoint, continuing from `tokens`.
     ///
     /// # Errors
     ///
     /// If `tokens` has no refresh token.
     pub fn into_refresh_source(self, tokens: TokenResponse) -> Result<RefreshTokenSource, Error> {
-        RefreshTokenSource::from_response(self.client, tokens)
-    }
-}
-
-impl fmt::Debug for AuthorizationCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AuthorizationCode")
-            .field("client", &self.client)
-            .field("authorization_endpoint", &self.authorization_endpoint)
-            .field("scopes", &self.scopes)
-            .field("resources", &self.resources)
-            .field("params", &self.params)
-            .finish()
+        RefreshTokenSource::from_response(self.token_endpoint, tokens)
     }
 }

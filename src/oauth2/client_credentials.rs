@@ -1,6 +1,5 @@
 //! The client credentials grant (RFC 6749 §4.4).
 
-use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -8,8 +7,8 @@ use std::task::{Context, Poll};
 
 use tower_service::Service;
 
-use super::{Client, Error, TokenResponse};
-use crate::{Token, TokenRequest};
+use super::{Error, TokenEndpoint, TokenResponse};
+use crate::{SourceError, Token, TokenRequest};
 
 /// A token source for the client credentials grant (RFC 6749 §4.4): a service authenticating
 /// as itself, with no user involved.
@@ -18,14 +17,14 @@ use crate::{Token, TokenRequest};
 /// refreshes its tokens:
 ///
 /// ```no_run
-/// use tower_bearer::oauth2::{Client, ClientCredentials};
+/// use tower_bearer::oauth2::{ClientCredentials, TokenEndpoint};
 /// use tower_bearer::BearerAuthLayer;
 ///
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let client = Client::builder("https://auth.example.com/oauth2/token", "reporting-job")
+/// let endpoint = TokenEndpoint::builder("https://auth.example.com/oauth2/token", "reporting-job")
 ///     .client_secret(std::env::var("OAUTH_CLIENT_SECRET")?)
 ///     .build()?;
-/// let source = ClientCredentials::new(client)
+/// let source = ClientCredentials::new(endpoint)
 ///     .scope("invoices:read")
 ///     .resource("https://api.example.com/");
 /// let layer = BearerAuthLayer::new(source);
@@ -33,19 +32,19 @@ use crate::{Token, TokenRequest};
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct ClientCredentials {
-    client: Client,
+    endpoint: TokenEndpoint,
     grant_type: Arc<str>,
     params: Arc<Vec<(String, String)>>,
     scopes: Arc<Vec<String>>,
 }
 
 impl ClientCredentials {
-    /// A source for `client`, with no scope, audience or resource.
-    pub fn new(client: Client) -> Self {
+    /// A source asking `endpoint` for tokens, with no scope, audience or resource.
+    pub fn new(endpoint: TokenEndpoint) -> Self {
         Self {
-            client,
+            endpoint,
             grant_type: Arc::from("client_credentials"),
             params: Arc::default(),
             scopes: Arc::default(),
@@ -97,9 +96,9 @@ impl ClientCredentials {
         self
     }
 
-    /// The client this source authenticates as.
-    pub fn client(&self) -> &Client {
-        &self.client
+    /// The token endpoint this source asks, and the client it authenticates as there.
+    pub fn endpoint(&self) -> &TokenEndpoint {
+        &self.endpoint
     }
 
     /// Requests a token now, bypassing any cache.
@@ -114,27 +113,18 @@ impl ClientCredentials {
             params.push(("scope", &scope));
         }
         params.extend(self.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        self.client.token_request(&params).await
+        self.endpoint.token_request(&params).await
     }
 }
 
-impl fmt::Debug for ClientCredentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientCredentials")
-            .field("client", &self.client)
-            .field("grant_type", &self.grant_type)
-            .field("scopes", &self.scopes)
-            .field("params", &self.params)
-            .finish()
-    }
-}
-
+/// A token source: fails with a [`SourceError`] wrapping the [`Error`], whose retry hint
+/// carries the endpoint's `Retry-After` and refusals that retrying cannot fix.
 impl Service<TokenRequest> for ClientCredentials {
     type Response = Token;
-    type Error = Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Token, Error>> + Send>>;
+    type Error = SourceError;
+    type Future = Pin<Box<dyn Future<Output = Result<Token, SourceError>> + Send>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), SourceError>> {
         Poll::Ready(Ok(()))
     }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use http::StatusCode;
 
 use crate::shown::{shown, Shown, MAX_SHOWN};
-use crate::BoxError;
+use crate::{BoxError, SourceError};
 
 /// An error of an OAuth 2.0 token source: the token endpoint refused, could not be reached, or
 /// answered something unusable; or an authorization redirect went wrong.
@@ -102,10 +102,17 @@ pub enum ErrorCode {
     Other(String),
 }
 
-impl ErrorCode {
-    /// The code for `code` as it appears on the wire. An unknown code is kept as
-    /// [`Other`](Self::Other), made safe to show (control characters escaped, at most 256 bytes).
-    pub fn parse(code: &str) -> Self {
+/// The code for `code` as it appears on the wire. An unknown code is kept as
+/// [`Other`](ErrorCode::Other), made safe to show (control characters escaped, at most 256 bytes).
+///
+/// ```
+/// use tower_bearer::oauth2::ErrorCode;
+///
+/// assert_eq!(ErrorCode::from("invalid_grant"), ErrorCode::InvalidGrant);
+/// assert_eq!(ErrorCode::from("slow_down\n"), ErrorCode::Other("slow_down\\n".into()));
+/// ```
+impl From<&str> for ErrorCode {
+    fn from(code: &str) -> Self {
         match code {
             "invalid_request" => Self::InvalidRequest,
             "invalid_client" => Self::InvalidClient,
@@ -120,7 +127,16 @@ impl ErrorCode {
             other => Self::Other(shown(other, MAX_SHOWN).into_string()),
         }
     }
+}
 
+/// The code for `code` as it appears on the wire, as with `From<&str>`.
+impl From<String> for ErrorCode {
+    fn from(code: String) -> Self {
+        Self::from(code.as_str())
+    }
+}
+
+impl ErrorCode {
     /// The code as it appears on the wire; for [`Other`](Self::Other), as made safe to show.
     pub fn as_str(&self) -> &str {
         match self {
@@ -376,6 +392,23 @@ impl StdError for Error {
         match &self.inner.source {
             Some(source) => Some(&**source),
             None => None,
+        }
+    }
+}
+
+/// For the token sources' `Service` impls: the cache backs off as the error says. An error that
+/// [`is_retryable`](Error::is_retryable) carries its [`retry_after`](Error::retry_after), if
+/// any ([`RetryHint::After`](crate::source::RetryHint::After)); one that is not is
+/// [`RetryHint::NotSoon`](crate::source::RetryHint::NotSoon).
+impl From<Error> for SourceError {
+    fn from(error: Error) -> Self {
+        let retryable = error.is_retryable();
+        let retry_after = error.retry_after();
+        let wrapped = SourceError::new(error);
+        match (retryable, retry_after) {
+            (false, _) => wrapped.not_soon(),
+            (true, Some(delay)) => wrapped.retry_after(delay),
+            (true, None) => wrapped,
         }
     }
 }

@@ -1,9 +1,9 @@
 //! OAuth 2.0 token sources (RFC 6749): client credentials, refresh token with rotation, and
 //! authorization code with PKCE, tolerant of the quirks real authorization servers have.
 //!
-//! Every grant talks to its token endpoint through a [`Client`]: the endpoint URL (`https`
-//! required unless loopback), the client id, its authentication ([`ClientAuth`]) and the HTTP
-//! client used (any tower service; hyper-util with rustls by default).
+//! Every grant talks to its token endpoint through a [`TokenEndpoint`]: the endpoint URL
+//! (`https` required unless loopback), the client id, its authentication ([`ClientAuth`]) and
+//! the HTTP client used (any tower service; hyper-util with rustls by default).
 //!
 //! | grant | source | |
 //! |---|---|---|
@@ -15,20 +15,32 @@
 //! string, missing (the cache's default lifetime applies), zero, negative or huge; `token_type` in
 //! any case; JSON or form-encoded; fields this crate does not know are kept in [`ExtraFields`].
 //! Errors are one typed [`Error`]: an `error` field means an error even with HTTP 200.
+//!
+//! This module is the default-on `oauth2` feature; without it the crate's core (layer, cache,
+//! replay) builds without the grants' dependencies (serde_json, sha2, base64, getrandom, hyper).
+//!
+//! As token sources, the grants fail with a [`SourceError`](crate::SourceError) that carries
+//! the token endpoint's `Retry-After`, or says that retrying soon cannot help (`invalid_client`,
+//! `invalid_grant`, ...), for the cache's backoff. The cache reports the [`Error`] inside:
+//! `tower_bearer::Error::source_as::<oauth2::Error>()` finds it.
 
 mod authorization_code;
 mod authorize;
-mod client;
 mod client_credentials;
+mod endpoint;
 mod error;
+mod loopback;
+mod pkce;
 mod redact;
 mod refresh;
 mod response;
 
 pub use authorization_code::AuthorizationCode;
-pub use authorize::{AuthorizationRequest, AuthorizationResponse, LoopbackRedirect, Pkce};
-pub use client::{Client, ClientAuth, ClientBuilder, ClientSecret};
+pub use authorize::{AuthorizationRequest, AuthorizationResponse};
 pub use client_credentials::ClientCredentials;
+pub use endpoint::{ClientAuth, ClientSecret, Confidential, TokenEndpoint, TokenEndpointBuilder};
 pub use error::{Error, ErrorCode, ErrorKind};
+pub use loopback::LoopbackRedirect;
+pub use pkce::Pkce;
 pub use refresh::{FileStore, MemoryStore, RefreshTokenSource, RefreshTokenStore};
 pub use response::{ExtraFields, TokenResponse};

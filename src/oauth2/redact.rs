@@ -13,7 +13,7 @@ use std::borrow::Cow;
 use zeroize::Zeroizing;
 
 /// What replaces a credential found in server text.
-const REDACTED: &str = "<redacted>";
+pub(super) const REDACTED: &str = "<redacted>";
 
 /// What replaces server text in which a credential shows through an encoding.
 const WITHHELD: &str = "<withheld: the text repeats a credential this request carried>";

@@ -11,9 +11,9 @@ use std::task::{Context, Poll};
 use tokio::time::Instant;
 use tower_service::Service;
 
-use super::{Client, Error, TokenResponse};
+use super::{Error, TokenEndpoint, TokenResponse};
 use crate::error::Chain;
-use crate::{BoxError, RefreshToken, Token, TokenRequest};
+use crate::{BoxError, RefreshToken, SourceError, Token, TokenRequest};
 
 /// Where a [`RefreshTokenSource`] keeps its refresh token when the server rotates it.
 ///
@@ -153,16 +153,16 @@ impl RefreshTokenStore for FileStore {
 ///   server again.
 ///
 /// ```no_run
-/// use tower_bearer::oauth2::{Client, ClientAuth, FileStore, RefreshTokenSource};
+/// use tower_bearer::oauth2::{ClientAuth, FileStore, RefreshTokenSource, TokenEndpoint};
 /// use tower_bearer::BearerAuthLayer;
 ///
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let client = Client::builder("https://auth.example.com/token", "cli-app")
+/// let endpoint = TokenEndpoint::builder("https://auth.example.com/token", "cli-app")
 ///     .auth(ClientAuth::None)
 ///     .build()?;
 /// let store = FileStore::new("refresh-token.txt");
 /// let refresh_token = store.load()?.ok_or("not logged in")?;
-/// let source = RefreshTokenSource::new(client, refresh_token).store(store);
+/// let source = RefreshTokenSource::new(endpoint, refresh_token).store(store);
 /// let layer = BearerAuthLayer::new(source);
 /// # drop(layer);
 /// # Ok(())
@@ -174,7 +174,7 @@ pub struct RefreshTokenSource {
 }
 
 struct Shared {
-    client: Client,
+    endpoint: TokenEndpoint,
     scopes: Vec<String>,
     store: Option<Arc<dyn RefreshTokenStore>>,
     state: Arc<tokio::sync::Mutex<State>>,
@@ -182,18 +182,18 @@ struct Shared {
 
 struct State {
     refresh_token: RefreshToken,
-    /// The first access token, from the response that brought the refresh token: served once
-    /// instead of refreshing at once, if it is asked for before the instant kept with it.
-    initial: Option<(Token, Option<Instant>)>,
+    /// The response that brought the refresh token: served once instead of refreshing at
+    /// once, if it is asked for before the instant kept with it.
+    initial: Option<(TokenResponse, Option<Instant>)>,
     /// Set by `invalid_grant`: the grant is gone for good.
     dead: Option<Error>,
 }
 
 impl RefreshTokenSource {
-    /// A source refreshing with `refresh_token`. Its first call refreshes.
-    pub fn new(client: Client, refresh_token: RefreshToken) -> Self {
+    /// A source refreshing with `refresh_token` at `endpoint`. Its first call refreshes.
+    pub fn new(endpoint: TokenEndpoint, refresh_token: RefreshToken) -> Self {
         Self::with_state(
-            client,
+            endpoint,
             State {
                 refresh_token,
                 initial: None,
@@ -215,12 +215,12 @@ impl RefreshTokenSource {
     ///
     /// [`ErrorKind::InvalidResponse`](super::ErrorKind::InvalidResponse) if the response has no
     /// refresh token.
-    pub fn from_response(client: Client, response: TokenResponse) -> Result<Self, Error> {
+    pub fn from_response(endpoint: TokenEndpoint, response: TokenResponse) -> Result<Self, Error> {
         let refresh_token = response.refresh_token().cloned().ok_or_else(|| {
             Error::invalid_response(None, "the token response has no refresh_token")
         })?;
         Ok(Self::with_state(
-            client,
+            endpoint,
             State {
                 refresh_token,
                 initial: {
@@ -228,17 +228,17 @@ impl RefreshTokenSource {
                         .requested_at()
                         .zip(response.expires_in())
                         .and_then(|(at, lifetime)| at.checked_add(lifetime / 2));
-                    Some((response.into_token(), fresh_until))
+                    Some((response, fresh_until))
                 },
                 dead: None,
             },
         ))
     }
 
-    fn with_state(client: Client, state: State) -> Self {
+    fn with_state(endpoint: TokenEndpoint, state: State) -> Self {
         Self {
             shared: Arc::new(Shared {
-                client,
+                endpoint,
                 scopes: Vec::new(),
                 store: None,
                 state: Arc::new(tokio::sync::Mutex::new(state)),
@@ -265,7 +265,7 @@ impl RefreshTokenSource {
         let mut shared = match Arc::try_unwrap(self.shared) {
             Ok(shared) => shared,
             Err(shared) => Shared {
-                client: shared.client.clone(),
+                endpoint: shared.endpoint.clone(),
                 scopes: shared.scopes.clone(),
                 store: shared.store.clone(),
                 state: shared.state.clone(),
@@ -282,21 +282,24 @@ impl RefreshTokenSource {
         self.shared.state.lock().await.refresh_token.clone()
     }
 
-    /// Refreshes now and returns the new access token.
+    /// Requests a token now, bypassing any cache: the first call of a source made
+    /// [`from_response`](Self::from_response) answers that response if its token is still
+    /// fresh (see there); every other call refreshes. A rotated refresh token replaces the
+    /// current one and goes to the [store](Self::store) before this returns.
     ///
     /// # Errors
     ///
     /// When the token endpoint refuses (`invalid_grant` ends the source for good), cannot be
     /// reached or answers something unusable.
-    pub async fn refresh(&self) -> Result<Token, Error> {
+    pub async fn request_token(&self) -> Result<TokenResponse, Error> {
         let shared = self.shared.clone();
         let mut state = shared.state.clone().lock_owned().await;
         if let Some(error) = &state.dead {
             return Err(error.clone());
         }
-        if let Some((token, fresh_until)) = state.initial.take() {
+        if let Some((response, fresh_until)) = state.initial.take() {
             if fresh_until.is_none_or(|until| Instant::now() < until) {
-                return Ok(token);
+                return Ok(response);
             }
             tracing::debug!(
                 "the first access token is past half of its lifetime; refreshing instead"
@@ -314,7 +317,7 @@ impl RefreshTokenSource {
                             shared.save(rotated);
                         }
                     }
-                    Ok(response.into_token())
+                    Ok(response)
                 }
                 Err(error) => {
                     if error.needs_reauthorization() {
@@ -345,7 +348,7 @@ impl Shared {
         if !scope.is_empty() {
             params.push(("scope", &scope));
         }
-        self.client.token_request(&params).await
+        self.endpoint.token_request(&params).await
     }
 
     fn save(&self, token: &RefreshToken) {
@@ -363,25 +366,28 @@ impl Shared {
 impl fmt::Debug for RefreshTokenSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RefreshTokenSource")
-            .field("client", &self.shared.client)
+            .field("endpoint", &self.shared.endpoint)
             .field("scopes", &self.shared.scopes)
             .field("store", &self.shared.store.as_ref().map(|_| "<store>"))
             .finish_non_exhaustive()
     }
 }
 
+/// A token source: fails with a [`SourceError`] wrapping the [`Error`], whose retry hint
+/// carries the endpoint's `Retry-After` and refusals that retrying cannot fix (such as
+/// `invalid_grant`).
 impl Service<TokenRequest> for RefreshTokenSource {
     type Response = Token;
-    type Error = Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Token, Error>> + Send>>;
+    type Error = SourceError;
+    type Future = Pin<Box<dyn Future<Output = Result<Token, SourceError>> + Send>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), SourceError>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, _req: TokenRequest) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move { this.refresh().await })
+        Box::pin(async move { Ok(this.request_token().await?.into_token()) })
     }
 }
 

@@ -1,4 +1,4 @@
-//! The client registration: how to reach and authenticate to a token endpoint.
+//! A token endpoint and the client registered there: how to reach it and authenticate to it.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -22,10 +22,11 @@ use super::error::Error;
 use super::redact::{Redactions, SECRET_PARAMS};
 use super::response::{parse_token_response, TokenResponse, MAX_BODY};
 use crate::token::secret_bytes;
+use crate::token::{Secret, SecretKind};
 use crate::BoxError;
 
-/// A client secret. `Debug` never shows it, and its memory is overwritten with zeros when it is
-/// dropped.
+/// A client secret: a [`Secret`], so `Debug` prints `ClientSecret(<redacted>)` and its memory
+/// is overwritten with zeros when it is dropped.
 ///
 /// Read it from where your deployment keeps it; never hard-code it:
 ///
@@ -41,37 +42,16 @@ use crate::BoxError;
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Clone)]
-pub struct ClientSecret(String);
+pub type ClientSecret = Secret<Confidential>;
 
-impl ClientSecret {
-    /// Wraps a secret.
-    pub fn new(secret: impl Into<String>) -> Self {
-        Self(secret.into())
-    }
+/// The kind of a [`ClientSecret`]: the credential of a confidential client (RFC 6749 §2.1).
+#[derive(Debug)]
+pub enum Confidential {}
 
-    /// The secret itself. Handle with care: never log it.
-    pub fn secret(&self) -> &str {
-        &self.0
-    }
-}
+impl crate::token::sealed::Sealed for Confidential {}
 
-impl Drop for ClientSecret {
-    fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.0);
-    }
-}
-
-impl fmt::Debug for ClientSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ClientSecret(<redacted>)")
-    }
-}
-
-impl<T: Into<String>> From<T> for ClientSecret {
-    fn from(secret: T) -> Self {
-        Self::new(secret)
-    }
+impl SecretKind for Confidential {
+    const NAME: &'static str = "ClientSecret";
 }
 
 /// How the client authenticates to the token endpoint (RFC 6749 §2.3.1).
@@ -101,31 +81,31 @@ pub(crate) struct Answer {
     body: Result<Bytes, Error>,
 }
 
-/// An OAuth 2.0 client as registered at one authorization server: its token endpoint, its id,
-/// how it authenticates, and the HTTP client used to reach the endpoint. Shared by the grants
+/// A token endpoint, as one registered OAuth 2.0 client reaches it: the endpoint's URL, the
+/// client's id and how it authenticates, and the HTTP client used. Shared by the grants
 /// ([`ClientCredentials`](super::ClientCredentials), [`RefreshTokenSource`](super::RefreshTokenSource),
 /// [`AuthorizationCode`](super::AuthorizationCode)); cheap to clone.
 ///
 /// ```
 /// use std::time::Duration;
-/// use tower_bearer::oauth2::{Client, ClientAuth};
+/// use tower_bearer::oauth2::{ClientAuth, TokenEndpoint};
 ///
 /// # fn main() -> Result<(), tower_bearer::oauth2::Error> {
-/// let client = Client::builder("https://auth.example.com/oauth2/token", "my-service")
+/// let endpoint = TokenEndpoint::builder("https://auth.example.com/oauth2/token", "my-service")
 ///     .client_secret("s3cr3t")
 ///     .auth(ClientAuth::Post)
 ///     .timeout(Duration::from_secs(10))
 ///     .build()?;
-/// assert_eq!(client.client_id(), "my-service");
-/// assert!(!format!("{client:?}").contains("s3cr3t"));
+/// assert_eq!(endpoint.client_id(), "my-service");
+/// assert!(!format!("{endpoint:?}").contains("s3cr3t"));
 ///
 /// // Plain http is refused for anything but loopback:
-/// assert!(Client::builder("http://auth.example.com/token", "x").build().is_err());
+/// assert!(TokenEndpoint::builder("http://auth.example.com/token", "x").build().is_err());
 /// # Ok(())
 /// # }
 /// ```
 #[derive(Clone)]
-pub struct Client {
+pub struct TokenEndpoint {
     inner: Arc<Inner>,
 }
 
@@ -138,8 +118,8 @@ struct Inner {
     transport: Transport,
 }
 
-/// Builds a [`Client`]. Made by [`Client::builder`].
-pub struct ClientBuilder {
+/// Builds a [`TokenEndpoint`]. Made by [`TokenEndpoint::builder`].
+pub struct TokenEndpointBuilder {
     token_url: String,
     client_id: String,
     secret: Option<ClientSecret>,
@@ -149,10 +129,14 @@ pub struct ClientBuilder {
     transport: Option<Transport>,
 }
 
-impl Client {
-    /// Starts a client for the token endpoint `token_url` with the id `client_id`.
-    pub fn builder(token_url: impl Into<String>, client_id: impl Into<String>) -> ClientBuilder {
-        ClientBuilder {
+impl TokenEndpoint {
+    /// Starts building the token endpoint at `token_url`, for the client with the id
+    /// `client_id`.
+    pub fn builder(
+        token_url: impl Into<String>,
+        client_id: impl Into<String>,
+    ) -> TokenEndpointBuilder {
+        TokenEndpointBuilder {
             token_url: token_url.into(),
             client_id: client_id.into(),
             secret: None,
@@ -168,7 +152,7 @@ impl Client {
         &self.inner.client_id
     }
 
-    /// The token endpoint.
+    /// The token endpoint's URL.
     pub fn token_url(&self) -> &Uri {
         &self.inner.token_url
     }
@@ -203,7 +187,7 @@ impl Client {
     }
 }
 
-impl Client {
+impl TokenEndpoint {
     /// The token request: a form POST, with the client authenticated as configured; and the
     /// credentials it carries, to redact from the answer.
     fn build_request(&self, params: &[(&str, &str)]) -> (Request<Full<Bytes>>, Redactions) {
@@ -262,10 +246,10 @@ impl Client {
     }
 }
 
-impl fmt::Debug for Client {
+impl fmt::Debug for TokenEndpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let inner = &self.inner;
-        f.debug_struct("Client")
+        f.debug_struct("TokenEndpoint")
             .field("token_url", &inner.token_url)
             .field("client_id", &inner.client_id)
             .field("client_secret", &inner.secret)
@@ -275,7 +259,7 @@ impl fmt::Debug for Client {
     }
 }
 
-impl ClientBuilder {
+impl TokenEndpointBuilder {
     /// The client secret, for confidential clients.
     ///
     /// Default: none (a public client, which should use [`ClientAuth::None`]).
@@ -330,20 +314,20 @@ impl ClientBuilder {
         self
     }
 
-    /// Checks the configuration and builds the client.
+    /// Checks the configuration and builds the token endpoint.
     ///
     /// # Errors
     ///
     /// [`ErrorKind::Config`](super::ErrorKind::Config) if the token URL is not an absolute
     /// `https` URL (or `http` to loopback), or if no transport was given and the
     /// `default-client` feature is off.
-    pub fn build(self) -> Result<Client, Error> {
+    pub fn build(self) -> Result<TokenEndpoint, Error> {
         let token_url = check_url("token URL", &self.token_url, self.allow_insecure_http)?;
         let transport = match self.transport {
             Some(transport) => transport,
             None => default_transport()?,
         };
-        Ok(Client {
+        Ok(TokenEndpoint {
             inner: Arc::new(Inner {
                 token_url,
                 client_id: self.client_id,
@@ -356,9 +340,9 @@ impl ClientBuilder {
     }
 }
 
-impl fmt::Debug for ClientBuilder {
+impl fmt::Debug for TokenEndpointBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientBuilder")
+        f.debug_struct("TokenEndpointBuilder")
             .field("token_url", &self.token_url)
             .field("client_id", &self.client_id)
             .field("client_secret", &self.secret)
@@ -445,7 +429,7 @@ fn default_transport() -> Result<Transport, Error> {
 fn default_transport() -> Result<Transport, Error> {
     Err(Error::config(
         "no HTTP client for the token endpoint: enable the `default-client` feature or call \
-         `ClientBuilder::transport`",
+         `TokenEndpointBuilder::transport`",
     ))
 }
 
