@@ -169,7 +169,8 @@ fn contention(c: &mut Criterion) {
         },
     );
 
-    let source = StaticToken::from_token(Token::new(TOKEN).expires_in(Duration::from_secs(3600)));
+    let source =
+        StaticToken::from_token(Token::new(TOKEN).with_expires_in(Duration::from_secs(3600)));
     let layer = BearerAuthLayer::new(source);
     rt.block_on(layer.cache().token()).expect("token");
     bench(

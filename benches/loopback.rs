@@ -143,7 +143,8 @@ fn loopback(c: &mut Criterion) {
         .build()
         .unwrap();
     let _guard = rt.enter();
-    let source = StaticToken::from_token(Token::new(TOKEN).expires_in(Duration::from_secs(3600)));
+    let source =
+        StaticToken::from_token(Token::new(TOKEN).with_expires_in(Duration::from_secs(3600)));
     let layer = BearerAuthLayer::new(source);
     let no_replay = layer.clone().without_replay();
     // The paired checks of both protocols run together, interleaved, after every benchmark.

@@ -270,7 +270,8 @@ fn request_path(c: &mut Criterion) {
         replay: true,
     });
 
-    let source = StaticToken::from_token(Token::new(TOKEN).expires_in(Duration::from_secs(3600)));
+    let source =
+        StaticToken::from_token(Token::new(TOKEN).with_expires_in(Duration::from_secs(3600)));
     let layer = BearerAuthLayer::new(source);
     let token = rt.block_on(layer.cache().token()).expect("token");
     assert_eq!(token.access_token().secret(), TOKEN);

@@ -72,7 +72,7 @@ impl Source {
             let lifetime = Duration::from_millis(this.lifetime_ms.load(Ordering::SeqCst));
             async move {
                 tokio::time::sleep(FETCH_LATENCY).await;
-                Ok::<_, Infallible>(Token::new(format!("tok-{n}")).expires_in(lifetime))
+                Ok::<_, Infallible>(Token::new(format!("tok-{n}")).with_expires_in(lifetime))
             }
         });
         // No skew and no refresh ahead: a short-lived token simply expires, untouched. No floors

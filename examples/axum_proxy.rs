@@ -297,7 +297,7 @@ impl Api {
                 let token = format!("tok-{}", api.issued.fetch_add(1, Ordering::SeqCst) + 1);
                 api.valid.lock().unwrap().insert(token.clone());
                 api.log(format_args!("authorization server: issued {token}"));
-                Ok::<_, Infallible>(Token::new(token).expires_in(Duration::from_secs(3600)))
+                Ok::<_, Infallible>(Token::new(token).with_expires_in(Duration::from_secs(3600)))
             }
         })
     }

@@ -50,7 +50,9 @@ async fn run() -> Result<(), BoxError> {
         let api = api.clone();
         move |_: TokenRequest| {
             let token = api.issue();
-            async move { Ok::<_, Infallible>(Token::new(token).expires_in(Duration::from_secs(600))) }
+            async move {
+                Ok::<_, Infallible>(Token::new(token).with_expires_in(Duration::from_secs(600)))
+            }
         }
     });
     let layer = BearerAuthLayer::new(tokens).replay_wrapped();

@@ -55,7 +55,9 @@ async fn main() -> Result<(), BoxError> {
         let server = server.clone();
         move |_: TokenRequest| {
             let token = server.issue();
-            async move { Ok::<_, Infallible>(Token::new(token).expires_in(Duration::from_secs(3600))) }
+            async move {
+                Ok::<_, Infallible>(Token::new(token).with_expires_in(Duration::from_secs(3600)))
+            }
         }
     });
     let bearer = BearerAuthLayer::new(source);

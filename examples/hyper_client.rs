@@ -169,7 +169,7 @@ impl Api {
             async move {
                 let token = format!("tok-{}", api.issued.fetch_add(1, Ordering::SeqCst) + 1);
                 api.valid.lock().unwrap().insert(token.clone());
-                Ok::<_, Infallible>(Token::new(token).expires_in(Duration::from_secs(3600)))
+                Ok::<_, Infallible>(Token::new(token).with_expires_in(Duration::from_secs(3600)))
             }
         })
     }

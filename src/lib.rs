@@ -38,7 +38,7 @@
 //! # async fn main() -> Result<(), tower::BoxError> {
 //! // Any async function that returns a token; the `oauth2` grants are sources too.
 //! let source = source_fn(|_: TokenRequest| async {
-//!     Ok::<_, std::io::Error>(Token::new("t0k3n").expires_in(Duration::from_secs(3600)))
+//!     Ok::<_, std::io::Error>(Token::new("t0k3n").with_expires_in(Duration::from_secs(3600)))
 //! });
 //!
 //! // A stand-in for an HTTP client such as hyper-util's `Client`.

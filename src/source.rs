@@ -38,7 +38,7 @@ use crate::{BoxError, Token, TokenRequest};
 /// let source = ServiceBuilder::new()
 ///     .timeout(Duration::from_secs(5))
 ///     .service(source_fn(|_req: TokenRequest| async {
-///         Ok::<_, std::io::Error>(Token::new("abc").expires_in(Duration::from_secs(60)))
+///         Ok::<_, std::io::Error>(Token::new("abc").with_expires_in(Duration::from_secs(60)))
 ///     }));
 /// let layer = BearerAuthLayer::new(source);
 /// # drop(layer);
@@ -136,7 +136,7 @@ impl Service<TokenRequest> for StaticToken {
 /// let source = source_fn(|req: TokenRequest| async move {
 ///     // `req.reason()` says why: first use, refresh ahead of expiry, a rejected token...
 ///     let _why: Reason = req.reason();
-///     Ok::<_, std::io::Error>(Token::new("t0k3n").expires_in(Duration::from_secs(300)))
+///     Ok::<_, std::io::Error>(Token::new("t0k3n").with_expires_in(Duration::from_secs(300)))
 /// });
 /// # drop(source);
 /// ```
@@ -200,7 +200,7 @@ where
 /// let source = source_fn(|_: TokenRequest| async {
 ///     // The token service said `503` with `Retry-After: 30`.
 ///     let error = std::io::Error::other("token service unavailable");
-///     Err::<Token, _>(SourceError::new(error).retry_after(Duration::from_secs(30)))
+///     Err::<Token, _>(SourceError::new(error).with_retry_after(Duration::from_secs(30)))
 /// });
 /// # drop(source);
 /// let error = SourceError::new("invalid credentials").not_soon();
@@ -225,7 +225,7 @@ impl SourceError {
     /// Sets the hint to [`RetryHint::After`]: the server asked to come back after `delay`.
     ///
     /// Default: [`RetryHint::Backoff`].
-    pub fn retry_after(mut self, delay: Duration) -> Self {
+    pub fn with_retry_after(mut self, delay: Duration) -> Self {
         self.retry = RetryHint::After(delay);
         self
     }
@@ -327,7 +327,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_cache_waits_as_long_as_retry_after_says() {
-        let failing = failing(|| SourceError::new(refused()).retry_after(ms(20_000)).into());
+        let failing = failing(|| {
+            SourceError::new(refused())
+                .with_retry_after(ms(20_000))
+                .into()
+        });
         let start = Instant::now();
         let (cache, _) = &failing;
         let error = cache.token().await.unwrap_err();
@@ -350,7 +354,7 @@ mod tests {
     async fn a_retry_after_beyond_the_maximum_backoff_waits_the_maximum() {
         let failing = failing(|| {
             SourceError::new(refused())
-                .retry_after(ms(3_600_000))
+                .with_retry_after(ms(3_600_000))
                 .into()
         });
         let start = Instant::now();
@@ -408,7 +412,7 @@ mod tests {
         assert_eq!(error.to_string(), "token service failed");
         assert_eq!(error.source().unwrap().to_string(), "refused");
         assert!(error.get_ref().is::<Outer>());
-        let error = error.retry_after(ms(5));
+        let error = error.with_retry_after(ms(5));
         assert_eq!(error.retry(), RetryHint::After(ms(5)));
         assert_eq!(error.not_soon().retry(), RetryHint::NotSoon);
         assert_eq!(RetryHint::default(), RetryHint::Backoff);

@@ -133,7 +133,7 @@ pub enum Expiry {
 /// use std::time::Duration;
 /// use tower_bearer::Token;
 ///
-/// let token = Token::new("s3cr3t").expires_in(Duration::from_secs(3600));
+/// let token = Token::new("s3cr3t").with_expires_in(Duration::from_secs(3600));
 /// assert_eq!(token.access_token().secret(), "s3cr3t");
 /// assert!(!format!("{token:?}").contains("s3cr3t"));
 /// ```
@@ -162,13 +162,13 @@ impl Token {
     }
 
     /// Sets the lifetime, counted from when the token request was sent.
-    pub fn expires_in(mut self, lifetime: Duration) -> Self {
+    pub fn with_expires_in(mut self, lifetime: Duration) -> Self {
         self.expiry = Some(Expiry::In(lifetime));
         self
     }
 
     /// Sets the instant after which the token is no longer valid.
-    pub fn expires_at(mut self, deadline: Instant) -> Self {
+    pub fn with_expires_at(mut self, deadline: Instant) -> Self {
         self.expiry = Some(Expiry::At(deadline));
         self
     }

@@ -117,7 +117,8 @@ async fn an_expires_at_token_follows_the_documented_timeline() {
     // Default timing: skew 30 s, refresh ahead 300 s widened by up to 25 %.
     let calls = Calls::default();
     let source = calls.source(Duration::ZERO, |n| {
-        Ok(Token::new(format!("tok-{n}")).expires_at(Instant::now() + Duration::from_secs(3600)))
+        Ok(Token::new(format!("tok-{n}"))
+            .with_expires_at(Instant::now() + Duration::from_secs(3600)))
     });
     let cache = TokenCache::new(source);
     let svc = BearerAuth::from_cache(open_api(), cache.clone());
@@ -146,7 +147,8 @@ async fn an_expires_at_token_follows_the_documented_timeline() {
 async fn an_expires_at_token_is_not_used_after_its_usable_life() {
     let calls = Calls::default();
     let source = calls.source(Duration::ZERO, |n| {
-        Ok(Token::new(format!("tok-{n}")).expires_at(Instant::now() + Duration::from_secs(100)))
+        Ok(Token::new(format!("tok-{n}"))
+            .with_expires_at(Instant::now() + Duration::from_secs(100)))
     });
     let cache = TokenCache::builder(source)
         .expiry_skew(Duration::ZERO)
@@ -174,7 +176,7 @@ async fn a_token_already_past_its_expires_at_still_serves_its_waiters() {
     // The deadline is the instant the source is asked; the answer comes 1 s later, when even
     // the lifetime floor (1 s from the request) has passed.
     let source = calls.source(SECOND, |n| {
-        Ok(Token::new(format!("tok-{n}")).expires_at(Instant::now()))
+        Ok(Token::new(format!("tok-{n}")).with_expires_at(Instant::now()))
     });
     let svc = BearerAuth::new(open_api(), source);
     let waiters: Vec<_> = (0..3)
@@ -256,9 +258,9 @@ async fn a_zero_lifetime_is_used_for_the_floor_not_refetched_per_request() {
 async fn huge_lifetimes_and_settings_do_not_panic_or_overflow() {
     let far = Instant::now() + Duration::from_secs(10_000 * 365 * 86_400);
     let makers: Vec<Arc<dyn Fn() -> Token + Send + Sync>> = vec![
-        Arc::new(|| Token::new("tok-7").expires_in(Duration::MAX)),
+        Arc::new(|| Token::new("tok-7").with_expires_in(Duration::MAX)),
         Arc::new(|| Token::new("tok-7")),
-        Arc::new(move || Token::new("tok-7").expires_at(far)),
+        Arc::new(move || Token::new("tok-7").with_expires_at(far)),
     ];
     for make in makers {
         let calls = Calls::default();
@@ -367,7 +369,7 @@ async fn refresh_ignores_the_failure_backoff() {
     let calls = Calls::default();
     let source = calls.source(Duration::ZERO, |n| match n {
         1 => Err(io::Error::other("endpoint down")),
-        n => Ok(Token::new(format!("tok-{n}")).expires_in(Duration::from_secs(600))),
+        n => Ok(Token::new(format!("tok-{n}")).with_expires_in(Duration::from_secs(600))),
     });
     let cache = TokenCache::builder(source)
         .backoff(Duration::from_secs(60), Duration::from_secs(60))
@@ -396,7 +398,7 @@ async fn refresh_ignores_the_failure_backoff() {
 async fn a_failed_refresh_leaves_the_still_valid_token_in_use() {
     let calls = Calls::default();
     let source = calls.source(Duration::ZERO, |n| match n {
-        1 => Ok(Token::new("tok-1").expires_in(Duration::from_secs(600))),
+        1 => Ok(Token::new("tok-1").with_expires_in(Duration::from_secs(600))),
         _ => Err(io::Error::other("endpoint down")),
     });
     let cache = TokenCache::new(source);
@@ -648,7 +650,7 @@ async fn a_source_wrapped_in_timeout_fails_typed_and_recovers() {
     let calls = Calls::default();
     // The first call hangs for an hour, later ones answer at once.
     let slow_then_fast = calls.source(Duration::ZERO, |n| {
-        Ok(Token::new(format!("tok-{n}")).expires_in(Duration::from_secs(600)))
+        Ok(Token::new(format!("tok-{n}")).with_expires_in(Duration::from_secs(600)))
     });
     let hang_first = {
         let calls = calls.clone();

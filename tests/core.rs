@@ -574,7 +574,7 @@ async fn a_still_valid_token_is_used_while_refreshes_fail() {
             let n = calls.fetch_add(1, Ordering::SeqCst);
             async move {
                 if n == 0 {
-                    Ok(Token::new("tok-1").expires_in(Duration::from_secs(100)))
+                    Ok(Token::new("tok-1").with_expires_in(Duration::from_secs(100)))
                 } else {
                     Err(io::Error::other("token endpoint down"))
                 }

@@ -712,7 +712,7 @@ async fn flow() -> (Rendered, Vec<String>) {
     // --- The core types ----------------------------------------------------------------------
     let token = Token::new("at-SECRET-core")
         .with_token_type("Bearer")
-        .expires_in(Duration::from_secs(60))
+        .with_expires_in(Duration::from_secs(60))
         .with_refresh_token(RefreshToken::new("rt-SECRET-core"))
         .with_scope("read write")
         .with_extension(AccessToken::new("at-SECRET-extension"));

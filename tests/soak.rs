@@ -260,7 +260,7 @@ async fn one_million_requests() {
                 let expiry = Instant::now() + LIFETIME;
                 issuer.expiries.lock().unwrap().push(Some(expiry));
                 Ok(Token::new(format!("tok-{n}"))
-                    .expires_in(LIFETIME)
+                    .with_expires_in(LIFETIME)
                     .with_extension(Live::new(&issuer.live)))
             }
         })

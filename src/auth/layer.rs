@@ -22,7 +22,7 @@ use crate::{Origin, Placement, TokenCache, TokenSource};
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), tower::BoxError> {
 /// let source = source_fn(|_: TokenRequest| async {
-///     Ok::<_, std::io::Error>(Token::new("t0k3n").expires_in(Duration::from_secs(3600)))
+///     Ok::<_, std::io::Error>(Token::new("t0k3n").with_expires_in(Duration::from_secs(3600)))
 /// });
 /// let api = service_fn(|req: Request<Full<Bytes>>| async move {
 ///     let auth = req.headers()["authorization"].to_str().unwrap().to_owned();

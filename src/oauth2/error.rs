@@ -407,7 +407,7 @@ impl From<Error> for SourceError {
         let wrapped = SourceError::new(error);
         match (retryable, retry_after) {
             (false, _) => wrapped.not_soon(),
-            (true, Some(delay)) => wrapped.retry_after(delay),
+            (true, Some(delay)) => wrapped.with_retry_after(delay),
             (true, None) => wrapped,
         }
     }

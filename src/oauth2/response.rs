@@ -122,11 +122,11 @@ impl TokenResponse {
     /// A `Token` for the cache: access token, type, expiry, refresh token, scope, and the
     /// `ExtraFields` as an extension (`Token::with_extension`).
     ///
-    /// The expiry counts from when the token request was sent: [`Token::expires_at`] with
+    /// The expiry counts from when the token request was sent: [`Token::with_expires_at`] with
     /// [`expires_at`](Self::expires_at) for a response this crate's sources received, so that a
     /// token handed out later (such as the first token of a
     /// [`RefreshTokenSource`](super::RefreshTokenSource)) is not thought to live longer than it
-    /// does; [`Token::expires_in`] for a response made with [`parse`](Self::parse), which the
+    /// does; [`Token::with_expires_in`] for a response made with [`parse`](Self::parse), which the
     /// cache counts from when it asked its source.
     pub fn into_token(self) -> Token {
         let expires_at = self.expires_at();
@@ -144,8 +144,8 @@ impl TokenResponse {
             token = token.with_token_type(token_type);
         }
         match (expires_at, expires_in) {
-            (Some(deadline), _) => token = token.expires_at(deadline),
-            (None, Some(lifetime)) => token = token.expires_in(lifetime),
+            (Some(deadline), _) => token = token.with_expires_at(deadline),
+            (None, Some(lifetime)) => token = token.with_expires_in(lifetime),
             (None, None) => {}
         }
         if let Some(refresh_token) = refresh_token {

@@ -125,7 +125,7 @@ impl Calls {
            + Send
            + 'static {
         self.source(delay, move |n| {
-            Ok(Token::new(format!("tok-{n}")).expires_in(lifetime))
+            Ok(Token::new(format!("tok-{n}")).with_expires_in(lifetime))
         })
     }
 }
@@ -145,7 +145,7 @@ impl Issuer {
         self.calls.source(Duration::ZERO, move |n| {
             let token = format!("tok-{n}");
             valid.lock().unwrap().insert(token.clone());
-            Ok(Token::new(token).expires_in(Duration::from_secs(3600)))
+            Ok(Token::new(token).with_expires_in(Duration::from_secs(3600)))
         })
     }
 
