@@ -31,6 +31,7 @@ impl Stripe {
     pub(crate) const FIRST: Self = Self(0);
 
     /// The stripe for a new service clone, round-robin.
+    #[inline]
     pub(crate) fn next() -> Self {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         Self(NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES)

@@ -29,6 +29,7 @@ pub(crate) struct Local {
 const HIT_BATCH: u64 = 64;
 
 impl Local {
+    #[inline]
     pub(super) fn new(cache: TokenCache, stripe: Stripe) -> Self {
         let hit_slot = cache.shared.hits.claim(stripe);
         Self {
@@ -77,12 +78,14 @@ impl Local {
 }
 
 impl Clone for Local {
+    #[inline]
     fn clone(&self) -> Self {
         self.cache.local()
     }
 }
 
 impl Drop for Local {
+    #[inline]
     fn drop(&mut self) {
         let hits = &self.cache.shared.hits;
         match self.hit_slot {
@@ -131,6 +134,7 @@ impl Default for Hits {
 
 impl Hits {
     /// A free slot of `stripe`, claimed; `None` if they are all taken.
+    #[inline]
     pub(super) fn claim(&self, stripe: Stripe) -> Option<usize> {
         let first = stripe.index() * SLOTS_PER_STRIPE;
         (first..first + SLOTS_PER_STRIPE).find(|&i| {
@@ -158,6 +162,7 @@ impl Hits {
         }
     }
 
+    #[inline]
     pub(super) fn release(&self, slot: usize) {
         self.slots[slot].claimed.store(false, Ordering::Release);
     }

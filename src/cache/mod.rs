@@ -242,6 +242,7 @@ impl TokenCache {
     }
 
     /// A copy of the current token for one service: see [`Local`].
+    #[inline]
     pub(crate) fn local(&self) -> Local {
         Local::new(self.clone(), Stripe::next())
     }
