@@ -92,6 +92,7 @@ pub mod cache;
 pub mod challenge;
 mod error;
 pub mod grpc;
+pub mod key;
 #[cfg(feature = "oauth2")]
 pub mod oauth2;
 pub mod origin;
@@ -105,6 +106,7 @@ pub mod token;
 pub use auth::{BearerAuth, BearerAuthLayer};
 pub use cache::TokenCache;
 pub use error::{Error, ErrorKind};
+pub use key::TokenKey;
 pub use origin::Origin;
 pub use placement::Placement;
 pub use source::{source_fn, SourceError, StaticToken, TokenSource};

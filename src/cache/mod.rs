@@ -15,6 +15,7 @@
 mod builder;
 mod entry;
 mod fetch;
+mod keyed;
 mod local;
 
 use std::fmt;
@@ -28,6 +29,7 @@ use tokio::time::Instant;
 
 pub use crate::stamp::MAX_TOKEN_BYTES;
 pub use builder::TokenCacheBuilder;
+pub use keyed::KeyedCache;
 pub(crate) use entry::Entry;
 pub(crate) use local::Local;
 
