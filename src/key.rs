@@ -218,3 +218,62 @@ impl TokenKeyBuilder {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn keys_are_equal_whatever_the_order_and_repetition_of_their_parts() {
+        let a = TokenKey::builder()
+            .scope("b a")
+            .scope("a")
+            .audience("x")
+            .resource("r2")
+            .resource("r1")
+            .param("p", "1")
+            .build();
+        let b = TokenKey::builder()
+            .resource("r1")
+            .param("p", "0")
+            .param("p", "1")
+            .resource("r2")
+            .audience("x")
+            .scope("a b")
+            .build();
+        assert_eq!(a, b);
+        let set: HashSet<TokenKey> = [a.clone(), b].into_iter().collect();
+        assert_eq!(set.len(), 1);
+        assert_eq!(a.scope().as_deref(), Some("a b"));
+        assert_eq!(a.params().collect::<Vec<_>>(), [("p", "1")]);
+    }
+
+    #[test]
+    fn each_kind_of_part_counts() {
+        let keys = [
+            TokenKey::default(),
+            TokenKey::audience_of("x"),
+            TokenKey::scopes_of(["x"]),
+            TokenKey::resource_of("x"),
+            TokenKey::builder().param("x", "x").build(),
+            TokenKey::builder().param("x", "y").build(),
+        ];
+        let set: HashSet<&TokenKey> = keys.iter().collect();
+        assert_eq!(set.len(), keys.len());
+        assert!(keys[0].is_default());
+        assert!(keys[1..].iter().all(|key| !key.is_default()));
+    }
+
+    #[test]
+    fn debug_shows_parameter_names_not_values() {
+        let key = TokenKey::builder()
+            .audience("api")
+            .param("client_assertion", "SECRET-value")
+            .build();
+        let shown = format!("{key:?}");
+        assert!(shown.contains("api") && shown.contains("client_assertion"), "{shown}");
+        assert!(!shown.contains("SECRET"), "{shown}");
+    }
+}

@@ -57,6 +57,8 @@ pub struct KeyedCache {
 struct Keyed {
     shards: [Mutex<HashMap<TokenKey, Slot>>; SHARDS],
     len: AtomicUsize,
+    /// Held while a key is added.
+    adding: Mutex<()>,
     /// Bumped whenever a key is dropped, so that service clones holding the caches of keys
     /// check that theirs is still the one in the map before using it.
     epoch: AtomicU64,
@@ -84,6 +86,7 @@ impl KeyedCache {
             shared: Arc::new(Keyed {
                 shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
                 len: AtomicUsize::new(0),
+                adding: Mutex::new(()),
                 epoch: AtomicU64::new(0),
                 source: Mutex::new(builder.source),
                 config: builder.config,
@@ -105,6 +108,9 @@ impl KeyedCache {
                 return slot.cache.clone();
             }
         }
+        // New keys are added one at a time, so that the bound holds however many requests
+        // bring new keys at once.
+        let _adding = lock(&shared.adding);
         if shared.len.load(Ordering::Relaxed) >= shared.max_keys {
             shared.sweep();
         }
@@ -263,5 +269,72 @@ impl fmt::Debug for KeyedCache {
             .field("config", &self.shared.config)
             .field("stats", &self.total_stats())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+    use crate::source_fn;
+
+    /// A keyed cache over a source that names each token after its key's audience and counts
+    /// its calls.
+    fn cache(max_keys: usize) -> (KeyedCache, Arc<AtomicUsize>) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counter = calls.clone();
+        let source = source_fn(move |req: TokenRequest| {
+            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            let audience = req.key().audiences().next().unwrap_or("-").to_owned();
+            async move { Ok::<_, Infallible>(Token::new(format!("{audience}#{n}"))) }
+        });
+        let cache = TokenCache::builder(source).max_keys(max_keys).build_keyed();
+        (cache, calls)
+    }
+
+    #[tokio::test]
+    async fn each_key_has_its_own_token_and_equal_keys_share_one() {
+        let (cache, calls) = cache(16);
+        let a = TokenKey::audience_of("a");
+        let b = TokenKey::audience_of("b");
+        let a_again = TokenKey::audience_of("a");
+        let (ta, tb, ta2) = tokio::join!(cache.token(&a), cache.token(&b), cache.token(&a_again));
+        let secret = |t: Result<Token, Error>| t.unwrap().access_token().secret().to_owned();
+        let (ta, tb, ta2) = (secret(ta), secret(tb), secret(ta2));
+        assert!(ta.starts_with("a#") && tb.starts_with("b#"), "{ta} {tb}");
+        assert_eq!(ta, ta2);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(cache.stats(&a).unwrap().fetches, 1);
+        assert_eq!(cache.total_stats().fetches, 2);
+        assert_eq!(cache.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_number_of_keys_stays_within_the_bound() {
+        let (cache, calls) = cache(8);
+        let epoch = cache.epoch();
+        for i in 0..100 {
+            cache.token(&TokenKey::audience_of(format!("k{i}"))).await.unwrap();
+            assert!(cache.len() <= 8, "{} keys after {i}", cache.len());
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 100);
+        assert_ne!(cache.epoch(), epoch, "dropping keys changes the epoch");
+        // Dropped keys still count in the totals, and come back with a new fetch.
+        assert_eq!(cache.total_stats().fetches, 100);
+        cache.token(&TokenKey::audience_of("k0")).await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 101);
+    }
+
+    #[tokio::test]
+    async fn a_key_in_use_outlives_idle_ones() {
+        let (cache, _) = cache(4);
+        let busy = TokenKey::audience_of("busy");
+        for i in 0..40 {
+            cache.token(&busy).await.unwrap();
+            cache.token(&TokenKey::audience_of(format!("k{i}"))).await.unwrap();
+        }
+        assert_eq!(cache.stats(&busy).unwrap().fetches, 1, "never dropped");
     }
 }
