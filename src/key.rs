@@ -110,7 +110,16 @@ impl TokenKey {
 
     /// The other parameters, sorted by name.
     pub fn params(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
-        self.0.params.iter().map(|(name, value)| (&**name, &**value))
+        self.0
+            .params
+            .iter()
+            .map(|(name, value)| (&**name, &**value))
+    }
+
+    /// The hash computed when the key was built.
+    #[inline]
+    pub(crate) fn hash_value(&self) -> u64 {
+        self.0.hash
     }
 
     /// Whether this is the default key: nothing asked for beyond what the source is configured
@@ -273,7 +282,10 @@ mod tests {
             .param("client_assertion", "SECRET-value")
             .build();
         let shown = format!("{key:?}");
-        assert!(shown.contains("api") && shown.contains("client_assertion"), "{shown}");
+        assert!(
+            shown.contains("api") && shown.contains("client_assertion"),
+            "{shown}"
+        );
         assert!(!shown.contains("SECRET"), "{shown}");
     }
 }

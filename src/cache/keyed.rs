@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -67,7 +66,6 @@ struct Keyed {
     config: Config,
     max_keys: usize,
     idle_timeout: Duration,
-    hasher: std::collections::hash_map::RandomState,
     /// Statistics of the keys dropped so far, so that totals do not shrink.
     dropped: Mutex<CacheStats>,
 }
@@ -92,7 +90,6 @@ impl KeyedCache {
                 config: builder.config,
                 max_keys: builder.max_keys,
                 idle_timeout: builder.idle_timeout,
-                hasher: Default::default(),
                 dropped: Mutex::new(CacheStats::default()),
             }),
         }
@@ -149,7 +146,10 @@ impl KeyedCache {
     /// What the cache of `key` has done so far; `None` if `key` is not held (never used, or
     /// dropped).
     pub fn stats(&self, key: &TokenKey) -> Option<CacheStats> {
-        self.shared.shard(key).get(key).map(|slot| slot.cache.stats())
+        self.shared
+            .shard(key)
+            .get(key)
+            .map(|slot| slot.cache.stats())
     }
 
     /// What all keys have done so far, those dropped included.
@@ -202,9 +202,7 @@ impl KeyedCache {
 
 impl Keyed {
     fn shard(&self, key: &TokenKey) -> MutexGuard<'_, HashMap<TokenKey, Slot>> {
-        let mut hasher = self.hasher.build_hasher();
-        key.hash(&mut hasher);
-        lock(&self.shards[hasher.finish() as usize % SHARDS])
+        lock(&self.shards[key.hash_value() as usize % SHARDS])
     }
 
     /// Drops keys to make room for one more: those idle for the idle timeout, then, if that is
@@ -241,7 +239,11 @@ impl Keyed {
         if dropped > 0 {
             self.len.fetch_sub(dropped, Ordering::Relaxed);
             self.epoch.fetch_add(1, Ordering::Release);
-            tracing::debug!(dropped, held = self.len.load(Ordering::Relaxed), "token keys dropped");
+            tracing::debug!(
+                dropped,
+                held = self.len.load(Ordering::Relaxed),
+                "token keys dropped"
+            );
         }
     }
 }
@@ -316,7 +318,10 @@ mod tests {
         let (cache, calls) = cache(8);
         let epoch = cache.epoch();
         for i in 0..100 {
-            cache.token(&TokenKey::audience_of(format!("k{i}"))).await.unwrap();
+            cache
+                .token(&TokenKey::audience_of(format!("k{i}")))
+                .await
+                .unwrap();
             assert!(cache.len() <= 8, "{} keys after {i}", cache.len());
         }
         assert_eq!(calls.load(Ordering::SeqCst), 100);
@@ -333,7 +338,10 @@ mod tests {
         let busy = TokenKey::audience_of("busy");
         for i in 0..40 {
             cache.token(&busy).await.unwrap();
-            cache.token(&TokenKey::audience_of(format!("k{i}"))).await.unwrap();
+            cache
+                .token(&TokenKey::audience_of(format!("k{i}")))
+                .await
+                .unwrap();
         }
         assert_eq!(cache.stats(&busy).unwrap().fetches, 1, "never dropped");
     }
