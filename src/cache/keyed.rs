@@ -185,6 +185,23 @@ impl KeyedCache {
         }
     }
 
+    /// Rejects the current token of whichever key was stamped as `value` (the search a gRPC
+    /// trailer's UNAUTHENTICATED costs, which is rare: one look at each key's current token).
+    pub(crate) fn reject_value(&self, value: &http::HeaderValue) -> bool {
+        let caches: Vec<TokenCache> = self
+            .shared
+            .shards
+            .iter()
+            .flat_map(|shard| {
+                lock(shard)
+                    .values()
+                    .map(|slot| slot.cache.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        caches.iter().any(|cache| cache.reject_value(value))
+    }
+
     /// The number that changes whenever a key is dropped.
     #[inline]
     pub(crate) fn epoch(&self) -> u64 {

@@ -268,18 +268,21 @@ impl TokenCache {
 
     /// Invalidates the current token if `value` is the header value it was stamped as (with any
     /// scheme).
-    pub(crate) fn reject_value(&self, value: &HeaderValue) {
+    /// Returns whether it was.
+    pub(crate) fn reject_value(&self, value: &HeaderValue) -> bool {
         let id = {
             let current = self.shared.current.load();
             let Some(entry) = current.as_ref() else {
-                return;
+                return false;
             };
             if !entry.stamp.is_stamped_as(value) {
-                return;
+                return false;
             }
             entry.id
         };
+        self.count_rejection();
         let _ = self.shared.reject(id);
+        true
     }
 
     pub(crate) fn count_rejection(&self) {
