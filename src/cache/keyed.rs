@@ -105,12 +105,28 @@ impl KeyedCache {
                 return slot.cache.clone();
             }
         }
-        if shared.len.load(Ordering::Relaxed) >= shared.max_keys {
-            shared.sweep();
+        // A slot is reserved before the key is added, so that requests adding keys at once
+        // never take the map past the bound together.
+        loop {
+            let held = shared.len.load(Ordering::Relaxed);
+            if held < shared.max_keys {
+                let reserved = shared.len.compare_exchange_weak(
+                    held,
+                    held + 1,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+                if reserved.is_ok() {
+                    break;
+                }
+            } else {
+                shared.sweep();
+            }
         }
         let mut shard = shared.shard(key);
         // Another request may have made it meanwhile: keys never get two caches.
         if let Some(slot) = shard.get(key) {
+            shared.len.fetch_sub(1, Ordering::Relaxed);
             return slot.cache.clone();
         }
         let source = lock(&shared.source).clone();
@@ -127,7 +143,6 @@ impl KeyedCache {
                 idle_since: Instant::now(),
             },
         );
-        shared.len.fetch_add(1, Ordering::Relaxed);
         cache
     }
 
@@ -222,7 +237,8 @@ impl Keyed {
             }
         }
         candidates.sort_by_key(|(idle_since, _, _)| *idle_since);
-        let target = self.max_keys - (self.max_keys / 8).max(1).min(self.max_keys - 1);
+        // At least one slot is freed for the key about to be added, even with a bound of one.
+        let target = self.max_keys - (self.max_keys / 8).max(1);
         let excess = candidates.len().saturating_sub(target);
         let mut dropped = 0;
         for (position, (idle_since, index, key)) in candidates.into_iter().enumerate() {
