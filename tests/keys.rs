@@ -565,6 +565,12 @@ async fn a_hundred_thousand_keys_stay_within_the_bound() {
     let most = most.load(Ordering::Relaxed);
     assert!(most <= BOUND, "{most} keys held at once");
     assert!(keyed.len() > BOUND / 2, "{} keys held", keyed.len());
+    // The keys the map answers for, counted without trusting its counter.
+    let held = (0..TASKS)
+        .flat_map(|task| (0..100_000 / TASKS).map(move |i| key(&format!("{task}-{i}"))))
+        .filter(|key| keyed.stats(key).is_some())
+        .count();
+    assert_eq!(held, keyed.len(), "keys held, and the count of them");
     // Every key was fetched once: a dropped key's token is not reused by another key.
     assert_eq!(calls.load(Ordering::Relaxed), 100_000);
     assert!(
