@@ -227,7 +227,7 @@ impl Keyed {
     /// new keys sweeps rarely.
     fn sweep(&self) {
         let now = Instant::now();
-        let mut candidates: Vec<(Instant, usize, TokenKey)> = Vec::new();
+        let mut candidates: Vec<(bool, Instant, usize, TokenKey)> = Vec::new();
         for (index, shard) in self.shards.iter().enumerate() {
             for (key, slot) in lock(shard).iter_mut() {
                 let stats = slot.cache.stats();
@@ -236,14 +236,18 @@ impl Keyed {
                     slot.activity = activity;
                     slot.idle_since = now;
                 }
-                candidates.push((slot.idle_since, index, key.clone()));
+                // A key with a fetch in flight goes last: dropping it would leave its waiters on
+                // a cache nobody else finds (the key fetched twice) and its counts unfinished.
+                let busy = slot.cache.is_fetching();
+                candidates.push((busy, slot.idle_since, index, key.clone()));
             }
         }
-        candidates.sort_by_key(|(idle_since, _, _)| *idle_since);
-        let target = self.max_keys - (self.max_keys / 8).max(1).min(self.max_keys - 1);
+        candidates.sort_by_key(|(busy, idle_since, _, _)| (*busy, *idle_since));
+        // At least one slot is freed for the key about to be added, even with a bound of one.
+        let target = self.max_keys - (self.max_keys / 8).max(1);
         let excess = candidates.len().saturating_sub(target);
         let mut dropped = 0;
-        for (position, (idle_since, index, key)) in candidates.into_iter().enumerate() {
+        for (position, (_, idle_since, index, key)) in candidates.into_iter().enumerate() {
             let idle = now.saturating_duration_since(idle_since) >= self.idle_timeout;
             if !idle && position >= excess {
                 break;

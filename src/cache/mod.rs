@@ -285,6 +285,11 @@ impl TokenCache {
         true
     }
 
+    /// Whether a fetch is in flight.
+    pub(crate) fn is_fetching(&self) -> bool {
+        self.shared.lock_slow().fetching
+    }
+
     pub(crate) fn count_rejection(&self) {
         self.shared
             .counters
