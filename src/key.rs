@@ -110,7 +110,10 @@ impl TokenKey {
 
     /// The other parameters, sorted by name.
     pub fn params(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
-        self.0.params.iter().map(|(name, value)| (&**name, &**value))
+        self.0
+            .params
+            .iter()
+            .map(|(name, value)| (&**name, &**value))
     }
 
     /// Whether this is the default key: nothing asked for beyond what the source is configured

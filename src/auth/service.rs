@@ -5,8 +5,8 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use tower_service::Service;
 
-use super::future::ResponseFuture;
 use super::destinations::{Choice, KeyedLocals};
+use super::future::ResponseFuture;
 use super::{BearerAuthLayer, Configs, Destination};
 use crate::cache::Local;
 use crate::error::ErrorKind;

@@ -143,7 +143,10 @@ impl KeyedCache {
     /// What the cache of `key` has done so far; `None` if `key` is not held (never used, or
     /// dropped).
     pub fn stats(&self, key: &TokenKey) -> Option<CacheStats> {
-        self.shared.shard(key).get(key).map(|slot| slot.cache.stats())
+        self.shared
+            .shard(key)
+            .get(key)
+            .map(|slot| slot.cache.stats())
     }
 
     /// What all keys have done so far, those dropped included.
@@ -235,7 +238,11 @@ impl Keyed {
         if dropped > 0 {
             self.len.fetch_sub(dropped, Ordering::Relaxed);
             self.epoch.fetch_add(1, Ordering::Release);
-            tracing::debug!(dropped, held = self.len.load(Ordering::Relaxed), "token keys dropped");
+            tracing::debug!(
+                dropped,
+                held = self.len.load(Ordering::Relaxed),
+                "token keys dropped"
+            );
         }
     }
 }

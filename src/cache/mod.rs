@@ -29,8 +29,8 @@ use tokio::time::Instant;
 
 pub use crate::stamp::MAX_TOKEN_BYTES;
 pub use builder::TokenCacheBuilder;
-pub use keyed::KeyedCache;
 pub(crate) use entry::Entry;
+pub use keyed::KeyedCache;
 pub(crate) use local::Local;
 
 use crate::source::BoxSource;
