@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -199,9 +199,7 @@ impl KeyedCache {
 
 impl Keyed {
     fn shard(&self, key: &TokenKey) -> MutexGuard<'_, HashMap<TokenKey, Slot>> {
-        let mut hasher = self.hasher.build_hasher();
-        key.hash(&mut hasher);
-        lock(&self.shards[hasher.finish() as usize % SHARDS])
+        lock(&self.shards[self.hasher.hash_one(key) as usize % SHARDS])
     }
 
     /// Drops keys to make room for one more: those idle for the idle timeout, then, if that is
