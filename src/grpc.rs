@@ -182,8 +182,15 @@ impl Watch {
     fn check(self, trailers: &http::HeaderMap) {
         if grpc_unauthenticated(trailers) {
             tracing::debug!("gRPC trailers say UNAUTHENTICATED; dropping the token of the call");
-            self.config.cache.count_rejection();
-            self.config.cache.reject_value(&self.value);
+            // With several destinations the call's token may be any key's: look for it.
+            let rejected = match &self.config.destinations {
+                Some(destinations) => destinations.cache().reject_value(&self.value),
+                None => self.config.cache.reject_value(&self.value),
+            };
+            if !rejected {
+                // Already replaced: still a rejection the server made.
+                self.config.cache.count_rejection();
+            }
         }
     }
 }

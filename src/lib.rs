@@ -67,10 +67,10 @@
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | [`token`], [`source`] | what a token is, and where tokens come from: [`TokenSource`], [`source_fn`], [`StaticToken`], [`SourceError`] |
-//! | [`cache`] | [`TokenCache`]: single flight, refresh ahead, rejection, backoff, and its [builder](cache::TokenCacheBuilder) and [stats](cache::CacheStats) |
+//! | [`token`], [`key`], [`source`] | what a token is and what it is for ([`TokenKey`]), and where tokens come from: [`TokenSource`], [`source_fn`], [`StaticToken`], [`SourceError`] |
+//! | [`cache`] | [`TokenCache`]: single flight, refresh ahead, rejection, backoff, and its [builder](cache::TokenCacheBuilder) and [stats](cache::CacheStats); [`KeyedCache`](cache::KeyedCache), one token per key |
 //! | [`placement`], [`challenge`], [`replay`], [`origin`] | where a token goes on a request; `WWW-Authenticate` parsing; how a request is kept for a replay; which origins get the token |
-//! | [`auth`] | the middleware: [`BearerAuthLayer`], [`BearerAuth`], its [`ResponseFuture`](auth::ResponseFuture), and what a response says about its token |
+//! | [`auth`] | the middleware: [`BearerAuthLayer`], [`BearerAuth`], its [`ResponseFuture`](auth::ResponseFuture), [`Destinations`](auth::Destinations), and what a response says about its token |
 //! | [`grpc`], `oauth2` | gRPC trailers; the OAuth 2.0 grants (feature `oauth2`, on by default) |
 //!
 //! The crate root re-exports what most programs name; secondary types (futures, builders,
@@ -92,6 +92,7 @@ pub mod cache;
 pub mod challenge;
 mod error;
 pub mod grpc;
+pub mod key;
 #[cfg(feature = "oauth2")]
 pub mod oauth2;
 pub mod origin;
@@ -105,6 +106,7 @@ pub mod token;
 pub use auth::{BearerAuth, BearerAuthLayer};
 pub use cache::TokenCache;
 pub use error::{Error, ErrorKind};
+pub use key::TokenKey;
 pub use origin::Origin;
 pub use placement::Placement;
 pub use source::{source_fn, SourceError, StaticToken, TokenSource};

@@ -8,6 +8,8 @@ use bytes::Bytes;
 use tokio::time::Instant;
 use zeroize::{Zeroize, Zeroizing};
 
+use crate::key::TokenKey;
+
 /// A secret string: an access token, a refresh token, a client secret.
 ///
 /// The secret is reachable only through [`secret`](Self::secret): `Debug` prints the kind's
@@ -264,17 +266,35 @@ pub enum Reason {
 #[non_exhaustive]
 pub struct TokenRequest {
     reason: Reason,
+    key: TokenKey,
 }
 
 impl TokenRequest {
-    /// A request for the given reason. The cache builds these; sources and tests may too.
+    /// A request for the given reason, for the [default key](TokenKey::default). The cache
+    /// builds these; sources and tests may too.
     pub fn new(reason: Reason) -> Self {
-        Self { reason }
+        Self {
+            reason,
+            key: TokenKey::default(),
+        }
+    }
+
+    /// The same request, for the token of `key`.
+    pub fn with_key(mut self, key: TokenKey) -> Self {
+        self.key = key;
+        self
     }
 
     /// Why a token is needed.
     pub fn reason(&self) -> Reason {
         self.reason
+    }
+
+    /// What the token is for: the audiences, scopes, resources and parameters to ask for. A
+    /// source serving several destinations must fetch a token for exactly this key; the
+    /// [default key](TokenKey::default) asks for what the source is configured with.
+    pub fn key(&self) -> &TokenKey {
+        &self.key
     }
 }
 

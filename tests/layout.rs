@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 /// of level 0 are the vocabulary every module shares).
 const LEVELS: &[(&str, u8)] = &[
     ("error", 0),
+    ("key", 0),
     ("shown", 0),
     ("token", 0),
     ("source", 1),

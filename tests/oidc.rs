@@ -19,11 +19,12 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
 use tower::{ServiceBuilder, ServiceExt};
+use tower_bearer::auth::Destinations;
 use tower_bearer::oauth2::{
     AuthorizationCode, ClientAuth, ClientCredentials, ErrorCode, ErrorKind, LoopbackRedirect,
     MemoryStore, RefreshTokenSource, TokenEndpoint, TokenResponse,
 };
-use tower_bearer::{source_fn, BearerAuthLayer, RefreshToken, TokenCache, TokenRequest};
+use tower_bearer::{source_fn, BearerAuthLayer, RefreshToken, TokenCache, TokenKey, TokenRequest};
 
 use support::get;
 
@@ -282,10 +283,26 @@ async fn sign_in(http: &Http, url: &str, redirect_uri: &str) {
 
 /// The whole authorization code flow with PKCE, driven without a person.
 async fn log_in(peer: &Peer, client: &TokenEndpoint) -> TokenResponse {
-    let grant = AuthorizationCode::new(client.clone(), peer.url("/auth"))
+    log_in_for(peer, client, &[], None).await
+}
+
+/// [`log_in`] asking also for `scopes` and, if given, for `resource`.
+async fn log_in_for(
+    peer: &Peer,
+    client: &TokenEndpoint,
+    scopes: &[&str],
+    resource: Option<&str>,
+) -> TokenResponse {
+    let mut grant = AuthorizationCode::new(client.clone(), peer.url("/auth"))
         .scope("openid")
         .scope("offline_access")
         .param("prompt", "consent");
+    for scope in scopes {
+        grant = grant.scope(*scope);
+    }
+    if let Some(resource) = resource {
+        grant = grant.resource(resource);
+    }
     let redirect = LoopbackRedirect::bind().await.unwrap();
     let request = grant
         .authorization_request(redirect.redirect_uri())
@@ -504,4 +521,171 @@ async fn a_refresh_token_given_by_hand_works() {
     let source = RefreshTokenSource::new(client, refresh_token.clone());
     let token = source.request_token().await.unwrap();
     assert_ne!(token.refresh_token(), Some(&refresh_token), "rotated");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Several destinations (#14)
+// ---------------------------------------------------------------------------------------------
+
+/// The two resource servers `tests/peers/oidc-server.mjs` knows, each with its own scopes.
+const API: &str = "urn:tower-bearer:api";
+const BILLING: &str = "urn:tower-bearer:billing";
+
+/// The claims of a JWT, read without checking its signature (the test only needs to know what
+/// the server put in it).
+fn claims(jwt: &str) -> serde_json::Value {
+    use base64::Engine as _;
+    let parts: Vec<&str> = jwt.split('.').collect();
+    assert_eq!(parts.len(), 3, "not a JWT: {jwt}");
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(parts[1])
+        .unwrap();
+    serde_json::from_slice(&payload).unwrap()
+}
+
+/// The audience of a JWT: `aud` may be a string or an array of one.
+fn audience(claims: &serde_json::Value) -> &str {
+    match &claims["aud"] {
+        serde_json::Value::String(aud) => aud,
+        serde_json::Value::Array(auds) if auds.len() == 1 => auds[0].as_str().unwrap(),
+        other => panic!("unexpected aud: {other}"),
+    }
+}
+
+type Seen = Arc<std::sync::Mutex<Vec<Option<String>>>>;
+
+/// A small HTTP API on a free loopback port that answers 200 to everything and records the
+/// `Authorization` header of each request; its origin and what it saw.
+async fn recording_api() -> (String, Seen) {
+    let seen: Seen = Arc::default();
+    let app = axum::Router::new().fallback({
+        let seen = seen.clone();
+        move |headers: http::HeaderMap| async move {
+            let auth = headers
+                .get(http::header::AUTHORIZATION)
+                .map(|value| value.to_str().unwrap().to_owned());
+            seen.lock().unwrap().push(auth);
+            "ok"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (origin, seen)
+}
+
+/// The bearer tokens an API saw; every request must have carried one.
+fn bearer_tokens(seen: &Seen) -> Vec<String> {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .map(|auth| {
+            auth.as_deref()
+                .and_then(|auth| auth.strip_prefix("Bearer "))
+                .unwrap_or_else(|| panic!("a request without its token: {auth:?}"))
+                .to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn one_layer_gets_a_jwt_per_resource_and_each_api_receives_only_its_own() {
+    let peer = Peer::start();
+    let (api, api_seen) = recording_api().await;
+    let (billing, billing_seen) = recording_api().await;
+    let (elsewhere, elsewhere_seen) = recording_api().await;
+
+    // One client-credentials source, configured with nothing: each key says what it is for.
+    let source =
+        ClientCredentials::new(peer.client("cc-client", Some("cc-secret"), ClientAuth::Basic));
+    let keyed = TokenCache::builder(source).max_keys(8).build_keyed();
+    let api_key = TokenKey::builder().resource(API).scope("api:read").build();
+    let billing_key = TokenKey::builder()
+        .resource(BILLING)
+        .scope("billing:read")
+        .build();
+    let destinations = Destinations::new(keyed.clone())
+        .origin(api.parse().unwrap(), api_key.clone())
+        .origin(billing.parse().unwrap(), billing_key.clone());
+    let svc = ServiceBuilder::new()
+        .layer(BearerAuthLayer::destinations(destinations))
+        .service(http());
+
+    for _ in 0..3 {
+        for origin in [&api, &billing, &elsewhere] {
+            let response = svc
+                .clone()
+                .oneshot(get(&format!("{origin}/items")))
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "{origin}");
+        }
+    }
+
+    let api_tokens = bearer_tokens(&api_seen);
+    let billing_tokens = bearer_tokens(&billing_seen);
+    assert_eq!(api_tokens.len(), 3);
+    assert_eq!(billing_tokens.len(), 3);
+    assert!(
+        api_tokens.iter().all(|t| t == &api_tokens[0]),
+        "one token per key"
+    );
+    assert!(billing_tokens.iter().all(|t| t == &billing_tokens[0]));
+    assert_ne!(api_tokens[0], billing_tokens[0]);
+
+    let api_claims = claims(&api_tokens[0]);
+    assert_eq!(audience(&api_claims), API, "{api_claims}");
+    assert_eq!(api_claims["scope"], "api:read", "{api_claims}");
+    let billing_claims = claims(&billing_tokens[0]);
+    assert_eq!(audience(&billing_claims), BILLING, "{billing_claims}");
+    assert_eq!(billing_claims["scope"], "billing:read", "{billing_claims}");
+
+    // An origin mapped to no key gets no token at all.
+    assert_eq!(*elsewhere_seen.lock().unwrap(), vec![None; 3]);
+
+    assert_eq!(keyed.stats(&api_key).unwrap().fetches, 1);
+    assert_eq!(keyed.stats(&billing_key).unwrap().fetches, 1);
+    assert_eq!(keyed.total_stats().fetches, 2);
+}
+
+#[tokio::test]
+async fn a_refresh_token_is_down_scoped_per_key() {
+    let peer = Peer::start();
+    let client = public_client(&peer);
+    let tokens = log_in_for(&peer, &client, &["api:read", "api:write"], Some(API)).await;
+    let source = RefreshTokenSource::from_response(client, tokens).unwrap();
+    let keyed = TokenCache::builder(source.clone())
+        .max_keys(8)
+        .build_keyed();
+    let read = TokenKey::builder().resource(API).scope("api:read").build();
+    let write = TokenKey::builder().resource(API).scope("api:write").build();
+    let both = TokenKey::builder()
+        .resource(API)
+        .scope("api:read api:write")
+        .build();
+
+    // At once: the refreshes for the keys take turns on the one (rotating) refresh token.
+    let (r, w, b) = tokio::join!(keyed.token(&read), keyed.token(&write), keyed.token(&both));
+    let (r, w, b) = (r.unwrap(), w.unwrap(), b.unwrap());
+    for (token, scope) in [
+        (&r, "api:read"),
+        (&w, "api:write"),
+        (&b, "api:read api:write"),
+    ] {
+        let claims = claims(token.access_token().secret());
+        assert_eq!(claims["scope"], scope, "{claims}");
+        assert_eq!(audience(&claims), API, "{claims}");
+    }
+    assert_ne!(r.access_token(), w.access_token());
+
+    // Cached per key from now on.
+    assert_eq!(
+        keyed.token(&read).await.unwrap().access_token(),
+        r.access_token()
+    );
+    assert_eq!(
+        keyed.token(&write).await.unwrap().access_token(),
+        w.access_token()
+    );
+    assert_eq!(keyed.total_stats().fetches, 3);
 }

@@ -2,7 +2,7 @@ use std::fmt;
 
 use tower_layer::Layer;
 
-use super::{BearerAuth, Config, Configs};
+use super::{BearerAuth, Config, Configs, Destinations};
 use crate::replay::{NoReplay, Replay, ReplayWrapped};
 use crate::{Origin, Placement, TokenCache, TokenSource};
 
@@ -46,6 +46,22 @@ impl BearerAuthLayer {
     /// A layer with a new [`TokenCache`] (default timing) over `source`.
     pub fn new(source: impl TokenSource) -> Self {
         Self::from_cache(TokenCache::new(source))
+    }
+
+    /// A layer serving several destinations: each request gets the token of the
+    /// [`TokenKey`](crate::TokenKey) that `destinations` maps it to, from its keyed cache; a
+    /// request mapped to no key is sent without a token. [`cache`](Self::cache) is then the
+    /// cache of the default key.
+    pub fn destinations(destinations: Destinations) -> Self {
+        let cache = destinations.cache().cache(&crate::TokenKey::default());
+        let config = Config {
+            destinations: Some(destinations),
+            ..Config::new(cache)
+        };
+        Self {
+            configs: Configs::new(config),
+            policy: Replay::new(),
+        }
     }
 
     /// A layer using `cache`, which may be shared with other layers.

@@ -2,10 +2,12 @@
 //! [`ResponseFuture`].
 
 mod classify;
+mod destinations;
 mod future;
 mod layer;
 mod service;
 
+pub use destinations::{Destinations, RequestHead};
 pub use future::ResponseFuture;
 pub use layer::BearerAuthLayer;
 pub use service::BearerAuth;
@@ -51,6 +53,8 @@ pub(crate) struct Config {
     pub(crate) placement: Placement,
     /// When set, only requests to these origins get a token.
     pub(crate) origins: Option<Arc<[Origin]>>,
+    /// When set, each request gets the token of its key.
+    pub(crate) destinations: Option<Destinations>,
     /// Whose copy this is: the header values stamped with it are this stripe's.
     pub(crate) stripe: Stripe,
 }
@@ -71,6 +75,7 @@ impl Config {
             cache,
             placement: Placement::default(),
             origins: None,
+            destinations: None,
             stripe: Stripe::FIRST,
         }
     }

@@ -5,6 +5,7 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use tower_service::Service;
 
+use super::destinations::{Choice, KeyedLocals};
 use super::future::ResponseFuture;
 use super::{BearerAuthLayer, Configs, Destination};
 use crate::cache::Local;
@@ -53,6 +54,8 @@ pub struct BearerAuth<S, P = Replay> {
     policy: P,
     /// This clone's view of the current token.
     local: Local,
+    /// With several destinations: this clone's views of the tokens of the keys it served.
+    keyed: Option<KeyedLocals>,
     /// A clone of `inner` that replays are cloned from, shared with the response futures that
     /// may replay. Made on the first replayable request, so that a request that is never
     /// rejected costs a reference count instead of a clone of the inner service.
@@ -93,6 +96,7 @@ impl<S, P> BearerAuth<S, P> {
             configs,
             policy,
             local,
+            keyed: None,
             spare: None,
         }
     }
@@ -127,6 +131,7 @@ impl<S: Clone, P: Clone> Clone for BearerAuth<S, P> {
             configs: self.configs.clone(),
             policy: self.policy.clone(),
             local: self.local.clone(),
+            keyed: None,
             spare: None,
         }
     }
@@ -181,8 +186,26 @@ where
                 return ResponseFuture::failed(error, config.clone(), self.policy.clone());
             }
         }
+        let (local, config) = match &config.destinations {
+            None => (&mut self.local, config),
+            Some(destinations) => {
+                let choice = destinations.choose(&req);
+                let key = match &choice {
+                    Choice::Key(key) => *key,
+                    Choice::Owned(key) => key,
+                    Choice::None => {
+                        let req = self.policy.pass(req);
+                        let future = self.inner.call(req);
+                        return ResponseFuture::passed(future, config.clone(), self.policy.clone());
+                    }
+                };
+                let keyed = self.keyed.get_or_insert_with(KeyedLocals::new);
+                let (local, config) = keyed.local(config, destinations.cache(), key);
+                (local, &*config)
+            }
+        };
         let (mut req, kept) = self.policy.keep(req);
-        let stamped = self.local.with_current(|entry| {
+        let stamped = local.with_current(|entry| {
             config
                 .placement
                 .stamp(&mut req, &entry.stamp, stripe)

@@ -69,8 +69,10 @@ impl Default for Config {
 ///   token and replays the request with it, since a token fetched moments ago that is refused
 ///   points at the API (or one of its replicas), not at the token.
 pub struct TokenCacheBuilder {
-    source: BoxSource,
-    config: Config,
+    pub(super) source: BoxSource,
+    pub(super) config: Config,
+    pub(super) max_keys: usize,
+    pub(super) idle_timeout: Duration,
 }
 
 impl TokenCacheBuilder {
@@ -78,7 +80,29 @@ impl TokenCacheBuilder {
         Self {
             source,
             config: Config::default(),
+            max_keys: 1024,
+            idle_timeout: Duration::from_secs(600),
         }
+    }
+
+    /// For a [keyed cache](Self::build_keyed): how many keys it holds at most. When a new key
+    /// would exceed it, keys idle for the [idle timeout](Self::idle_timeout) are dropped, then,
+    /// if that is not enough, the longest idle ones; a dropped key's token is fetched again when
+    /// next needed. Clamped to at least 1.
+    ///
+    /// Default: 1024.
+    pub fn max_keys(mut self, max: usize) -> Self {
+        self.max_keys = max.max(1);
+        self
+    }
+
+    /// For a [keyed cache](Self::build_keyed): how long a key may go unused before it is
+    /// dropped to make room for a new one.
+    ///
+    /// Default: 10 minutes.
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = idle;
+        self
     }
 
     /// How long before its stated expiry a token stops being used, to absorb clock skew and the
@@ -190,6 +214,17 @@ impl TokenCacheBuilder {
 
     /// Builds the cache. No token is fetched until one is needed.
     pub fn build(self) -> TokenCache {
+        Self::build_with(self.source, self.config)
+    }
+
+    /// Builds a cache holding one token per [`TokenKey`](crate::TokenKey), each with its own
+    /// single flight, refresh ahead, backoff and rejection, and the timing configured here. The
+    /// source receives each key in its [`TokenRequest`](crate::TokenRequest)s.
+    pub fn build_keyed(self) -> super::KeyedCache {
+        super::KeyedCache::new(self)
+    }
+
+    pub(super) fn build_with(source: BoxSource, config: Config) -> TokenCache {
         let (outcome, _) = watch::channel(None);
         TokenCache {
             shared: Arc::new(Shared {
@@ -197,8 +232,8 @@ impl TokenCacheBuilder {
                 generation: AtomicU64::new(0),
                 slow: Mutex::new(Slow::default()),
                 outcome,
-                source: Mutex::new(self.source),
-                config: self.config,
+                source: Mutex::new(source),
+                config,
                 counters: Counters::default(),
                 hits: Hits::default(),
                 next_id: AtomicU64::new(1),
@@ -212,6 +247,8 @@ impl fmt::Debug for TokenCacheBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenCacheBuilder")
             .field("config", &self.config)
+            .field("max_keys", &self.max_keys)
+            .field("idle_timeout", &self.idle_timeout)
             .finish_non_exhaustive()
     }
 }

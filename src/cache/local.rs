@@ -42,6 +42,12 @@ impl Local {
         }
     }
 
+    /// The cache this is a view of.
+    #[inline]
+    pub(crate) fn cache(&self) -> &TokenCache {
+        &self.cache
+    }
+
     /// This clone's stripe (see [`stamp`](crate::stamp)).
     #[inline]
     pub(crate) fn stripe(&self) -> Stripe {

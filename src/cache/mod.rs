@@ -15,6 +15,7 @@
 mod builder;
 mod entry;
 mod fetch;
+mod keyed;
 mod local;
 
 use std::fmt;
@@ -29,6 +30,7 @@ use tokio::time::Instant;
 pub use crate::stamp::MAX_TOKEN_BYTES;
 pub use builder::TokenCacheBuilder;
 pub(crate) use entry::Entry;
+pub use keyed::KeyedCache;
 pub(crate) use local::Local;
 
 use crate::source::BoxSource;
@@ -266,18 +268,26 @@ impl TokenCache {
 
     /// Invalidates the current token if `value` is the header value it was stamped as (with any
     /// scheme).
-    pub(crate) fn reject_value(&self, value: &HeaderValue) {
+    /// Returns whether it was.
+    pub(crate) fn reject_value(&self, value: &HeaderValue) -> bool {
         let id = {
             let current = self.shared.current.load();
             let Some(entry) = current.as_ref() else {
-                return;
+                return false;
             };
             if !entry.stamp.is_stamped_as(value) {
-                return;
+                return false;
             }
             entry.id
         };
+        self.count_rejection();
         let _ = self.shared.reject(id);
+        true
+    }
+
+    /// Whether a fetch is in flight.
+    pub(crate) fn is_fetching(&self) -> bool {
+        self.shared.lock_slow().fetching
     }
 
     pub(crate) fn count_rejection(&self) {

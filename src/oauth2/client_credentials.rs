@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use tower_service::Service;
 
 use super::{Error, TokenEndpoint, TokenResponse};
-use crate::{SourceError, Token, TokenRequest};
+use crate::{SourceError, Token, TokenKey, TokenRequest};
 
 /// A token source for the client credentials grant (RFC 6749 §4.4): a service authenticating
 /// as itself, with no user involved.
@@ -107,12 +107,41 @@ impl ClientCredentials {
     ///
     /// When the token endpoint refuses, cannot be reached or answers something unusable.
     pub async fn request_token(&self) -> Result<TokenResponse, Error> {
-        let scope = self.scopes.join(" ");
+        self.request_token_for(&TokenKey::default()).await
+    }
+
+    /// Requests a token for `key` now, bypassing any cache. What the key names replaces what
+    /// this source is configured with, kind by kind: its scopes the configured scopes, its
+    /// audiences the `audience` parameters, its resources the `resource` parameters, and each of
+    /// its parameters the configured ones of the same name. The default key asks for what the
+    /// source is configured with.
+    ///
+    /// # Errors
+    ///
+    /// When the token endpoint refuses, cannot be reached or answers something unusable.
+    pub async fn request_token_for(&self, key: &TokenKey) -> Result<TokenResponse, Error> {
+        let scope = match key.scope() {
+            Some(scope) => scope,
+            None => self.scopes.join(" "),
+        };
         let mut params: Vec<(&str, &str)> = vec![("grant_type", &self.grant_type)];
         if !scope.is_empty() {
             params.push(("scope", &scope));
         }
-        params.extend(self.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let replaced = |name: &str| match name {
+            "audience" => key.audiences().next().is_some(),
+            "resource" => key.resources().next().is_some(),
+            _ => key.params().any(|(other, _)| other == name),
+        };
+        params.extend(
+            self.params
+                .iter()
+                .filter(|(name, _)| !replaced(name))
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        );
+        params.extend(key.audiences().map(|audience| ("audience", audience)));
+        params.extend(key.resources().map(|resource| ("resource", resource)));
+        params.extend(key.params());
         self.endpoint.token_request(&params).await
     }
 }
@@ -128,8 +157,8 @@ impl Service<TokenRequest> for ClientCredentials {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, _req: TokenRequest) -> Self::Future {
+    fn call(&mut self, req: TokenRequest) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move { Ok(this.request_token().await?.into_token()) })
+        Box::pin(async move { Ok(this.request_token_for(req.key()).await?.into_token()) })
     }
 }

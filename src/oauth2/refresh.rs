@@ -13,7 +13,7 @@ use tower_service::Service;
 
 use super::{Error, TokenEndpoint, TokenResponse};
 use crate::error::Chain;
-use crate::{BoxError, RefreshToken, SourceError, Token, TokenRequest};
+use crate::{BoxError, RefreshToken, SourceError, Token, TokenKey, TokenRequest};
 
 /// Where a [`RefreshTokenSource`] keeps its refresh token when the server rotates it.
 ///
@@ -292,12 +292,32 @@ impl RefreshTokenSource {
     /// When the token endpoint refuses (`invalid_grant` ends the source for good), cannot be
     /// reached or answers something unusable.
     pub async fn request_token(&self) -> Result<TokenResponse, Error> {
+        self.request_token_for(&TokenKey::default()).await
+    }
+
+    /// Requests a token for `key` now, bypassing any cache: a refresh asking for the key's
+    /// scopes (down-scoping, RFC 6749 §6; the configured scopes when the key names none), its
+    /// resources (RFC 8707 `resource`, which a refresh must repeat) and its parameters. Only the
+    /// default key may be answered with the first response of a source made
+    /// [`from_response`](Self::from_response): that token was granted for what the
+    /// authorization asked, not for another key. Refreshes for all keys run one at a time and
+    /// share the refresh token, rotations included.
+    ///
+    /// # Errors
+    ///
+    /// As [`request_token`](Self::request_token).
+    pub async fn request_token_for(&self, key: &TokenKey) -> Result<TokenResponse, Error> {
         let shared = self.shared.clone();
         let mut state = shared.state.clone().lock_owned().await;
         if let Some(error) = &state.dead {
             return Err(error.clone());
         }
-        if let Some((response, fresh_until)) = state.initial.take() {
+        let initial = if key.is_default() {
+            state.initial.take()
+        } else {
+            None
+        };
+        if let Some((response, fresh_until)) = initial {
             if fresh_until.is_none_or(|until| Instant::now() < until) {
                 return Ok(response);
             }
@@ -307,8 +327,9 @@ impl RefreshTokenSource {
         }
         // Spawned, holding the lock: if the caller is dropped mid-request, the server may have
         // rotated the token already, and the answer must still be read and kept.
+        let key = key.clone();
         let task = tokio::spawn(async move {
-            let result = shared.request(&state.refresh_token).await;
+            let result = shared.request(&state.refresh_token, &key).await;
             match result {
                 Ok(response) => {
                     if let Some(rotated) = response.refresh_token() {
@@ -339,8 +360,12 @@ impl RefreshTokenSource {
 }
 
 impl Shared {
-    async fn request(&self, refresh_token: &RefreshToken) -> Result<TokenResponse, Error> {
-        let scope = self.scopes.join(" ");
+    async fn request(
+        &self,
+        refresh_token: &RefreshToken,
+        key: &TokenKey,
+    ) -> Result<TokenResponse, Error> {
+        let scope = key.scope().unwrap_or_else(|| self.scopes.join(" "));
         let mut params = vec![
             ("grant_type", "refresh_token"),
             ("refresh_token", refresh_token.secret()),
@@ -348,6 +373,9 @@ impl Shared {
         if !scope.is_empty() {
             params.push(("scope", &scope));
         }
+        params.extend(key.audiences().map(|audience| ("audience", audience)));
+        params.extend(key.resources().map(|resource| ("resource", resource)));
+        params.extend(key.params());
         self.endpoint.token_request(&params).await
     }
 
@@ -385,9 +413,9 @@ impl Service<TokenRequest> for RefreshTokenSource {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, _req: TokenRequest) -> Self::Future {
+    fn call(&mut self, req: TokenRequest) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move { Ok(this.request_token().await?.into_token()) })
+        Box::pin(async move { Ok(this.request_token_for(req.key()).await?.into_token()) })
     }
 }
 

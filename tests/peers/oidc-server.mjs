@@ -32,6 +32,13 @@ const TOKEN_TTL = intFromEnv('TOKEN_TTL', 60);
 const ACCOUNT_ID = 'test-user';
 const API_RESOURCE = 'urn:tower-bearer:api';
 const API_SCOPES = ['api:read', 'api:write'];
+// A second resource server, so that one client can hold tokens for two audiences at once.
+const BILLING_RESOURCE = 'urn:tower-bearer:billing';
+const BILLING_SCOPES = ['billing:read', 'billing:write'];
+const RESOURCES = new Map([
+  [API_RESOURCE, API_SCOPES],
+  [BILLING_RESOURCE, BILLING_SCOPES],
+]);
 
 const clients = [
   {
@@ -63,7 +70,7 @@ const clients = [
 const configuration = {
   clients,
   clockTolerance: 0,
-  scopes: ['openid', 'offline_access', 'api:read', 'api:write'],
+  scopes: ['openid', 'offline_access', ...API_SCOPES, ...BILLING_SCOPES],
   claims: { openid: ['sub'] },
   async findAccount(_ctx, sub) {
     if (sub !== ACCOUNT_ID) return undefined;
@@ -84,10 +91,11 @@ const configuration = {
       defaultResource: async () => undefined,
       useGrantedResource: async () => true,
       getResourceServerInfo: async (_ctx, resourceIndicator) => {
-        if (resourceIndicator === API_RESOURCE) {
+        const scopes = RESOURCES.get(resourceIndicator);
+        if (scopes) {
           return {
-            scope: API_SCOPES.join(' '),
-            audience: API_RESOURCE,
+            scope: scopes.join(' '),
+            audience: resourceIndicator,
             accessTokenFormat: 'jwt',
             accessTokenTTL: TOKEN_TTL,
           };
@@ -136,8 +144,8 @@ async function finishInteraction(req, res, uid) {
   if (missingOIDCScope) grant.addOIDCScope(missingOIDCScope.join(' '));
   if (missingOIDCClaims) grant.addOIDCClaims(missingOIDCClaims);
   for (const resource of [].concat(params.resource ?? [])) {
-    const scopes = requested.filter((s) => API_SCOPES.includes(s));
-    if (resource === API_RESOURCE && scopes.length) grant.addResourceScope(resource, scopes.join(' '));
+    const scopes = requested.filter((s) => (RESOURCES.get(resource) ?? []).includes(s));
+    if (scopes.length) grant.addResourceScope(resource, scopes.join(' '));
   }
   for (const [resource, scopes] of Object.entries(missingResourceScopes ?? {})) {
     grant.addResourceScope(resource, scopes.join(' '));
