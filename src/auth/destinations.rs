@@ -80,6 +80,8 @@ impl RequestHead<'_> {
 
 /// What a request maps to.
 pub(crate) enum Choice<'a> {
+    /// The key of the origin table's entry at this position.
+    Origin(usize, &'a TokenKey),
     Key(&'a TokenKey),
     Owned(TokenKey),
     None,
@@ -135,8 +137,8 @@ impl Destinations {
             return Choice::Owned(key.clone());
         }
         let uri = req.uri();
-        if let Some(key) = self.origins.find(uri) {
-            return Choice::Key(key);
+        if let Some((at, key)) = self.origins.find(uri) {
+            return Choice::Origin(at, key);
         }
         if let Some(select) = &self.select {
             let head = RequestHead {
@@ -177,6 +179,22 @@ struct Origins {
     /// The hash of an origin's parts → the position of the first origin with that hash; the
     /// others follow through [`OriginEntry::next`].
     index: HashMap<u64, usize, BuildHasherDefault<KeyHasher>>,
+    /// The same origins by the text of their authority as a request's URI writes it
+    /// (`host:port`, and `host` alone for the scheme's default port), so that most requests
+    /// find theirs without parsing the host and port out of the URI.
+    raw: Vec<RawEntry>,
+    raw_index: HashMap<u64, usize, BuildHasherDefault<KeyHasher>>,
+}
+
+/// An authority's text that an entry of the table is found by.
+#[derive(Clone)]
+struct RawEntry {
+    scheme: Scheme,
+    authority: Box<str>,
+    /// The position of the entry in `entries`.
+    entry: usize,
+    /// The next text (added later) with the same hash.
+    next: Option<usize>,
 }
 
 /// An origin of the table, with what a request's URI is compared with.
@@ -211,6 +229,40 @@ impl Origins {
                 self.entries[last].next = Some(position);
             }
         }
+        let default_port = if *scheme == Scheme::HTTPS { 443 } else { 80 };
+        // An origin already in the table keeps its texts: the first one added wins.
+        let known = self.entries.iter().any(|entry| {
+            entry.port == port && entry.scheme == *scheme && entry.host.as_ref() == host
+        });
+        let mut texts = Vec::new();
+        if !known {
+            texts.push(format!("{host}:{port}"));
+            if port == default_port {
+                texts.push(host.to_owned());
+            }
+        }
+        for text in texts {
+            let hash = origin_hash(scheme, &text, 0);
+            let at = self.raw.len();
+            match self.raw_index.get(&hash) {
+                None => {
+                    self.raw_index.insert(hash, at);
+                }
+                Some(&first) => {
+                    let mut last = first;
+                    while let Some(next) = self.raw[last].next {
+                        last = next;
+                    }
+                    self.raw[last].next = Some(at);
+                }
+            }
+            self.raw.push(RawEntry {
+                scheme: scheme.clone(),
+                authority: text.into(),
+                entry: position,
+                next: None,
+            });
+        }
         self.entries.push(OriginEntry {
             scheme: scheme.clone(),
             host: host.into(),
@@ -223,9 +275,25 @@ impl Origins {
 
     /// The key of the first origin added that `uri` belongs to (as [`Origin::matches`]).
     #[inline]
-    fn find(&self, uri: &Uri) -> Option<&TokenKey> {
+    fn find(&self, uri: &Uri) -> Option<(usize, &TokenKey)> {
         if self.entries.is_empty() {
             return None;
+        }
+        // By the authority's text first. Any text the table does not hold (userinfo, a port
+        // written `:0443`, another origin) goes on to the parsed comparison below, which
+        // decides as `Origin::matches` does; a hit here is an origin of the table.
+        let scheme = uri.scheme()?;
+        let authority = uri.authority()?.as_str();
+        let mut at = self
+            .raw_index
+            .get(&origin_hash(scheme, authority, 0))
+            .copied();
+        while let Some(i) = at {
+            let raw = &self.raw[i];
+            if raw.scheme == *scheme && raw.authority.eq_ignore_ascii_case(authority) {
+                return Some((raw.entry, &self.entries[raw.entry].key));
+            }
+            at = raw.next;
         }
         let (scheme, host, port) = parts(uri)?;
         let mut at = self.index.get(&origin_hash(scheme, host, port)).copied();
@@ -235,7 +303,7 @@ impl Origins {
                 && entry.scheme == *scheme
                 && entry.host.eq_ignore_ascii_case(host)
             {
-                return Some(&entry.key);
+                return Some((i, &entry.key));
             }
             at = entry.next;
         }
@@ -302,14 +370,20 @@ pub(crate) struct KeyedLocals {
     /// Where each key's view is in `locals`: one lookup a request, and the views of the keys a
     /// clone serves lie together.
     slots: HashMap<TokenKey, usize, BuildHasherDefault<KeyHasher>>,
+    /// For each entry of the origin table, where its key's view is in `locals` (`NONE` until
+    /// this clone served it): a request found by the table needs no second lookup.
+    by_origin: Vec<usize>,
     locals: Vec<(Local, Arc<Config>)>,
 }
+
+const NONE: usize = usize::MAX;
 
 impl KeyedLocals {
     pub(crate) fn new() -> Self {
         Self {
             epoch: 0,
             slots: HashMap::default(),
+            by_origin: Vec::new(),
             locals: Vec::new(),
         }
     }
@@ -323,16 +397,28 @@ impl KeyedLocals {
         layer: &Config,
         cache: &KeyedCache,
         key: &TokenKey,
+        origin: Option<usize>,
     ) -> &mut (Local, Arc<Config>) {
         let epoch = cache.epoch();
         if epoch != self.epoch {
             self.forget_dropped(cache);
             self.epoch = epoch;
         }
+        if let Some(&at) = origin.and_then(|origin| self.by_origin.get(origin)) {
+            if at != NONE {
+                return &mut self.locals[at];
+            }
+        }
         let at = match self.slots.get(key) {
             Some(&at) => at,
             None => self.add(layer, cache, key),
         };
+        if let Some(origin) = origin {
+            if self.by_origin.len() <= origin {
+                self.by_origin.resize(origin + 1, NONE);
+            }
+            self.by_origin[origin] = at;
+        }
         &mut self.locals[at]
     }
 
@@ -341,6 +427,7 @@ impl KeyedLocals {
     fn add(&mut self, layer: &Config, cache: &KeyedCache, key: &TokenKey) -> usize {
         if self.locals.len() >= cache.max_keys() {
             self.slots.clear();
+            self.by_origin.clear();
             self.locals.clear();
         }
         let key_cache = cache.cache(key);
@@ -358,6 +445,8 @@ impl KeyedLocals {
     /// so that one key never has two caches.
     #[cold]
     fn forget_dropped(&mut self, cache: &KeyedCache) {
+        // Positions change below: the table's shortcuts are made again as requests come.
+        self.by_origin.clear();
         let mut old: Vec<Option<(Local, Arc<Config>)>> = std::mem::take(&mut self.locals)
             .into_iter()
             .map(Some)

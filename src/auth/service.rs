@@ -190,9 +190,10 @@ where
             None => (&mut self.local, config),
             Some(destinations) => {
                 let choice = destinations.choose(&req);
-                let key = match &choice {
-                    Choice::Key(key) => *key,
-                    Choice::Owned(key) => key,
+                let (key, origin) = match &choice {
+                    Choice::Origin(at, key) => (*key, Some(*at)),
+                    Choice::Key(key) => (*key, None),
+                    Choice::Owned(key) => (key, None),
                     Choice::None => {
                         let req = self.policy.pass(req);
                         let future = self.inner.call(req);
@@ -200,7 +201,7 @@ where
                     }
                 };
                 let keyed = self.keyed.get_or_insert_with(KeyedLocals::new);
-                let (local, config) = keyed.local(config, destinations.cache(), key);
+                let (local, config) = keyed.local(config, destinations.cache(), key, origin);
                 (local, &*config)
             }
         };
