@@ -84,9 +84,11 @@ struct Hit {
 struct Api {
     tokens: Issuer,
     hits: Arc<Mutex<Vec<Hit>>>,
-    /// What the API last reached: the `x-upload-id` of an upload whose first bytes it received,
-    /// or `<id>:401` for an upload `/guarded-upload` rejected.
-    started: Arc<watch::Sender<String>>,
+    /// Everything the API reached, in order: the `x-upload-id` of an upload whose first bytes
+    /// it received, or `<id>:401` for an upload `/guarded-upload` rejected. All of it, not the
+    /// last only: a replay reaching the API right after its rejection must not hide the
+    /// rejection from a waiter that looks a moment later.
+    started: Arc<watch::Sender<Vec<String>>>,
 }
 
 impl Api {
@@ -205,7 +207,7 @@ async fn upload(State(api): State<Api>, req: Request) -> Response {
         };
         if let Some(data) = frame.data_ref() {
             if bytes == 0 && !data.is_empty() && valid {
-                api.started.send_replace(id.clone());
+                api.started.send_modify(|seen| seen.push(id.clone()));
             }
             bytes += data.len() as u64;
         }
@@ -238,8 +240,8 @@ async fn guarded_upload(State(api): State<Api>, req: Request) -> Response {
             0,
         );
         if let Some(id) = req.headers().get("x-upload-id") {
-            api.started
-                .send_replace(format!("{}:401", id.to_str().unwrap()));
+            let event = format!("{}:401", id.to_str().unwrap());
+            api.started.send_modify(|seen| seen.push(event));
         }
         return unauthorized();
     }
@@ -460,7 +462,7 @@ impl ProxyStack {
         let mut started = self.api.started.subscribe();
         let id = id.to_owned();
         Box::pin(async move {
-            let wait = started.wait_for(|started| *started == id);
+            let wait = started.wait_for(|seen| seen.contains(&id));
             matches!(
                 tokio::time::timeout(Duration::from_secs(10), wait).await,
                 Ok(Ok(_))
