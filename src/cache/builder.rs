@@ -97,7 +97,9 @@ impl TokenCacheBuilder {
     }
 
     /// For a [keyed cache](Self::build_keyed): how long a key may go unused before it is
-    /// dropped to make room for a new one.
+    /// dropped to make room for a new one. Use is seen by the sweeps that run when the cache
+    /// is full: a key unused between two sweeps at least this far apart is dropped at the
+    /// second, with every other such key, even beyond the room needed.
     ///
     /// Default: 10 minutes.
     pub fn idle_timeout(mut self, idle: Duration) -> Self {

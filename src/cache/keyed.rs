@@ -227,11 +227,14 @@ impl Keyed {
     /// new keys sweeps rarely.
     fn sweep(&self) {
         let now = Instant::now();
-        let mut candidates: Vec<(bool, Instant, usize, TokenKey)> = Vec::new();
+        let mut candidates: Vec<(bool, Instant, u64, usize, TokenKey)> = Vec::new();
         for (index, shard) in self.shards.iter().enumerate() {
             for (key, slot) in lock(shard).iter_mut() {
                 let stats = slot.cache.stats();
                 let activity = stats.fetches + stats.hits + stats.waits;
+                // How much it was used since the last sweep: among keys last seen active at the
+                // same sweep (all of them, at the first), the least used goes first.
+                let recent = activity.saturating_sub(slot.activity);
                 if activity != slot.activity {
                     slot.activity = activity;
                     slot.idle_since = now;
@@ -239,15 +242,15 @@ impl Keyed {
                 // A key with a fetch in flight goes last: dropping it would leave its waiters on
                 // a cache nobody else finds (the key fetched twice) and its counts unfinished.
                 let busy = slot.cache.is_fetching();
-                candidates.push((busy, slot.idle_since, index, key.clone()));
+                candidates.push((busy, slot.idle_since, recent, index, key.clone()));
             }
         }
-        candidates.sort_by_key(|(busy, idle_since, _, _)| (*busy, *idle_since));
+        candidates.sort_by_key(|(busy, idle_since, recent, _, _)| (*busy, *idle_since, *recent));
         // At least one slot is freed for the key about to be added, even with a bound of one.
         let target = self.max_keys - (self.max_keys / 8).max(1);
         let excess = candidates.len().saturating_sub(target);
         let mut dropped = 0;
-        for (position, (_, idle_since, index, key)) in candidates.into_iter().enumerate() {
+        for (position, (_, idle_since, _, index, key)) in candidates.into_iter().enumerate() {
             let idle = now.saturating_duration_since(idle_since) >= self.idle_timeout;
             if !idle && position >= excess {
                 break;
@@ -355,15 +358,52 @@ mod tests {
 
     #[tokio::test]
     async fn a_key_in_use_outlives_idle_ones() {
-        let (cache, _) = cache(4);
-        let busy = TokenKey::audience_of("busy");
-        for i in 0..40 {
-            cache.token(&busy).await.unwrap();
-            cache
-                .token(&TokenKey::audience_of(format!("k{i}")))
-                .await
-                .unwrap();
+        // Under several names, so that the busy key is not always where the map's order would
+        // keep it by chance.
+        for name in 0..16 {
+            let (cache, calls) = cache(4);
+            let busy = TokenKey::audience_of(format!("busy{name}"));
+            for i in 0..40 {
+                cache.token(&busy).await.unwrap();
+                cache
+                    .token(&TokenKey::audience_of(format!("k{i}")))
+                    .await
+                    .unwrap();
+            }
+            // Counted at the source: a dropped key's stats go with it, a refetch does not.
+            assert_eq!(calls.load(Ordering::SeqCst), 41, "busy{name} was dropped");
         }
-        assert_eq!(cache.stats(&busy).unwrap().fetches, 1, "never dropped");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keys_idle_for_the_timeout_all_make_room_at_once() {
+        let (_, calls) = cache(1);
+        let counter = calls.clone();
+        let source = source_fn(move |req: TokenRequest| {
+            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            let audience = req.key().audiences().next().unwrap_or("-").to_owned();
+            async move { Ok::<_, Infallible>(Token::new(format!("{audience}#{n}"))) }
+        });
+        let cache = TokenCache::builder(source)
+            .max_keys(4)
+            .idle_timeout(Duration::from_secs(10))
+            .build_keyed();
+        let key = |name: &str| TokenKey::audience_of(name);
+        for name in ["a", "b", "c", "d", "e"] {
+            cache.token(&key(name)).await.unwrap();
+        }
+        // The fifth key made one sweep, which dropped one key for it.
+        assert_eq!(cache.len(), 4);
+        tokio::time::advance(Duration::from_secs(20)).await;
+        let a = cache.token(&key("a")).await.unwrap();
+        cache.token(&key("f")).await.unwrap();
+        // Every key unused for 20 s went at once; "a" (just used) and "e" (added after the
+        // first sweep, used since) stayed, beside the new "f".
+        assert_eq!(cache.len(), 3, "{cache:?}");
+        assert!(cache.stats(&key("e")).is_some());
+        assert_eq!(
+            cache.token(&key("a")).await.unwrap().access_token(),
+            a.access_token()
+        );
     }
 }
