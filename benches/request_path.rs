@@ -31,17 +31,16 @@
 
 use std::convert::Infallible;
 use std::fmt::Debug;
-use std::future::{ready, Future, Ready};
+use std::future::{ready, Ready};
 use std::hint::black_box;
-use std::pin::pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use http_body_util::Full;
 use tower::{Layer, Service};
 use tower_bearer::{BearerAuthLayer, StaticToken, Token};
@@ -52,7 +51,9 @@ use tower_http::auth::AddAuthorizationLayer;
 mod common;
 
 use common::paired::{check_statistics, Paired};
-use common::{paired_enabled, prepared_value, request, Body, CachedToken, Floor, MutexAuth, TOKEN};
+use common::{
+    call_now, paired_enabled, prepared_value, request, Body, CachedToken, Floor, MutexAuth, TOKEN,
+};
 
 /// Requests built ahead of each timed batch. Small, so that the batch's memory is reused from
 /// one batch to the next instead of being returned to the system and faulted in again.
@@ -170,42 +171,14 @@ where
 
 // --- The harness. ---------------------------------------------------------------------------
 
-struct NoopWake;
-
-impl Wake for NoopWake {
-    fn wake(self: Arc<Self>) {}
-}
-
-/// `poll_ready`, `call` and one poll of the response future, which must be ready at once.
-#[inline]
-fn call_now<S, B, RB>(svc: &mut S, cx: &mut Context<'_>, req: Request<B>) -> Response<RB>
-where
-    S: Service<Request<B>, Response = Response<RB>>,
-    S::Error: Debug,
-{
-    match svc.poll_ready(cx) {
-        Poll::Ready(Ok(())) => {}
-        other => panic!("inner service not ready: {other:?}"),
-    }
-    let mut future = pin!(svc.call(req));
-    match future.as_mut().poll(cx) {
-        Poll::Ready(Ok(response)) => {
-            assert_eq!(response.status(), StatusCode::OK);
-            response
-        }
-        Poll::Ready(Err(error)) => panic!("request failed: {error:?}"),
-        Poll::Pending => panic!("the cached path went pending"),
-    }
-}
-
 /// Benchmarks `make(Api)`, after checking once that it stamps the token (`stamps`).
 fn bench<S>(c: &mut Criterion, name: &str, stamps: bool, make: impl Fn(Api) -> S)
 where
     S: Service<Request<Body>, Response = Response<Body>>,
     S::Error: Debug,
 {
-    let waker = Waker::from(Arc::new(NoopWake));
-    let mut cx = Context::from_waker(&waker);
+    let waker = Waker::noop();
+    let mut cx = Context::from_waker(waker);
     let template = request();
     let mut checked = make(Api {
         check: Some(stamps),
@@ -361,10 +334,10 @@ where
     S: Service<Request<Body>, Response = Response<Body>>,
     S::Error: Debug,
 {
-    let waker = Waker::from(Arc::new(NoopWake));
+    let waker = Waker::noop();
     let mut out = Vec::with_capacity(BATCH as usize);
     move || {
-        let mut cx = Context::from_waker(&waker);
+        let mut cx = Context::from_waker(waker);
         let requests: Vec<_> = (0..BATCH).map(|_| request()).collect();
         out.clear();
         let start = Instant::now();

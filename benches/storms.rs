@@ -38,7 +38,7 @@ use tower_bearer::{source_fn, BearerAuthLayer, Token, TokenCache, TokenRequest};
 #[allow(dead_code)]
 mod common;
 
-use common::{request, Body};
+use common::{report_storm_calls, request, Body};
 
 const EXPIRED_STORM: usize = 10_000;
 const REJECTED_STORM: usize = 1_000;
@@ -187,11 +187,6 @@ where
     start.elapsed()
 }
 
-fn report(name: &str, calls: &[u64]) {
-    let max = calls.iter().copied().max().unwrap_or(0);
-    println!("STORM_SOURCE_CALLS {name} {max} {}", calls.len());
-}
-
 fn expired(c: &mut Criterion, rt: &Runtime) {
     let source = Source::new();
     let cache = source.cache();
@@ -222,7 +217,7 @@ fn expired(c: &mut Criterion, rt: &Runtime) {
         calls.iter().all(|&n| n == 0),
         "a fresh token was fetched again"
     );
-    report("storms/fresh_10000", &calls);
+    report_storm_calls("storms/fresh_10000", &calls);
 
     let waits = Arc::new(AtomicBool::new(false));
     let mut calls = Vec::new();
@@ -258,7 +253,7 @@ fn expired(c: &mut Criterion, rt: &Runtime) {
         waits.load(Ordering::Relaxed),
         "no request waited: the token had not expired"
     );
-    report("storms/expired_10000", &calls);
+    report_storm_calls("storms/expired_10000", &calls);
     group.finish();
 }
 
@@ -316,7 +311,7 @@ fn rejected(c: &mut Criterion, rt: &Runtime) {
                 total
             })
         });
-        report(&format!("storms/{name}"), &calls);
+        report_storm_calls(&format!("storms/{name}"), &calls);
     }
     group.finish();
 }

@@ -304,3 +304,33 @@ pub(crate) fn timed_on(rt: &Runtime, work: impl Future) -> f64 {
         start.elapsed().as_secs_f64()
     })
 }
+
+/// `poll_ready`, `call` and one poll of the response future, which must be ready at once and
+/// 200: the cached path of a layer, timed without a runtime.
+#[inline]
+pub(crate) fn call_now<S, B, RB>(svc: &mut S, cx: &mut Context<'_>, req: Request<B>) -> Response<RB>
+where
+    S: Service<Request<B>, Response = Response<RB>>,
+    S::Error: std::fmt::Debug,
+{
+    match svc.poll_ready(cx) {
+        Poll::Ready(Ok(())) => {}
+        other => panic!("inner service not ready: {other:?}"),
+    }
+    let mut future = std::pin::pin!(svc.call(req));
+    match future.as_mut().poll(cx) {
+        Poll::Ready(Ok(response)) => {
+            assert_eq!(response.status(), StatusCode::OK);
+            response
+        }
+        Poll::Ready(Err(error)) => panic!("request failed: {error:?}"),
+        Poll::Pending => panic!("the cached path went pending"),
+    }
+}
+
+/// Prints the source calls of each storm for `scripts/bench.sh` (the most in any storm, and
+/// how many storms ran).
+pub(crate) fn report_storm_calls(name: &str, calls: &[u64]) {
+    let max = calls.iter().copied().max().unwrap_or(0);
+    println!("STORM_SOURCE_CALLS {name} {max} {}", calls.len());
+}
