@@ -1,6 +1,6 @@
 //! The cached path allocates nothing of its own: with replay off, a request through the layer
-//! makes no allocation at all (the request and the response are built before and after); with
-//! replay on, one (the copy of the request's head).
+//! makes no allocation at all (the request and the response are built before and after), with
+//! one destination or several; with replay on, one (the copy of the request's head).
 
 use std::alloc::System;
 use std::convert::Infallible;
@@ -13,7 +13,8 @@ use http::{header, HeaderValue, Request, Response};
 use http_body_util::Full;
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 use tower::{service_fn, Service, ServiceExt};
-use tower_bearer::{BearerAuthLayer, StaticToken};
+use tower_bearer::auth::Destinations;
+use tower_bearer::{BearerAuthLayer, StaticToken, TokenCache, TokenKey};
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
@@ -86,6 +87,26 @@ fn the_cached_path_allocates_nothing_with_replay_off_and_once_with_replay_on() {
     let mut on = tower::ServiceBuilder::new().layer(layer).service(api);
     runtime.block_on(warm(&mut on)).expect("first request");
     assert_eq!(allocations(&mut on, 1_000), 1_000);
+
+    // Several destinations: once a service clone has served a key, its requests find the key
+    // (by the origin table, or by `select`) and this clone's view of its token without
+    // allocating either.
+    let keyed = TokenCache::builder(StaticToken::new("t0k3n")).build_keyed();
+    let api_key = TokenKey::audience_of("api");
+    let by_origin = Destinations::new(keyed.clone())
+        .origin(
+            "https://other.example.com".parse().unwrap(),
+            TokenKey::audience_of("other"),
+        )
+        .origin("https://api.example.com".parse().unwrap(), api_key.clone());
+    let by_select = Destinations::new(keyed).select(move |_| Some(api_key.clone()));
+    for destinations in [by_origin, by_select] {
+        let mut svc = tower::ServiceBuilder::new()
+            .layer(BearerAuthLayer::destinations(destinations).without_replay())
+            .service(api);
+        runtime.block_on(warm(&mut svc)).expect("first request");
+        assert_eq!(allocations(&mut svc, 1_000), 0);
+    }
 }
 
 /// The response future keeps what a request waiting for a token holds (the inner service and the
