@@ -682,7 +682,7 @@ async fn the_origin_table_matches_as_origin_matches_does_and_a_key_in_extensions
     ] {
         assert_eq!(sent_with(&client, uri, None).await, expected, "{uri}");
     }
-    for i in [0, 1, 99, 150, 299] {
+    for i in 0..300 {
         let uri = format!("https://svc-{i}.internal.example/v1");
         let expected = format!("Bearer svc{i}-tok-1");
         assert_eq!(sent_with(&client, &uri, None).await, expected, "{uri}");

@@ -182,8 +182,27 @@ struct Origins {
     /// The same origins by the text of their authority as a request's URI writes it
     /// (`host:port`, and `host` alone for the scheme's default port), so that most requests
     /// find theirs without parsing the host and port out of the URI.
-    raw: Vec<RawEntry>,
-    raw_index: HashMap<u64, usize, BuildHasherDefault<KeyHasher>>,
+    texts: Texts,
+}
+
+/// The origins' authority texts in an open-addressing table with linear probing: a lookup
+/// hashes the request's authority once and reads one slot, rarely two, where a `HashMap` of the
+/// same texts cost the keyed path at 100 origins about 0.05 × `AddAuthorization` more (see
+/// BENCHMARKS.md, #14). Slots outnumber texts at least two to one, so a probe always ends at an
+/// empty slot; the texts are the table's, chosen by whoever configured it, so a request cannot
+/// make the runs of full slots longer.
+#[derive(Clone, Default)]
+struct Texts {
+    /// A power of two of slots, or none while there are no texts.
+    slots: Box<[TextSlot]>,
+    texts: Vec<RawEntry>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct TextSlot {
+    hash: u64,
+    /// The text's position in `texts` plus one; 0 for an empty slot.
+    text: u32,
 }
 
 /// An authority's text that an entry of the table is found by.
@@ -193,8 +212,66 @@ struct RawEntry {
     authority: Box<str>,
     /// The position of the entry in `entries`.
     entry: usize,
-    /// The next text (added later) with the same hash.
-    next: Option<usize>,
+}
+
+impl Texts {
+    fn push(&mut self, scheme: &Scheme, authority: String, entry: usize) {
+        self.texts.push(RawEntry {
+            scheme: scheme.clone(),
+            authority: authority.into(),
+            entry,
+        });
+        if self.texts.len() * 2 > self.slots.len() {
+            let size = (self.texts.len() * 2).next_power_of_two().max(8);
+            self.slots = vec![TextSlot::default(); size].into_boxed_slice();
+            for at in 0..self.texts.len() {
+                self.place(at);
+            }
+        } else {
+            self.place(self.texts.len() - 1);
+        }
+    }
+
+    fn place(&mut self, at: usize) {
+        let raw = &self.texts[at];
+        let hash = text_hash(&raw.scheme, raw.authority.as_bytes());
+        let mask = self.slots.len() - 1;
+        let mut i = hash as usize & mask;
+        while self.slots[i].text != 0 {
+            i = (i + 1) & mask;
+        }
+        self.slots[i] = TextSlot {
+            hash,
+            text: u32::try_from(at + 1).expect("fewer than 2^32 origins"),
+        };
+    }
+
+    /// The entry whose text is `authority`, with the request's scheme.
+    #[inline]
+    fn find(&self, scheme: &Scheme, authority: &str) -> Option<usize> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let bytes = authority.as_bytes();
+        let hash = text_hash(scheme, bytes);
+        let mask = self.slots.len() - 1;
+        let mut i = hash as usize & mask;
+        loop {
+            let slot = self.slots[i];
+            if slot.text == 0 {
+                return None;
+            }
+            if slot.hash == hash {
+                let raw = &self.texts[slot.text as usize - 1];
+                let text = raw.authority.as_bytes();
+                // Requests write hosts as the table does, in lower case, nearly always.
+                if (text == bytes || text.eq_ignore_ascii_case(bytes)) && raw.scheme == *scheme {
+                    return Some(raw.entry);
+                }
+            }
+            i = (i + 1) & mask;
+        }
+    }
 }
 
 /// An origin of the table, with what a request's URI is compared with.
@@ -242,26 +319,7 @@ impl Origins {
             }
         }
         for text in texts {
-            let hash = origin_hash(scheme, &text, 0);
-            let at = self.raw.len();
-            match self.raw_index.get(&hash) {
-                None => {
-                    self.raw_index.insert(hash, at);
-                }
-                Some(&first) => {
-                    let mut last = first;
-                    while let Some(next) = self.raw[last].next {
-                        last = next;
-                    }
-                    self.raw[last].next = Some(at);
-                }
-            }
-            self.raw.push(RawEntry {
-                scheme: scheme.clone(),
-                authority: text.into(),
-                entry: position,
-                next: None,
-            });
+            self.texts.push(scheme, text, position);
         }
         self.entries.push(OriginEntry {
             scheme: scheme.clone(),
@@ -283,17 +341,8 @@ impl Origins {
         // written `:0443`, another origin) goes on to the parsed comparison below, which
         // decides as `Origin::matches` does; a hit here is an origin of the table.
         let scheme = uri.scheme()?;
-        let authority = uri.authority()?.as_str();
-        let mut at = self
-            .raw_index
-            .get(&origin_hash(scheme, authority, 0))
-            .copied();
-        while let Some(i) = at {
-            let raw = &self.raw[i];
-            if raw.scheme == *scheme && raw.authority.eq_ignore_ascii_case(authority) {
-                return Some((raw.entry, &self.entries[raw.entry].key));
-            }
-            at = raw.next;
+        if let Some(at) = self.texts.find(scheme, uri.authority()?.as_str()) {
+            return Some((at, &self.entries[at].key));
         }
         let (scheme, host, port) = parts(uri)?;
         let mut at = self.index.get(&origin_hash(scheme, host, port)).copied();
@@ -360,6 +409,38 @@ fn origin_hash(scheme: &Scheme, host: &str, port: u16) -> u64 {
         hash = step(hash, word(bytes.len() - 8) | CASE);
     }
     hash
+}
+
+/// A hash of an authority's text (and whether its scheme is `https`) that ignores ASCII case,
+/// as [`origin_hash`] does, but folds the text's words with a rotation each and multiplies once
+/// at the end: the lookup of every keyed request pays it, and a multiply per word put a chain of
+/// dependent multiplications on that path. Texts that fold alike only share a run of slots; the
+/// comparison after the lookup tells them apart.
+#[inline]
+fn text_hash(scheme: &Scheme, bytes: &[u8]) -> u64 {
+    const CASE: u64 = 0x2020_2020_2020_2020;
+    let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    let mut folded = ((bytes.len() as u64) << 1) | u64::from(*scheme == Scheme::HTTPS);
+    if bytes.len() < 8 {
+        let short = bytes
+            .iter()
+            .rev()
+            .fold(0, |word, &byte| (word << 8) | u64::from(byte));
+        folded = folded.rotate_left(23) ^ (short | CASE);
+    } else {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let chunk = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+            folded = folded.rotate_left(23) ^ (chunk | CASE);
+        }
+        if !chunks.remainder().is_empty() {
+            // The last eight bytes, overlapping the last chunk: the same for the same text.
+            folded = folded.rotate_left(23) ^ (word(bytes.len() - 8) | CASE);
+        }
+    }
+    let hash = folded.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    // The slot is chosen by the low bits: give them the high bits' mixing too.
+    hash ^ (hash >> 29)
 }
 
 /// The caches of the keys one service clone has served, each with the clone's own view of its
