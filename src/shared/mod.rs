@@ -41,8 +41,9 @@
 //!
 //! A token is stored under the [prefix](SharedLayer::prefix) followed by the SHA-256 digest of
 //! the *identity* given to [`SharedLayer::new`] (say what makes a token: the token endpoint,
-//! client id and grant, never a secret) and of the request's [`TokenKey`](crate::TokenKey).
-//! Two sources with different identities never share a token; nor do two token keys.
+//! client id and grant, never a secret; `oauth2::ClientCredentials::identity` says it for that
+//! source) and of the request's [`TokenKey`](crate::TokenKey). Two sources with different
+//! identities never share a token; nor do two token keys.
 //!
 //! Tokens (refresh tokens included) are encrypted with AES-256-GCM under a key derived from
 //! the [`SealingKey`]; the store key is authenticated with them, so a value copied under
@@ -53,13 +54,20 @@
 //! # Refresh tokens
 //!
 //! The whole token is stored, refresh token included, and only the replica holding the lease
-//! writes: leases are exclusive and a write checks its owner atomically, so two replicas never
-//! both redeem one refresh token *through this layer*, and a replica whose lease expired
-//! mid-fetch writes nothing over its successor's token. A source that keeps its own refresh
-//! token, such as `oauth2::RefreshTokenSource`, keeps one per replica: the lease serialises the
-//! redemptions across the fleet, but each replica still redeems the refresh token it holds.
-//! With a server that rotates refresh tokens (and revokes on reuse), share such a source only
-//! if every replica starts from its own grant, or give each replica its own identity.
+//! writes: leases are exclusive, and the write checks the lease's owner atomically on the
+//! server, so a replica whose lease expired mid-fetch writes nothing over its successor's
+//! token. That check is the compare-and-swap: while a replica holds the lease no other replica
+//! writes, so the value it replaces is the one it read, or none (expired, or deleted by a
+//! rejection, which a fresh token rightly replaces).
+//!
+//! A source that keeps its own refresh token, such as `oauth2::RefreshTokenSource`, keeps one
+//! per replica; the refresh token in the store is not handed to it. The lease makes the fleet
+//! redeem one refresh token at a time, but each replica redeems the one it holds: with one
+//! grant shared by every replica and a server that rotates refresh tokens (and revokes a grant
+//! whose refresh token is reused), the second replica to refresh would present a used refresh
+//! token. Share a refresh-token grant across a fleet only with a server that does not rotate
+//! them; otherwise give each replica its own grant and its own identity. Fleets usually use
+//! client credentials, which have no refresh token.
 //!
 //! # Why the `redis` crate
 //!
