@@ -101,8 +101,8 @@ impl ClientCredentials {
         &self.endpoint
     }
 
-    /// What makes this source's tokens, as text: the token endpoint's URL, the client id, the
-    /// grant type, the configured scopes and the other parameters (except those whose name
+    /// What makes this source's tokens, as form-encoded text: the token endpoint's URL, the
+    /// client id, the grant type, the configured scopes and the other parameters (except those whose name
     /// starts with `client_`, such as a `client_assertion`, which are credentials). Two sources
     /// with the same identity get interchangeable tokens, so this is what a shared cache level
     /// (feature `redis`) should be given to key the tokens of this source.
@@ -116,7 +116,11 @@ impl ClientCredentials {
     ///     .build()?;
     /// let source = ClientCredentials::new(endpoint).scope("invoices:read");
     /// let identity = source.identity();
-    /// assert!(identity.contains("https://auth.example.com/token") && identity.contains("billing"));
+    /// assert_eq!(
+    ///     identity,
+    ///     "token_url=https%3A%2F%2Fauth.example.com%2Ftoken&client_id=billing\
+    ///      &grant_type=client_credentials&scope=invoices%3Aread"
+    /// );
     /// assert!(!identity.contains("s3cr3t"));
     /// assert_ne!(identity, source.clone().scope("invoices:write").identity());
     /// # Ok(())

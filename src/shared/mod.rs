@@ -34,7 +34,7 @@
 //! | down (refused, reset, unreachable) | each fetch costs at most one store timeout more, then calls the source; the cache's single flight still makes that one fetch per replica and token. A warning is logged once per episode, each failed operation is counted in [`SharedStats::store_errors`]. When the store answers again, sharing resumes by itself (the Redis connection manager reconnects). |
 //! | slow | as down, for the operations that take longer than the timeout. |
 //! | flushed, restarted empty, or evicting | a miss: one replica fetches and writes the token again. A lease lost with the data makes a second replica fetch at worst. |
-//! | answering garbage (another sealing key, another writer) | the value is not used: the replica takes the lease, fetches, and overwrites it. Counted as a store error. |
+//! | answering garbage (another sealing key, another writer) | the value is not used: the replica takes the lease, fetches, and overwrites it. Counted as a store error; logged once until a stored value opens again. |
 //! | holding a lease no one frees (its replica died mid-fetch) | waiters fetch after the lease expires, and fetch without the store once they waited [`max_wait`](SharedLayer::max_wait). |
 //!
 //! # Keys and secrets
@@ -156,6 +156,8 @@ pub(crate) struct State {
     /// Whether the store is failing: set by the first error of an episode (which logs), cleared
     /// by the next answer.
     pub(crate) failing: AtomicBool,
+    /// Whether a value that does not open was logged, since the last one that opened.
+    pub(crate) garbage: AtomicBool,
 }
 
 /// What a shared level has done so far. Read it with [`SharedLayer::stats`].

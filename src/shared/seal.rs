@@ -56,6 +56,8 @@ const MAX_VALUE: usize = 256 * 1024;
 pub struct SealingKey {
     seal: Option<LessSafeKey>,
     fingerprint: hmac::Key,
+    /// Keys that tokens sealed before a rotation open with.
+    previous: Vec<SealingKey>,
 }
 
 /// A sealing key of the wrong length (32 bytes are needed).
@@ -82,6 +84,7 @@ impl SealingKey {
         Self {
             seal: Some(LessSafeKey::new(unbound)),
             fingerprint: hmac::Key::new(hmac::HMAC_SHA256, fingerprint.as_ref()),
+            previous: Vec::new(),
         }
     }
 
@@ -102,7 +105,19 @@ impl SealingKey {
         Self {
             seal: None,
             fingerprint: hmac::Key::new(hmac::HMAC_SHA256, b"tower-bearer/shared/in-clear/v1"),
+            previous: Vec::new(),
         }
+    }
+
+    /// Also opens tokens sealed with `previous`, to rotate keys without a fleet refetching
+    /// every token: deploy the new key with the old one as `previous`, and drop the old one
+    /// once every replica runs the new key and a token lifetime has passed. New tokens are
+    /// always sealed with the new key. (A token sealed with the old key and rejected by a
+    /// server is not deleted from the store, as its fingerprint differs; it is still never
+    /// handed back to the replica that replaces it, and the new token overwrites it.)
+    pub fn with_previous(mut self, previous: SealingKey) -> Self {
+        self.previous.push(previous);
+        self
     }
 
     /// The fingerprint of an access token: what the store compares, never the token.
@@ -158,8 +173,21 @@ impl SealingKey {
         Some(value)
     }
 
-    /// The token a stored value holds, its expiry (UNIX milliseconds) and its fingerprint.
+    /// The token a stored value holds and its expiry (UNIX milliseconds). The fingerprint
+    /// must be the token's under this key.
     pub(super) fn open(&self, value: &[u8], store_key: &str) -> Result<Opened, Garbage> {
+        let opened = self.open_with_this_key(value, store_key);
+        if opened.is_err() {
+            for previous in &self.previous {
+                if let Ok(opened) = previous.open(value, store_key) {
+                    return Ok(opened);
+                }
+            }
+        }
+        opened
+    }
+
+    fn open_with_this_key(&self, value: &[u8], store_key: &str) -> Result<Opened, Garbage> {
         if value.len() > MAX_VALUE || value.len() < FINGERPRINT.end {
             return Err(Garbage("a value of the wrong size"));
         }
@@ -195,7 +223,6 @@ impl SealingKey {
         Ok(Opened {
             token,
             expires_at_ms,
-            fingerprint,
         })
     }
 }
@@ -207,7 +234,10 @@ impl fmt::Debug for SealingKey {
         } else {
             "in clear"
         };
-        f.debug_tuple("SealingKey").field(&mode).finish()
+        f.debug_struct("SealingKey")
+            .field("mode", &mode)
+            .field("previous", &self.previous)
+            .finish()
     }
 }
 
@@ -215,7 +245,6 @@ impl fmt::Debug for SealingKey {
 pub(super) struct Opened {
     pub(super) token: Token,
     pub(super) expires_at_ms: u64,
-    pub(super) fingerprint: [u8; 32],
 }
 
 /// What was wrong with a stored value (no part of the value itself).
@@ -353,7 +382,7 @@ mod tests {
         assert_eq!(opened.token.scope(), Some("a b"));
         assert_eq!(opened.token.token_type(), Some("Bearer"));
         assert_eq!(opened.expires_at_ms, 1234);
-        assert_eq!(opened.fingerprint, key.fingerprint(token().access_token()));
+        assert_eq!(value[FINGERPRINT], key.fingerprint(token().access_token()));
         assert!(key.open(&value, "k2").is_err(), "copied under another key");
         assert!(SealingKey::new([4; 32]).open(&value, "k1").is_err());
         assert!(SealingKey::insecure_plaintext().open(&value, "k1").is_err());
@@ -361,6 +390,22 @@ mod tests {
         tampered[5] ^= 1;
         assert!(key.open(&tampered, "k1").is_err());
         assert!(key.open(&value[..40], "k1").is_err());
+    }
+
+    #[test]
+    fn a_rotated_key_opens_tokens_sealed_before_the_rotation() {
+        let random = SystemRandom::new();
+        let old = SealingKey::new([1; 32]);
+        let value = old.seal(&token(), 9, "k", &random).unwrap();
+        assert!(SealingKey::new([2; 32]).open(&value, "k").is_err());
+        let rotated = SealingKey::new([2; 32]).with_previous(SealingKey::new([1; 32]));
+        let opened = rotated.open(&value, "k").ok().unwrap();
+        assert_eq!(opened.token.access_token().secret(), "acc-3ss");
+        let resealed = rotated.seal(&token(), 9, "k", &random).unwrap();
+        assert!(
+            old.open(&resealed, "k").is_err(),
+            "new tokens are sealed with the new key"
+        );
     }
 
     #[test]

@@ -114,7 +114,8 @@ struct Flow<S> {
     inner: S,
     request: TokenRequest,
     key: String,
-    /// The fingerprint of the token the cache replaces: never handed back.
+    /// The fingerprint of the token the cache replaces, to delete it from the store if it was
+    /// rejected. (It is never handed back: see `usable`.)
     replacing: Option<[u8; 32]>,
 }
 
@@ -188,14 +189,18 @@ where
             Err(_) if !report => return None,
             Err(Garbage(what)) => {
                 shared.state.store_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    found = what,
-                    "the shared store holds a token this replica cannot use; fetching a new one"
-                );
+                if !shared.state.garbage.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        found = what,
+                        "the shared store holds a token this replica cannot use; fetching a new \
+                         one (logged once until a stored token opens again)"
+                    );
+                }
                 return None;
             }
         };
-        if Some(opened.fingerprint) == self.replacing {
+        shared.state.garbage.store(false, Ordering::Relaxed);
+        if self.request.current().map(Token::access_token) == Some(opened.token.access_token()) {
             return None;
         }
         let now = seal::unix_ms_in(Duration::ZERO);
