@@ -353,6 +353,33 @@ async fn sixty_four_caches_cold_together_fetch_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_longer_than_the_lease_keeps_the_lease() {
+    let redis = RedisServer::start();
+    let calls = Calls::default();
+    // A fetch of 1.2 s, four times the lease's 300 ms: renewed every 100 ms, the lease stays.
+    let source = calls.lasting(Duration::from_millis(1200), Duration::from_secs(300));
+    let mut caches = Vec::new();
+    for _ in 0..4 {
+        let layer = shared_layer(&redis)
+            .await
+            .lease_ttl(Duration::from_millis(300));
+        caches.push(TokenCache::new(layer.layer(source.clone())));
+    }
+    let tasks: Vec<_> = caches
+        .iter()
+        .map(|cache| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.token().await })
+        })
+        .collect();
+    for task in tasks {
+        let token = within(Duration::from_secs(10), "a replica's token", task).await;
+        assert_eq!(token.unwrap().unwrap().access_token().secret(), "tok-1");
+    }
+    assert_eq!(calls.count(), 1, "one fetch, however long it took");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eight_processes_cold_together_make_one_token_request() {
     let redis = RedisServer::start();
     let endpoint = Endpoint::start(Duration::from_millis(300), false).await;

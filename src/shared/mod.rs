@@ -12,8 +12,8 @@
 //!   to live of its remaining lifetime, and frees the lease, both only if it still holds the
 //!   lease (atomically, on the server). The others poll the store every
 //!   [`poll_interval`](SharedLayer::poll_interval) (plus jitter) until the token is there, or
-//!   the lease is gone and they take it. The lease of a replica that died expires after
-//!   [`lease_ttl`](SharedLayer::lease_ttl).
+//!   the lease is gone and they take it. The holder renews its lease while its fetch runs; the
+//!   lease of a replica that died expires after [`lease_ttl`](SharedLayer::lease_ttl).
 //! - **A rejection** (HTTP 401): the cache asks for a new token saying which one was rejected
 //!   ([`TokenRequest::current`](crate::TokenRequest::current)). The store deletes it only if
 //!   it still holds that same token, comparing fingerprints on the server; a token another
@@ -220,9 +220,10 @@ impl SharedLayer {
         self
     }
 
-    /// How long a lease lasts: after this, a replica that took it and died (or is still
-    /// fetching) loses it, and another replica fetches. Make it longer than the source's usual
-    /// fetch time.
+    /// How long a lease lasts unless renewed: a replica renews its lease every third of this
+    /// while its fetch runs, so a lease expires only when its replica died (or cannot reach
+    /// the store), and another replica then fetches. Shorter takes over sooner after a crash;
+    /// it must stay well above the store's round trip.
     ///
     /// Default: 5 s.
     pub fn lease_ttl(mut self, ttl: Duration) -> Self {

@@ -27,6 +27,12 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0";
 
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0";
+
 /// Deletes the token only if it is still the one rejected: the fingerprint is compared on the
 /// server, so a token another replica wrote since is never dropped.
 const DELETE_IF_FINGERPRINT: &str = r"
@@ -38,6 +44,7 @@ return 0";
 
 static PUT_IF_OWNER_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(PUT_IF_OWNER));
 static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE));
+static RENEW_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RENEW));
 static DELETE_IF_FINGERPRINT_SCRIPT: LazyLock<Script> =
     LazyLock::new(|| Script::new(DELETE_IF_FINGERPRINT));
 
@@ -200,6 +207,20 @@ impl TokenStore for RedisStore {
                 .await
                 .map_err(sanitized)?;
             Ok(written == 1)
+        })
+    }
+
+    fn renew<'a>(&'a self, key: &'a str, owner: &'a str, ttl: Duration) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            let renewed: i64 = RENEW_SCRIPT
+                .key(lease_key(key))
+                .arg(owner)
+                .arg(millis(ttl))
+                .invoke_async(&mut connection)
+                .await
+                .map_err(sanitized)?;
+            Ok(renewed == 1)
         })
     }
 

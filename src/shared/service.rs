@@ -232,7 +232,25 @@ where
         }
         shared.state.misses.fetch_add(1, Ordering::Relaxed);
         let sent_at = Instant::now();
-        let fetched = self.inner.oneshot(self.request).await.map_err(Into::into);
+        let lease_ttl = shared.config.lease_ttl;
+        let (inner, request) = (self.inner, self.request);
+        let mut fetch =
+            std::pin::pin!(async move { inner.oneshot(request).await.map_err(Into::into) });
+        let mut renew_at = sent_at + lease_ttl / 3;
+        // Renewed while the fetch runs, so that a slow token endpoint does not make the lease
+        // expire and a second replica fetch; only a dead replica's lease expires.
+        let fetched = loop {
+            match tokio::time::timeout_at(renew_at, &mut fetch).await {
+                Ok(result) => break result,
+                Err(_) => {
+                    renew_at += lease_ttl / 3;
+                    let renew = shared.store.renew(&lease.key, &lease.owner, lease_ttl);
+                    if let Ok(false) = shared.op(renew).await {
+                        tracing::debug!("the lease could not be renewed during a slow fetch");
+                    }
+                }
+            }
+        };
         let token = match fetched {
             Ok(token) => token,
             Err(error) => {

@@ -73,6 +73,17 @@ pub trait TokenStore: Send + Sync + 'static {
         ttl: Duration,
     ) -> StoreFuture<'a, bool>;
 
+    /// Extends the lease of `key` to `ttl` from now if `owner` holds it, atomically. Returns
+    /// whether it did. A replica whose fetch outlasts a third of the lease's time to live
+    /// renews it, so that only a dead replica's lease expires.
+    ///
+    /// Default: renews nothing (returns `false`): a fetch longer than the lease's time to live
+    /// then lets a second replica fetch.
+    fn renew<'a>(&'a self, key: &'a str, owner: &'a str, ttl: Duration) -> StoreFuture<'a, bool> {
+        let _ = (key, owner, ttl);
+        Box::pin(std::future::ready(Ok(false)))
+    }
+
     /// Releases the lease of `key` if `owner` holds it. Returns whether it did.
     fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> StoreFuture<'a, bool>;
 
