@@ -86,6 +86,9 @@ impl RedisStore {
     ///
     /// When `url` is not a Redis URL, or no Tokio runtime is running.
     pub fn open(url: &str) -> Result<Self, BoxError> {
+        // The connection manager spawns a task, which would panic outside a runtime.
+        tokio::runtime::Handle::try_current()
+            .map_err(|_| "RedisStore::open needs a Tokio runtime")?;
         let client = Client::open(url).map_err(sanitized)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_millis(500)))
@@ -261,4 +264,21 @@ impl TokenStore for RedisStore {
 /// A time to live in milliseconds, at least one (Redis refuses zero).
 fn millis(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opening_outside_a_runtime_is_an_error_not_a_panic() {
+        assert!(RedisStore::open("redis://127.0.0.1:1/").is_err());
+    }
+
+    #[tokio::test]
+    async fn errors_name_no_credentials() {
+        assert!(RedisStore::open("not a url").is_err());
+        let error = RedisStore::open("redis+unknown://user:hunter2@127.0.0.1/").unwrap_err();
+        assert!(!error.to_string().contains("hunter2"), "{error}");
+    }
 }
