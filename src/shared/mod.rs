@@ -71,11 +71,15 @@
 //!
 //! # Why the `redis` crate
 //!
-//! [`RedisStore`] uses the `redis` crate rather than `fred`: its tokio connection manager
-//! reconnects by itself, it builds without TLS or OpenSSL with the features used here, and it
-//! adds fewer crates to the tree (`fred` brings its own runtime abstractions and pools, which a
-//! store making one round trip per token lifetime does not need). Valkey speaks the same
-//! protocol.
+//! [`RedisStore`] uses the `redis` crate rather than `fred`. Both are maintained and speak
+//! to Valkey too. `redis` gives what this store needs and no more: Lua scripts invoked by hash
+//! and reloaded after a server restart, and a tokio connection manager that connects lazily
+//! and reconnects by itself. With the features used here (`tokio-comp`, `connection-manager`,
+//! `script`) it adds no TLS stack, no OpenSSL and no proc-macro runtime of its own; `fred`'s
+//! strengths (pools, cluster and sentinel routing, client-side caching, its own reconnection
+//! policies and metrics) serve applications that talk to Redis all the time, not a store
+//! visited once per token lifetime. A cluster or sentinel deployment can implement
+//! [`TokenStore`] on either crate.
 //!
 //! # Example
 //!
@@ -83,7 +87,7 @@
 //! use std::time::Duration;
 //! use tower_bearer::shared::{RedisStore, SealingKey, SharedLayer};
 //! use tower_bearer::{source_fn, BearerAuthLayer, Token, TokenCache, TokenRequest};
-//! use tower_layer::Layer;
+//! use tower::Layer;
 //!
 //! # #[tokio::main]
 //! # async fn main() -> Result<(), tower_bearer::BoxError> {
