@@ -75,7 +75,8 @@
 //! to Valkey too. `redis` gives what this store needs and no more: Lua scripts invoked by hash
 //! and reloaded after a server restart, and a tokio connection manager that connects lazily
 //! and reconnects by itself. With the features used here (`tokio-comp`, `connection-manager`,
-//! `script`) it adds no TLS stack, no OpenSSL and no proc-macro runtime of its own; `fred`'s
+//! `script`) it adds no TLS stack and no OpenSSL (42 crates over the default features, most
+//! of them `url`'s Unicode tables); `fred`'s
 //! strengths (pools, cluster and sentinel routing, client-side caching, its own reconnection
 //! policies and metrics) serve applications that talk to Redis all the time, not a store
 //! visited once per token lifetime. A cluster or sentinel deployment can implement
