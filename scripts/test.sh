@@ -11,6 +11,15 @@ if [[ -f tests/peers/package-lock.json ]]; then
     npm ci --prefix tests/peers --no-audit --no-fund --loglevel=error
 fi
 
+if ! command -v redis-server >/dev/null; then
+    step "installing redis-server (tests/shared.rs runs a real one)"
+    sudo=""
+    if [[ $(id -u) -ne 0 ]]; then sudo="sudo"; fi
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server \
+        || { $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q \
+            && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server; }
+fi
+
 step "cargo fmt --check"
 cargo fmt --all --check
 

@@ -98,6 +98,8 @@ pub mod oauth2;
 pub mod origin;
 pub mod placement;
 pub mod replay;
+#[cfg(feature = "redis")]
+pub mod shared;
 mod shown;
 pub mod source;
 mod stamp;

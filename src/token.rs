@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::marker::PhantomData;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -262,12 +263,28 @@ pub enum Reason {
 }
 
 /// The request a [`TokenSource`](crate::TokenSource) answers with a [`Token`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// Requests compare equal when their reasons, keys and [current](Self::current) tokens' access
+/// tokens are equal.
+#[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct TokenRequest {
     reason: Reason,
     key: TokenKey,
+    /// Shared, so that cloning a request (as tower's retry middleware does) stays cheap.
+    current: Option<Arc<Token>>,
 }
+
+impl PartialEq for TokenRequest {
+    fn eq(&self, other: &Self) -> bool {
+        self.reason == other.reason
+            && self.key == other.key
+            && self.current.as_ref().map(|token| token.access_token())
+                == other.current.as_ref().map(|token| token.access_token())
+    }
+}
+
+impl Eq for TokenRequest {}
 
 impl TokenRequest {
     /// A request for the given reason, for the [default key](TokenKey::default). The cache
@@ -276,7 +293,24 @@ impl TokenRequest {
         Self {
             reason,
             key: TokenKey::default(),
+            current: None,
         }
+    }
+
+    /// The same request, saying which token the new one replaces.
+    pub fn with_current(mut self, token: impl Into<Arc<Token>>) -> Self {
+        self.current = Some(token.into());
+        self
+    }
+
+    /// The token the new one replaces, if there is one: the cache's current token when it
+    /// refreshes ahead of expiry ([`Reason::Expiring`]), after expiry ([`Reason::Expired`]) or
+    /// on [`TokenCache::refresh`](crate::TokenCache::refresh) ([`Reason::Forced`]), and the
+    /// token a server refused ([`Reason::Rejected`]). A source that shares tokens with other
+    /// processes (such as `shared::SharedTokens`, with the `redis` feature) uses it to never
+    /// hand this token back.
+    pub fn current(&self) -> Option<&Token> {
+        self.current.as_deref()
     }
 
     /// The same request, for the token of `key`.

@@ -20,7 +20,7 @@ use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 use tower_bearer::replay::{KeptBody, ReplayableBody};
 use tower_bearer::{
     source_fn, BearerAuth, BearerAuthLayer, Error, ErrorKind, Placement, Reason, StaticToken,
-    Token, TokenCache,
+    Token, TokenCache, TokenRequest,
 };
 
 use support::{get, token_error, Calls};
@@ -1038,4 +1038,70 @@ async fn the_inner_service_is_cloned_for_replays_not_for_every_request() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.body(), "second");
     assert_eq!((tokens.count(), svc.cache().stats().replays), (4, 2));
+}
+
+/// The token source learns which token a fetch replaces (`TokenRequest::current`), so that a
+/// source sharing tokens with other processes never hands that one back.
+#[tokio::test(start_paused = true)]
+async fn the_cache_tells_its_source_which_token_it_replaces() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let n = Arc::new(AtomicUsize::new(0));
+    let source = source_fn(move |req: TokenRequest| {
+        let current = req.current().map(|t| t.access_token().secret().to_owned());
+        log.lock().unwrap().push((req.reason(), current));
+        let n = n.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            Ok::<_, std::io::Error>(
+                Token::new(format!("tok-{n}")).with_expires_in(Duration::from_secs(600)),
+            )
+        }
+    });
+    let cache = TokenCache::builder(source)
+        .refresh_ahead(Duration::from_secs(60))
+        .build();
+    cache.token().await.unwrap();
+    // Into the refresh window: a background refresh replaces tok-1.
+    tokio::time::advance(Duration::from_secs(560)).await;
+    tokio::task::yield_now().await;
+    cache.token().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(
+        cache.token().await.unwrap().access_token().secret(),
+        "tok-2"
+    );
+
+    // The API refuses tok-2: the fetch for the replay names it.
+    let api = service_fn(|req: Request<Full<Bytes>>| async move {
+        let refused = req.headers()["authorization"] == "Bearer tok-2";
+        let status = if refused {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::OK
+        };
+        Ok::<_, Infallible>(Response::builder().status(status).body(()).unwrap())
+    });
+    let client = tower::Layer::layer(&BearerAuthLayer::from_cache(cache.clone()), api);
+    let response = client
+        .oneshot(support::get("http://api.test/"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+
+    // An application's forced refresh names the current token too.
+    assert_eq!(
+        cache.refresh().await.unwrap().access_token().secret(),
+        "tok-4"
+    );
+
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [
+            (Reason::Initial, None),
+            (Reason::Expiring, Some("tok-1".to_owned())),
+            (Reason::Rejected, Some("tok-2".to_owned())),
+            (Reason::Forced, Some("tok-3".to_owned())),
+        ]
+    );
 }

@@ -24,6 +24,7 @@ const LEVELS: &[(&str, u8)] = &[
     ("auth", 4),
     ("grpc", 5),
     ("oauth2", 5),
+    ("shared", 5),
 ];
 
 /// The most lines of code (not blank, not comments) a source file may hold, tests aside.

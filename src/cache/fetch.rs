@@ -47,7 +47,11 @@ impl Shared {
                     (None, true) => Reason::Rejected,
                     (None, false) => Reason::Initial,
                 });
-                launch = Some(self.claim_fetch(&mut slow, reason)?);
+                let replacing = match &current {
+                    Some(entry) => Some(Arc::new(entry.token.clone())),
+                    None => slow.rejected_token.clone(),
+                };
+                launch = Some(self.claim_fetch(&mut slow, reason, replacing)?);
             }
             self.counters.waits.fetch_add(1, Ordering::Relaxed);
             (self.outcome.subscribe(), launch)
@@ -80,7 +84,8 @@ impl Shared {
                     return;
                 }
             }
-            match self.claim_fetch(&mut slow, Reason::Expiring) {
+            let replacing = Some(Arc::new(entry.token.clone()));
+            match self.claim_fetch(&mut slow, Reason::Expiring, replacing) {
                 Ok(launch) => {
                     tracing::debug!(
                         token.id = entry.id,
@@ -99,12 +104,20 @@ impl Shared {
 
     /// Marks a fetch as running and prepares its task, guard included, so that even a task
     /// that never runs publishes an outcome.
-    fn claim_fetch(self: &Arc<Self>, slow: &mut Slow, reason: Reason) -> Result<Launch, Error> {
+    /// `replacing` is the token the new one replaces, for the source to know
+    /// ([`TokenRequest::current`]).
+    fn claim_fetch(
+        self: &Arc<Self>,
+        slow: &mut Slow,
+        reason: Reason,
+        replacing: Option<Arc<Token>>,
+    ) -> Result<Launch, Error> {
         let runtime = Handle::try_current().map_err(|_| Error::new(ErrorKind::NoRuntime, None))?;
         slow.fetching = true;
         Ok(Launch {
             runtime,
             reason,
+            replacing,
             guard: FetchGuard {
                 shared: Arc::clone(self),
                 armed: true,
@@ -136,6 +149,7 @@ impl Shared {
                 slow.retry_at = None;
                 slow.last_error = None;
                 slow.rejected = false;
+                slow.rejected_token = None;
                 self.current.store(Some(entry.clone()));
                 self.changed();
             }
@@ -260,6 +274,7 @@ impl Shared {
 struct Launch {
     runtime: Handle,
     reason: Reason,
+    replacing: Option<Arc<Token>>,
     guard: FetchGuard,
 }
 
@@ -268,14 +283,16 @@ impl Launch {
         let Launch {
             runtime,
             reason,
+            replacing,
             guard,
         } = self;
         let span = tracing::debug_span!("token_fetch", ?reason);
-        runtime.spawn(tracing::Instrument::instrument(fetch(guard, reason), span));
+        let fetch = fetch(guard, reason, replacing);
+        runtime.spawn(tracing::Instrument::instrument(fetch, span));
     }
 }
 
-async fn fetch(guard: FetchGuard, reason: Reason) {
+async fn fetch(guard: FetchGuard, reason: Reason, replacing: Option<Arc<Token>>) {
     let shared = guard.shared.clone();
     let sent_at = Instant::now();
     shared.counters.fetches.fetch_add(1, Ordering::Relaxed);
@@ -285,7 +302,10 @@ async fn fetch(guard: FetchGuard, reason: Reason) {
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .clone();
-    let request = TokenRequest::new(reason);
+    let request = match replacing {
+        Some(token) => TokenRequest::new(reason).with_current(token),
+        None => TokenRequest::new(reason),
+    };
     let timeout = shared.config.fetch_timeout;
     let result = match tokio::time::timeout(timeout, source.oneshot(request)).await {
         Ok(Ok(token)) => shared.build_entry(token, sent_at),

@@ -110,6 +110,8 @@ struct Slow {
     last_error: Option<Error>,
     /// The last token was dropped because a server rejected it.
     rejected: bool,
+    /// That token, for the next fetch's [`TokenRequest::current`](crate::TokenRequest::current).
+    rejected_token: Option<Arc<Token>>,
     /// When a rejection last dropped the current token (which makes the next request fetch).
     last_rejection_drop: Option<Instant>,
     /// Whether the rejections kept since that drop were logged already.
@@ -211,6 +213,7 @@ impl TokenCache {
     pub fn invalidate(&self) {
         let mut slow = self.shared.lock_slow();
         slow.rejected = false;
+        slow.rejected_token = None;
         self.shared.current.store(None);
         self.shared.changed();
     }
@@ -358,9 +361,10 @@ impl Shared {
         // see that it was replaced, not count as a second rejection within the interval.
         let mut slow = self.lock_slow();
         let current = self.current.load();
-        if !matches!(&*current, Some(entry) if entry.id == id) {
-            return Rejection::Replaced;
-        }
+        let rejected = match &*current {
+            Some(entry) if entry.id == id => entry,
+            _ => return Rejection::Replaced,
+        };
         let now = Instant::now();
         let interval = self.config.rejection_interval;
         if let Some(last) = slow.last_rejection_drop {
@@ -384,6 +388,7 @@ impl Shared {
                 return Rejection::Kept;
             }
         }
+        slow.rejected_token = Some(Arc::new(rejected.token.clone()));
         self.current.store(None);
         self.changed();
         slow.rejected = true;

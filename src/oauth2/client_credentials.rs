@@ -101,6 +101,46 @@ impl ClientCredentials {
         &self.endpoint
     }
 
+    /// What makes this source's tokens, as form-encoded text: the token endpoint's URL, the
+    /// client id, the grant type, the configured scopes and the other parameters (except those whose name
+    /// starts with `client_`, such as a `client_assertion`, which are credentials). Two sources
+    /// with the same identity get interchangeable tokens, so this is what a shared cache level
+    /// (feature `redis`) should be given to key the tokens of this source.
+    ///
+    /// ```
+    /// use tower_bearer::oauth2::{ClientCredentials, TokenEndpoint};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let endpoint = TokenEndpoint::builder("https://auth.example.com/token", "billing")
+    ///     .client_secret("s3cr3t")
+    ///     .build()?;
+    /// let source = ClientCredentials::new(endpoint).scope("invoices:read");
+    /// let identity = source.identity();
+    /// assert_eq!(
+    ///     identity,
+    ///     "token_url=https%3A%2F%2Fauth.example.com%2Ftoken&client_id=billing\
+    ///      &grant_type=client_credentials&scope=invoices%3Aread"
+    /// );
+    /// assert!(!identity.contains("s3cr3t"));
+    /// assert_ne!(identity, source.clone().scope("invoices:write").identity());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn identity(&self) -> String {
+        let mut identity = form_urlencoded::Serializer::new(String::new());
+        identity
+            .append_pair("token_url", &self.endpoint.token_url().to_string())
+            .append_pair("client_id", self.endpoint.client_id())
+            .append_pair("grant_type", &self.grant_type)
+            .append_pair("scope", &self.scopes.join(" "));
+        for (name, value) in self.params.iter() {
+            if !name.starts_with("client_") {
+                identity.append_pair(name, value);
+            }
+        }
+        identity.finish()
+    }
+
     /// Requests a token now, bypassing any cache.
     ///
     /// # Errors

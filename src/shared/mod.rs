@@ -1,0 +1,322 @@
+//! A second cache level shared by a fleet of replicas, on Redis or Valkey (feature `redis`).
+//!
+//! When 200 replicas start at once, each one's [`TokenCache`](crate::TokenCache) would fetch
+//! its own token: 200 token requests against an endpoint that rate-limits or bills them.
+//! [`SharedLayer`] wraps the token source in a layer that looks in a shared store first, so a
+//! fleet fetches once:
+//!
+//! - **A hit**: the store holds a token that is still valid (and is not the one the cache is
+//!   replacing): it is returned, and the source is not called.
+//! - **A miss**: one replica takes the store's *lease* for that token (a lock with a time to
+//!   live and an owner id), fetches from the source, writes the token, encrypted, with a time
+//!   to live of its remaining lifetime, and frees the lease, both only if it still holds the
+//!   lease (atomically, on the server). The others poll the store every
+//!   [`poll_interval`](SharedLayer::poll_interval) (plus jitter) until the token is there, or
+//!   the lease is gone and they take it. The holder renews its lease while its fetch runs; the
+//!   lease of a replica that died expires after [`lease_ttl`](SharedLayer::lease_ttl).
+//! - **A rejection** (HTTP 401): the cache asks for a new token saying which one was rejected
+//!   ([`TokenRequest::current`](crate::TokenRequest::current)). The store deletes it only if
+//!   it still holds that same token, comparing fingerprints on the server; a token another
+//!   replica already wrote in its place is kept and shared.
+//!
+//! The in-process cache stays the first level and its cached path is unchanged: the shared
+//! level is visited only when the cache would call its source (a first fetch, a refresh ahead
+//! of expiry, an expiry, a rejection), so at most once per token lifetime per replica.
+//!
+//! # The store is never a new way to fail
+//!
+//! Every store operation is bounded by [`store_timeout`](SharedLayer::store_timeout) (50 ms by
+//! default). Whatever goes wrong, the replica fetches from its source itself, as it would
+//! without the shared level:
+//!
+//! | the store is | what happens |
+//! |---|---|
+//! | down (refused, reset, unreachable) | each fetch costs at most one store timeout more, then calls the source; the cache's single flight still makes that one fetch per replica and token. A warning is logged once per episode, each failed operation is counted in [`SharedStats::store_errors`]. When the store answers again, sharing resumes by itself (the Redis connection manager reconnects). |
+//! | slow | as down, for the operations that take longer than the timeout. |
+//! | flushed, restarted empty, or evicting | a miss: one replica fetches and writes the token again. A lease lost with the data makes a second replica fetch at worst. |
+//! | answering garbage (another sealing key, another writer) | the value is not used: the replica takes the lease, fetches, and overwrites it. Counted as a store error; logged once until a stored value opens again. |
+//! | holding a lease no one frees (its replica died mid-fetch) | waiters fetch after the lease expires, and fetch without the store once they waited [`max_wait`](SharedLayer::max_wait). |
+//!
+//! # Keys and secrets
+//!
+//! A token is stored under the [prefix](SharedLayer::prefix) followed by the SHA-256 digest of
+//! the *identity* given to [`SharedLayer::new`] (say what makes a token: the token endpoint,
+//! client id and grant, never a secret; `oauth2::ClientCredentials::identity` says it for that
+//! source) and of the request's [`TokenKey`](crate::TokenKey). Two sources with different
+//! identities never share a token; nor do two token keys.
+//!
+//! Tokens (refresh tokens included) are encrypted with AES-256-GCM under a key derived from
+//! the [`SealingKey`]; the store key is authenticated with them, so a value copied under
+//! another key does not open. Storing tokens in clear needs [`SealingKey::insecure_plaintext`].
+//! Expiry is stored as wall-clock time: replicas' clocks must agree within the cache's
+//! [expiry skew](crate::cache::TokenCacheBuilder::expiry_skew) (NTP does that).
+//!
+//! # Refresh tokens
+//!
+//! The whole token is stored, refresh token included, and only the replica holding the lease
+//! writes: leases are exclusive, and the write checks the lease's owner atomically on the
+//! server, so a replica whose lease expired mid-fetch writes nothing over its successor's
+//! token. That check is the compare-and-swap: while a replica holds the lease no other replica
+//! writes, so the value it replaces is the one it read, or none (expired, or deleted by a
+//! rejection, which a fresh token rightly replaces).
+//!
+//! A source that keeps its own refresh token, such as `oauth2::RefreshTokenSource`, keeps one
+//! per replica; the refresh token in the store is not handed to it. The lease makes the fleet
+//! redeem one refresh token at a time, but each replica redeems the one it holds: with one
+//! grant shared by every replica and a server that rotates refresh tokens (and revokes a grant
+//! whose refresh token is reused), the second replica to refresh would present a used refresh
+//! token. Share a refresh-token grant across a fleet only with a server that does not rotate
+//! them; otherwise give each replica its own grant and its own identity. Fleets usually use
+//! client credentials, which have no refresh token.
+//!
+//! # Why the `redis` crate
+//!
+//! [`RedisStore`] uses the `redis` crate rather than `fred`. Both are maintained and speak
+//! to Valkey too. `redis` gives what this store needs and no more: Lua scripts invoked by hash
+//! and reloaded after a server restart, and a tokio connection manager that connects lazily
+//! and reconnects by itself. With the features used here (`tokio-comp`, `connection-manager`,
+//! `script`) it adds no TLS stack and no OpenSSL (42 crates over the default features, most
+//! of them `url`'s Unicode tables); `fred`'s
+//! strengths (pools, cluster and sentinel routing, client-side caching, its own reconnection
+//! policies and metrics) serve applications that talk to Redis all the time, not a store
+//! visited once per token lifetime. A cluster or sentinel deployment can implement
+//! [`TokenStore`] on either crate.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tower_bearer::shared::{RedisStore, SealingKey, SharedLayer};
+//! use tower_bearer::{source_fn, BearerAuthLayer, Token, TokenCache, TokenRequest};
+//! use tower::Layer;
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), tower_bearer::BoxError> {
+//! # let key_bytes = [0u8; 32];
+//! // The same 32-byte key on every replica, from the secret store the app already uses.
+//! let key = SealingKey::new(key_bytes);
+//! let store = RedisStore::connect("redis://redis.internal:6379/0").await?;
+//! let source = source_fn(|_req: TokenRequest| async {
+//!     // The real grant, such as `oauth2::ClientCredentials`.
+//!     Ok::<_, std::io::Error>(Token::new("t0k3n").with_expires_in(Duration::from_secs(300)))
+//! });
+//! let shared = SharedLayer::new(store, key, "https://login.example.com/token client=billing")
+//!     .store_timeout(Duration::from_millis(50));
+//! let cache = TokenCache::builder(shared.layer(source)).build();
+//! let auth = BearerAuthLayer::from_cache(cache);
+//! # drop(auth);
+//! # Ok(())
+//! # }
+//! ```
+
+mod redis;
+mod seal;
+mod service;
+mod store;
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+pub use self::redis::RedisStore;
+pub use seal::{InvalidKeyLength, SealingKey, FINGERPRINT};
+pub use service::SharedTokens;
+pub use store::{StoreFuture, Stored, TokenStore};
+
+/// Adds the shared store in front of a token source: see the [module docs](self).
+///
+/// Clones share their store, key and counters.
+#[derive(Clone)]
+pub struct SharedLayer {
+    store: Arc<dyn TokenStore>,
+    sealing: Arc<SealingKey>,
+    config: Config,
+    state: Arc<State>,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) identity: String,
+    pub(crate) prefix: String,
+    pub(crate) store_timeout: Duration,
+    pub(crate) lease_ttl: Duration,
+    pub(crate) max_wait: Duration,
+    pub(crate) poll_interval: Duration,
+    pub(crate) min_remaining: Duration,
+    pub(crate) default_lifetime: Duration,
+}
+
+/// What the counters and the once-per-episode log share between a layer and its services.
+#[derive(Default)]
+pub(crate) struct State {
+    pub(crate) hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+    pub(crate) lease_waits: AtomicU64,
+    pub(crate) store_errors: AtomicU64,
+    pub(crate) bypasses: AtomicU64,
+    pub(crate) deletes: AtomicU64,
+    /// Whether the store is failing: set by the first error of an episode (which logs), cleared
+    /// by the next answer.
+    pub(crate) failing: AtomicBool,
+    /// Whether a value that does not open was logged, since the last one that opened.
+    pub(crate) garbage: AtomicBool,
+}
+
+/// What a shared level has done so far. Read it with [`SharedLayer::stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SharedStats {
+    /// Token requests answered from the store (after waiting for another replica's fetch, or
+    /// not).
+    pub hits: u64,
+    /// Token requests that found no usable token, took the lease and called the source.
+    pub misses: u64,
+    /// Token requests that waited for another replica's lease.
+    pub lease_waits: u64,
+    /// Store operations that failed, timed out, or read a value that does not open.
+    pub store_errors: u64,
+    /// Token requests that called the source without the store: it failed, or the lease was
+    /// waited for [`max_wait`](SharedLayer::max_wait).
+    pub bypasses: u64,
+    /// Rejected tokens deleted from the store (deletes that found another token are not
+    /// counted).
+    pub deletes: u64,
+}
+
+impl SharedLayer {
+    /// A shared level on `store`, sealing tokens with `key`, for the tokens of the source
+    /// described by `identity` (the token endpoint, client id and grant, or any text that
+    /// differs between sources that must not share tokens; it is hashed into the store key, but
+    /// must not hold a secret).
+    pub fn new(store: impl TokenStore, key: SealingKey, identity: impl Into<String>) -> Self {
+        Self {
+            store: Arc::new(store),
+            sealing: Arc::new(key),
+            config: Config {
+                identity: identity.into(),
+                prefix: "tower-bearer:".to_owned(),
+                store_timeout: Duration::from_millis(50),
+                lease_ttl: Duration::from_secs(5),
+                max_wait: Duration::from_secs(10),
+                poll_interval: Duration::from_millis(25),
+                min_remaining: Duration::from_secs(1),
+                default_lifetime: Duration::from_secs(3600),
+            },
+            state: Arc::default(),
+        }
+    }
+
+    /// The text store keys start with, to share a server with other applications.
+    ///
+    /// Default: `tower-bearer:`.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.config.prefix = prefix.into();
+        self
+    }
+
+    /// How long one store operation may take before the replica goes on without the store.
+    ///
+    /// Default: 50 ms.
+    pub fn store_timeout(mut self, timeout: Duration) -> Self {
+        self.config.store_timeout = timeout;
+        self
+    }
+
+    /// How long a lease lasts unless renewed: a replica renews its lease every third of this
+    /// while its fetch runs, so a lease expires only when its replica died (or cannot reach
+    /// the store), and another replica then fetches. Shorter takes over sooner after a crash;
+    /// it must stay well above the store's round trip.
+    ///
+    /// Default: 5 s.
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.config.lease_ttl = ttl;
+        self
+    }
+
+    /// How long a replica waits for other replicas' leases before it fetches without the
+    /// store. Keep it, plus a fetch, under the cache's
+    /// [fetch timeout](crate::cache::TokenCacheBuilder::fetch_timeout).
+    ///
+    /// Default: 10 s (twice the default lease time to live, so that a dead replica's lease can
+    /// expire and a live one fetch).
+    pub fn max_wait(mut self, wait: Duration) -> Self {
+        self.config.max_wait = wait;
+        self
+    }
+
+    /// How often a replica waiting for another's lease reads the store again; each wait is this
+    /// plus a random part of up to as much again, so that waiters spread out.
+    ///
+    /// Default: 25 ms (waits of 25 to 50 ms).
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.config.poll_interval = interval;
+        self
+    }
+
+    /// The least remaining lifetime a stored token must have to be used; one that expires sooner
+    /// is fetched anew (and the source's token is not stored when it is this short).
+    ///
+    /// Default: 1 s.
+    pub fn min_remaining(mut self, remaining: Duration) -> Self {
+        self.config.min_remaining = remaining;
+        self
+    }
+
+    /// How long a token without a stated expiry is kept in the store. Match it with the
+    /// cache's [default lifetime](crate::cache::TokenCacheBuilder::default_lifetime).
+    ///
+    /// Default: 1 hour.
+    pub fn default_lifetime(mut self, lifetime: Duration) -> Self {
+        self.config.default_lifetime = lifetime;
+        self
+    }
+
+    /// What the services of this layer (and its clones) have done so far.
+    pub fn stats(&self) -> SharedStats {
+        self.state.stats()
+    }
+}
+
+impl<S> Layer<S> for SharedLayer {
+    type Service = SharedTokens<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        SharedTokens::new(
+            inner,
+            Arc::new(service::Shared {
+                store: self.store.clone(),
+                sealing: self.sealing.clone(),
+                config: self.config.clone(),
+                state: self.state.clone(),
+                random: ring::rand::SystemRandom::new(),
+            }),
+        )
+    }
+}
+
+impl fmt::Debug for SharedLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedLayer")
+            .field("sealing", &self.sealing)
+            .field("config", &self.config)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl State {
+    pub(crate) fn stats(&self) -> SharedStats {
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        SharedStats {
+            hits: read(&self.hits),
+            misses: read(&self.misses),
+            lease_waits: read(&self.lease_waits),
+            store_errors: read(&self.store_errors),
+            bypasses: read(&self.bypasses),
+            deletes: read(&self.deletes),
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! [`RedisStore`]: the shared store on Redis or Valkey.
+
+use std::fmt;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, Script};
+
+use super::seal::FINGERPRINT;
+use super::store::{StoreFuture, Stored, TokenStore};
+use crate::BoxError;
+
+/// Writes the token and frees the lease, only if the caller still holds the lease: a replica
+/// whose lease expired mid-fetch (and was taken by another) writes nothing.
+const PUT_IF_OWNER: &str = r"
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  redis.call('DEL', KEYS[2])
+  return 1
+end
+return 0";
+
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0";
+
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0";
+
+/// Deletes the token only if it is still the one rejected: the fingerprint is compared on the
+/// server, so a token another replica wrote since is never dropped.
+const DELETE_IF_FINGERPRINT: &str = r"
+local value = redis.call('GET', KEYS[1])
+if value and string.sub(value, tonumber(ARGV[2]), tonumber(ARGV[3])) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0";
+
+static PUT_IF_OWNER_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(PUT_IF_OWNER));
+static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE));
+static RENEW_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RENEW));
+static DELETE_IF_FINGERPRINT_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(DELETE_IF_FINGERPRINT));
+
+/// The shared store on Redis or Valkey (any server speaking RESP with Lua scripting: Redis 6 or
+/// later, Valkey 7 or later), through the `redis` crate's [`ConnectionManager`], which
+/// reconnects by itself after the server comes back.
+///
+/// The lease of a token's key is kept at the key followed by `:lease`. Writes and deletes that
+/// depend on what is stored run as Lua scripts (`EVALSHA`, reloaded after a server restart), so
+/// they are atomic on the server. Keys carry a hash tag, so a key and its lease are in the same
+/// Redis Cluster slot (a cluster needs a connection that routes by key, which this type does
+/// not make: implement [`TokenStore`] on a cluster connection).
+///
+/// ```no_run
+/// use tower_bearer::shared::RedisStore;
+///
+/// # async fn run() -> Result<(), tower_bearer::BoxError> {
+/// let store = RedisStore::connect("redis://redis.internal:6379/0").await?;
+/// # drop(store);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    connection: ConnectionManager,
+}
+
+impl RedisStore {
+    /// A store at `url` (`redis://[user:password@]host:port/db`; `rediss://` needs the `redis`
+    /// crate's TLS features, which this crate does not turn on). Connects lazily: a server
+    /// that is down at startup is one more store error, not a startup failure.
+    ///
+    /// The connection gives up on an answer after one second and on a connection attempt after
+    /// half a second, and retries connecting with a backoff of at most half a second, so that
+    /// sharing resumes soon after a restarted server answers; the shared layer's own
+    /// [store timeout](super::SharedLayer::store_timeout) is what bounds a request.
+    ///
+    /// # Errors
+    ///
+    /// When `url` is not a Redis URL, or no Tokio runtime is running.
+    pub fn open(url: &str) -> Result<Self, BoxError> {
+        // The connection manager spawns a task, which would panic outside a runtime.
+        tokio::runtime::Handle::try_current()
+            .map_err(|_| "RedisStore::open needs a Tokio runtime")?;
+        let client = Client::open(url).map_err(sanitized)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_millis(500)))
+            .set_response_timeout(Some(Duration::from_secs(1)))
+            .set_number_of_retries(3)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(500));
+        let connection =
+            ConnectionManager::new_lazy_with_config(client, config).map_err(sanitized)?;
+        Ok(Self { connection })
+    }
+
+    /// A store at `url`, as [`open`](Self::open) makes it, connected before it is returned if
+    /// the server answers within a second. At startup, call this rather than `open`: the first
+    /// store operation then does not pay for the connection, which could exceed the
+    /// [store timeout](super::SharedLayer::store_timeout) and make a replica fetch on its own
+    /// just when the fleet starts together. A server that does not answer is not an error: the
+    /// store connects later, as with `open`.
+    ///
+    /// # Errors
+    ///
+    /// As [`open`](Self::open).
+    pub async fn connect(url: &str) -> Result<Self, BoxError> {
+        let store = Self::open(url)?;
+        let mut connection = store.connection.clone();
+        let ping = redis::cmd("PING");
+        let ping = ping.query_async::<()>(&mut connection);
+        let failure = match tokio::time::timeout(Duration::from_secs(1), ping).await {
+            Ok(Ok(())) => None,
+            Ok(Err(error)) => Some(sanitized(error)),
+            Err(_) => Some("no answer within 1 s".into()),
+        };
+        if let Some(error) = failure {
+            tracing::warn!(%error, "the shared token store does not answer yet; connecting later");
+        }
+        Ok(store)
+    }
+
+    /// A store over a connection manager configured by the application.
+    pub fn from_connection(connection: ConnectionManager) -> Self {
+        Self { connection }
+    }
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The connection's info may hold a password.
+        f.debug_struct("RedisStore").finish_non_exhaustive()
+    }
+}
+
+fn lease_key(key: &str) -> String {
+    format!("{key}:lease")
+}
+
+/// A Redis error as text that carries no command arguments or credentials: its kind and code.
+fn sanitized(error: redis::RedisError) -> BoxError {
+    let text = match error.code() {
+        Some(code) => format!("redis error {:?} ({code})", error.kind()),
+        None if error.is_timeout() => "redis: timed out".to_owned(),
+        None if error.is_connection_refusal() => "redis: connection refused".to_owned(),
+        None if error.is_io_error() => "redis: I/O error".to_owned(),
+        None => format!("redis error {:?}", error.kind()),
+    };
+    text.into()
+}
+
+impl TokenStore for RedisStore {
+    fn read<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Stored> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            let (value, lease): (Option<Vec<u8>>, Option<Vec<u8>>) = redis::cmd("MGET")
+                .arg(key)
+                .arg(lease_key(key))
+                .query_async(&mut connection)
+                .await
+                .map_err(sanitized)?;
+            Ok(Stored::new(value, lease.is_some()))
+        })
+    }
+
+    fn try_lease<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            let taken: Option<String> = redis::cmd("SET")
+                .arg(lease_key(key))
+                .arg(owner)
+                .arg("NX")
+                .arg("PX")
+                .arg(millis(ttl))
+                .query_async(&mut connection)
+                .await
+                .map_err(sanitized)?;
+            Ok(taken.is_some())
+        })
+    }
+
+    fn put_if_owner<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            let written: i64 = PUT_IF_OWNER_SCRIPT
+                .key(key)
+                .key(lease_key(key))
+                .arg(owner)
+                .arg(value)
+                .arg(millis(ttl))
+                .invoke_async(&mut connection)
+                .await
+                .map_err(sanitized)?;
+            Ok(written == 1)
+        })
+    }
+
+    fn renew<'a>(&'a self, key: &'a str, owner: &'a str, ttl: Duration) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            let renewed: i64 = RENEW_SCRIPT
+                .key(lease_key(key))
+                .arg(owner)
+                .arg(millis(ttl))
+                .invoke_async(&mut connection)
+                .await
+                .map_err(sanitized)?;
+            Ok(renewed == 1)
+        })
+    }
+
+    fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            let released: i64 = RELEASE_SCRIPT
+                .key(lease_key(key))
+                .arg(owner)
+                .invoke_async(&mut connection)
+                .await
+                .map_err(sanitized)?;
+            Ok(released == 1)
+        })
+    }
+
+    fn delete_if_fingerprint<'a>(
+        &'a self,
+        key: &'a str,
+        fingerprint: &'a [u8],
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            // Lua strings count from 1, both ends included.
+            let deleted: i64 = DELETE_IF_FINGERPRINT_SCRIPT
+                .key(key)
+                .arg(fingerprint)
+                .arg(FINGERPRINT.start + 1)
+                .arg(FINGERPRINT.end)
+                .invoke_async(&mut connection)
+                .await
+                .map_err(sanitized)?;
+            Ok(deleted == 1)
+        })
+    }
+}
+
+/// A time to live in milliseconds, at least one (Redis refuses zero).
+fn millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opening_outside_a_runtime_is_an_error_not_a_panic() {
+        assert!(RedisStore::open("redis://127.0.0.1:1/").is_err());
+    }
+
+    #[tokio::test]
+    async fn errors_name_no_credentials() {
+        assert!(RedisStore::open("not a url").is_err());
+        let error = RedisStore::open("redis+unknown://user:hunter2@127.0.0.1/").unwrap_err();
+        assert!(!error.to_string().contains("hunter2"), "{error}");
+    }
+}

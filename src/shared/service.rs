@@ -1,0 +1,384 @@
+//! [`SharedTokens`]: a token source that looks in the shared store before calling its own.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio::time::Instant;
+use tower::ServiceExt;
+use tower_service::Service;
+
+use super::seal::{self, Garbage, SealingKey};
+use super::store::TokenStore;
+use super::{Config, SharedStats, State};
+use crate::{BoxError, Expiry, Reason, Token, TokenRequest};
+
+/// A token source behind a shared store: made by [`SharedLayer`](super::SharedLayer); see the
+/// [module docs](super).
+///
+/// # Clone
+///
+/// Cloning clones the inner source, which must be `Clone` to be a
+/// [`TokenSource`](crate::TokenSource).
+#[derive(Clone)]
+pub struct SharedTokens<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+pub(super) struct Shared {
+    pub(super) store: Arc<dyn TokenStore>,
+    pub(super) sealing: Arc<SealingKey>,
+    pub(super) config: Config,
+    pub(super) state: Arc<State>,
+    pub(super) random: SystemRandom,
+}
+
+impl<S> SharedTokens<S> {
+    pub(super) fn new(inner: S, shared: Arc<Shared>) -> Self {
+        Self { inner, shared }
+    }
+
+    /// What this service's layer has done so far (counted across its clones).
+    pub fn stats(&self) -> SharedStats {
+        self.shared.state.stats()
+    }
+
+    /// The inner source.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner source, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner source.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for SharedTokens<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedTokens")
+            .field("inner", &self.inner)
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Service<TokenRequest> for SharedTokens<S>
+where
+    S: Service<TokenRequest, Response = Token> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = Token;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Token, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // The inner source is made ready only if the store cannot answer: see `fetch`.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: TokenRequest) -> Self::Future {
+        let inner = self.inner.clone();
+        let flow = Flow {
+            key: seal::store_key(
+                &self.shared.config.prefix,
+                &self.shared.config.identity,
+                request.key(),
+            ),
+            replacing: request
+                .current()
+                .map(|token| self.shared.sealing.fingerprint(token.access_token())),
+            shared: self.shared.clone(),
+            inner,
+            request,
+        };
+        Box::pin(flow.run())
+    }
+}
+
+/// One token request's way through the store.
+struct Flow<S> {
+    shared: Arc<Shared>,
+    inner: S,
+    request: TokenRequest,
+    key: String,
+    /// The fingerprint of the token the cache replaces, to delete it from the store if it was
+    /// rejected. (It is never handed back: see `usable`.)
+    replacing: Option<[u8; 32]>,
+}
+
+/// The store failed (and it was counted and logged): go on without it.
+struct Unavailable;
+
+impl<S> Flow<S>
+where
+    S: Service<TokenRequest, Response = Token> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    async fn run(self) -> Result<Token, BoxError> {
+        let shared = self.shared.clone();
+        if let (Reason::Rejected, Some(fingerprint)) = (self.request.reason(), &self.replacing) {
+            let store = &shared.store;
+            match shared
+                .op(store.delete_if_fingerprint(&self.key, fingerprint))
+                .await
+            {
+                Ok(true) => {
+                    shared.state.deletes.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!("rejected token deleted from the shared store");
+                }
+                Ok(false) => {}
+                Err(Unavailable) => return self.bypass().await,
+            }
+        }
+        let deadline = Instant::now() + shared.config.max_wait;
+        let mut waited = false;
+        loop {
+            let Ok(stored) = shared.op(shared.store.read(&self.key)).await else {
+                return self.bypass().await;
+            };
+            if let Some(token) = self.usable(stored.value.as_deref(), true) {
+                shared.state.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(token);
+            }
+            if !stored.leased {
+                let owner = shared.owner_id();
+                let lease = shared
+                    .store
+                    .try_lease(&self.key, &owner, shared.config.lease_ttl);
+                match shared.op(lease).await {
+                    Ok(true) => return self.fetch_leased(owner).await,
+                    Ok(false) => {}
+                    Err(Unavailable) => return self.bypass().await,
+                }
+            }
+            if !std::mem::replace(&mut waited, true) {
+                shared.state.lease_waits.fetch_add(1, Ordering::Relaxed);
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    max_wait = ?shared.config.max_wait,
+                    "waited too long for another replica's token fetch; fetching without the \
+                     shared store"
+                );
+                return self.bypass().await;
+            }
+            tokio::time::sleep(shared.poll_delay()).await;
+        }
+    }
+
+    /// The token a stored value holds, if it may be handed out. A value that does not open is
+    /// counted and logged if `report` (once per request: not again when read after the lease).
+    fn usable(&self, value: Option<&[u8]>, report: bool) -> Option<Token> {
+        let shared = &self.shared;
+        let opened = match shared.sealing.open(value?, &self.key) {
+            Ok(opened) => opened,
+            Err(_) if !report => return None,
+            Err(Garbage(what)) => {
+                shared.state.store_errors.fetch_add(1, Ordering::Relaxed);
+                if !shared.state.garbage.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        found = what,
+                        "the shared store holds a token this replica cannot use; fetching a new \
+                         one (logged once until a stored token opens again)"
+                    );
+                }
+                return None;
+            }
+        };
+        shared.state.garbage.store(false, Ordering::Relaxed);
+        if self.request.current().map(Token::access_token) == Some(opened.token.access_token()) {
+            return None;
+        }
+        let now = seal::unix_ms_in(Duration::ZERO);
+        let remaining = Duration::from_millis(opened.expires_at_ms.saturating_sub(now));
+        (remaining >= shared.config.min_remaining).then(|| opened.token.with_expires_in(remaining))
+    }
+
+    /// With the lease: fetches from the source and writes the token for the others.
+    async fn fetch_leased(self, owner: String) -> Result<Token, BoxError> {
+        let shared = self.shared.clone();
+        let mut lease = Lease {
+            shared: Some(shared.clone()),
+            key: self.key.clone(),
+            owner,
+        };
+        // Another replica may have written the token between this one's read and its lease.
+        match shared.op(shared.store.read(&self.key)).await {
+            Ok(stored) => {
+                if let Some(token) = self.usable(stored.value.as_deref(), false) {
+                    shared.state.hits.fetch_add(1, Ordering::Relaxed);
+                    lease.release().await;
+                    return Ok(token);
+                }
+            }
+            Err(Unavailable) => {
+                lease.release().await;
+                return self.bypass().await;
+            }
+        }
+        shared.state.misses.fetch_add(1, Ordering::Relaxed);
+        let sent_at = Instant::now();
+        let lease_ttl = shared.config.lease_ttl;
+        let (inner, request) = (self.inner, self.request);
+        let mut fetch =
+            std::pin::pin!(async move { inner.oneshot(request).await.map_err(Into::into) });
+        let mut renew_at = sent_at + lease_ttl / 3;
+        // Renewed while the fetch runs, so that a slow token endpoint does not make the lease
+        // expire and a second replica fetch; only a dead replica's lease expires.
+        let fetched = loop {
+            match tokio::time::timeout_at(renew_at, &mut fetch).await {
+                Ok(result) => break result,
+                Err(_) => {
+                    renew_at += lease_ttl / 3;
+                    let renew = shared.store.renew(&lease.key, &lease.owner, lease_ttl);
+                    if let Ok(false) = shared.op(renew).await {
+                        tracing::debug!("the lease could not be renewed during a slow fetch");
+                    }
+                }
+            }
+        };
+        let token = match fetched {
+            Ok(token) => token,
+            Err(error) => {
+                lease.release().await;
+                return Err(error);
+            }
+        };
+        let remaining = match token.expiry() {
+            None => shared.config.default_lifetime,
+            Some(Expiry::In(lifetime)) => lifetime.saturating_sub(sent_at.elapsed()),
+            Some(Expiry::At(deadline)) => deadline.saturating_duration_since(Instant::now()),
+        };
+        let sealed = (remaining > shared.config.min_remaining)
+            .then(|| {
+                let expires_at = seal::unix_ms_in(remaining);
+                shared
+                    .sealing
+                    .seal(&token, expires_at, &self.key, &shared.random)
+            })
+            .flatten();
+        let Some(value) = sealed else {
+            lease.release().await;
+            return Ok(token);
+        };
+        let store = &shared.store;
+        let put = store.put_if_owner(&lease.key, &lease.owner, &value, remaining);
+        match shared.op(put).await {
+            Ok(true) => {}
+            Ok(false) => tracing::debug!(
+                "the lease expired during the fetch; the token is used here but not shared"
+            ),
+            Err(Unavailable) => {}
+        }
+        lease.shared = None;
+        Ok(token)
+    }
+
+    /// Calls the source as if there were no shared store.
+    async fn bypass(self) -> Result<Token, BoxError> {
+        self.shared.state.bypasses.fetch_add(1, Ordering::Relaxed);
+        self.inner.oneshot(self.request).await.map_err(Into::into)
+    }
+}
+
+/// A lease held: released when the flow is done with it, or, if the flow is dropped (the
+/// cache's fetch timeout), from a task of its own.
+struct Lease {
+    shared: Option<Arc<Shared>>,
+    key: String,
+    owner: String,
+}
+
+impl Lease {
+    async fn release(&mut self) {
+        if let Some(shared) = self.shared.take() {
+            let _ = shared
+                .op(shared.store.release(&self.key, &self.owner))
+                .await;
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let Some(shared) = self.shared.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (key, owner) = (
+            std::mem::take(&mut self.key),
+            std::mem::take(&mut self.owner),
+        );
+        runtime.spawn(async move {
+            let _ = shared.op(shared.store.release(&key, &owner)).await;
+        });
+    }
+}
+
+impl Shared {
+    /// Runs a store operation within the store timeout, counting and logging a failure once per
+    /// episode.
+    async fn op<T>(
+        &self,
+        operation: impl Future<Output = Result<T, BoxError>>,
+    ) -> Result<T, Unavailable> {
+        let timeout = self.config.store_timeout;
+        let failure = match tokio::time::timeout(timeout, operation).await {
+            Ok(Ok(value)) => {
+                if self.state.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!("the shared token store answers again; sharing tokens");
+                }
+                return Ok(value);
+            }
+            Ok(Err(error)) => error,
+            Err(_) => format!("no answer within {timeout:?}").into(),
+        };
+        self.state.store_errors.fetch_add(1, Ordering::Relaxed);
+        if !self.state.failing.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                error = %failure,
+                "the shared token store failed; tokens are fetched by each replica until it \
+                 answers again (logged once per episode)"
+            );
+        }
+        Err(Unavailable)
+    }
+
+    /// A lease owner id: random, so that no two replicas (or requests) share one.
+    fn owner_id(&self) -> String {
+        static FALLBACK: AtomicU64 = AtomicU64::new(0);
+        let mut bytes = [0u8; 16];
+        if self.random.fill(&mut bytes).is_err() {
+            // Unique within the process at least; the process id separates replicas.
+            let n = FALLBACK.fetch_add(1, Ordering::Relaxed);
+            bytes[..8].copy_from_slice(&n.to_be_bytes());
+            bytes[8..12].copy_from_slice(&std::process::id().to_be_bytes());
+        }
+        bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+    }
+
+    /// The poll interval plus a random part of up to as much again.
+    fn poll_delay(&self) -> Duration {
+        let mut bytes = [0u8; 2];
+        let _ = self.random.fill(&mut bytes);
+        let unit = f64::from(u16::from_be_bytes(bytes)) / f64::from(u16::MAX);
+        let interval = self.config.poll_interval;
+        interval + interval.mul_f64(unit)
+    }
+}

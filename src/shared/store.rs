@@ -1,0 +1,98 @@
+//! The store the replicas share: [`TokenStore`].
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use crate::BoxError;
+
+/// The future of a [`TokenStore`] operation.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send + 'a>>;
+
+/// What a store holds under a token's key: the stored value, and whether a replica holds the
+/// lease to fetch it.
+#[derive(Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stored {
+    /// The value last written with [`TokenStore::put_if_owner`], unless it expired or was
+    /// deleted.
+    pub value: Option<Vec<u8>>,
+    /// Whether the lease is held.
+    pub leased: bool,
+}
+
+impl Stored {
+    /// What a store read: a value (or none) and whether the lease is held.
+    pub fn new(value: Option<Vec<u8>>, leased: bool) -> Self {
+        Self { value, leased }
+    }
+}
+
+impl fmt::Debug for Stored {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A value stored in clear is a token: show its size only.
+        f.debug_struct("Stored")
+            .field("value_len", &self.value.as_ref().map(Vec::len))
+            .field("leased", &self.leased)
+            .finish()
+    }
+}
+
+/// A store shared by the replicas of a fleet: one value and one lease per key, each with a
+/// time to live.
+///
+/// [`RedisStore`](super::RedisStore) implements it on Redis and Valkey. Another store needs the
+/// same atomic operations: a conditional write that checks the lease's owner, and a delete that
+/// checks the value's fingerprint, each done by the store itself, not read-then-write by the
+/// client. Operations may take as long as they like: [`SharedTokens`](super::SharedTokens)
+/// bounds each one with its [store timeout](super::SharedLayer::store_timeout), and treats an
+/// error like a store that is down.
+///
+/// Keys are text without secrets; values are opaque bytes (a sealed token).
+pub trait TokenStore: Send + Sync + 'static {
+    /// The value under `key` and whether its lease is held, read together.
+    fn read<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Stored>;
+
+    /// Takes the lease of `key` for `owner` for `ttl`, if no one holds it. Returns whether it
+    /// was taken.
+    fn try_lease<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, bool>;
+
+    /// If `owner` still holds the lease of `key`: writes `value` with a time to live of `ttl`
+    /// and releases the lease, atomically. Returns whether it wrote.
+    fn put_if_owner<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> StoreFuture<'a, bool>;
+
+    /// Extends the lease of `key` to `ttl` from now if `owner` holds it, atomically. Returns
+    /// whether it did. A replica whose fetch outlasts a third of the lease's time to live
+    /// renews it, so that only a dead replica's lease expires.
+    ///
+    /// Default: renews nothing (returns `false`): a fetch longer than the lease's time to live
+    /// then lets a second replica fetch.
+    fn renew<'a>(&'a self, key: &'a str, owner: &'a str, ttl: Duration) -> StoreFuture<'a, bool> {
+        let _ = (key, owner, ttl);
+        Box::pin(std::future::ready(Ok(false)))
+    }
+
+    /// Releases the lease of `key` if `owner` holds it. Returns whether it did.
+    fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> StoreFuture<'a, bool>;
+
+    /// Deletes the value under `key` if the bytes at
+    /// [`FINGERPRINT`](super::FINGERPRINT) of the stored value equal `fingerprint`,
+    /// atomically. Returns whether it deleted.
+    fn delete_if_fingerprint<'a>(
+        &'a self,
+        key: &'a str,
+        fingerprint: &'a [u8],
+    ) -> StoreFuture<'a, bool>;
+}
