@@ -581,8 +581,12 @@ async fn a_still_valid_token_is_used_while_refreshes_fail() {
             }
         })
     };
-    let svc = BearerAuth::new(api(None, Arc::default()), source);
-    // The usable life ends at 75 s (100 s minus a 25 s skew); the refresh starts by 37.5 s.
+    // The fixed window of 0.x gives the failing refreshes a long time to be retried in: the
+    // usable life ends at 75 s (100 s minus a 25 s skew); the refresh starts by 37.5 s.
+    let cache = TokenCache::builder(source)
+        .refresh_ahead(Duration::from_secs(300))
+        .build();
+    let svc = BearerAuth::from_cache(api(None, Arc::default()), cache);
     for _ in 0..740 {
         let response = svc.clone().oneshot(get("http://api.test/")).await.unwrap();
         assert_eq!(response.body(), "Bearer tok-1");
@@ -810,10 +814,11 @@ async fn tokens_without_expiry_live_for_the_default_lifetime() {
     };
     let cache = TokenCache::builder(source)
         .default_lifetime(Duration::from_secs(60))
+        .refresh_ahead(Duration::from_secs(300))
         .jitter(0.0)
         .build();
     cache.token().await.unwrap();
-    // Usable until 45 s (60 s minus a 15 s skew); refreshed ahead from 22.5 s. Sleeping
+    // With the fixed window of 0.x: usable until 45 s (60 s minus a 15 s skew); refreshed ahead from 22.5 s. Sleeping
     // (rather than advancing the clock) lets the cache's timers run first.
     tokio::time::sleep(Duration::from_secs(22)).await;
     cache.token().await.unwrap();

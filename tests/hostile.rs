@@ -583,9 +583,10 @@ fn the_first_token_of_a_refresh_source_is_not_served_dead() {
         let token = cache.token().await.unwrap();
         assert_eq!(token.access_token().secret(), "tok-first");
         assert_eq!(endpoint.calls(), 3);
-        // Its 3 s left make it usable for 2.25 s (the skew takes a quarter), refreshed ahead
-        // from 0.84 s to 1.125 s before that: the first use after 1.5 s starts the refresh.
-        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        // Its 3 s left make it usable for 2 s (a skew of 1 s), refreshed ahead from 0.125 s to
+        // 0.1 s before that (a twentieth of its usable life, widened by the jitter): the first
+        // use after 1.9 s starts the refresh.
+        tokio::time::sleep(Duration::from_millis(1_900)).await;
         assert_eq!(
             cache.token().await.unwrap().access_token().secret(),
             "tok-first"

@@ -18,8 +18,10 @@ pub(super) const MAX_LIFETIME: Duration = Duration::from_secs(86_400 * 365 * 30)
 
 #[derive(Clone, Debug)]
 pub(super) struct Config {
-    pub(super) expiry_skew: Duration,
-    pub(super) refresh_ahead: Duration,
+    /// `None`: the default, which depends on the lifetime (see
+    /// [`TokenCacheBuilder::expiry_skew`]).
+    pub(super) expiry_skew: Option<Duration>,
+    pub(super) refresh_ahead: RefreshAhead,
     pub(super) jitter: f64,
     pub(super) default_lifetime: Duration,
     pub(super) fetch_timeout: Duration,
@@ -32,8 +34,8 @@ pub(super) struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            expiry_skew: Duration::from_secs(30),
-            refresh_ahead: Duration::from_secs(300),
+            expiry_skew: None,
+            refresh_ahead: RefreshAhead::Adaptive,
             jitter: 0.25,
             default_lifetime: Duration::from_secs(3600),
             fetch_timeout: Duration::from_secs(30),
@@ -45,19 +47,68 @@ impl Default for Config {
     }
 }
 
+/// When a token's background refresh starts: set with [`TokenCacheBuilder::refresh_ahead_mode`]
+/// (or [`TokenCacheBuilder::refresh_ahead`], which picks a fixed window).
+///
+/// Whichever is chosen, the refresh is started by the first request after the refresh point,
+/// not by a timer: an idle client does not keep fetching tokens nobody uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RefreshAhead {
+    /// The default: refresh as late as is safe, from what the cache has seen of its source.
+    ///
+    /// Each cache (each key of a [`KeyedCache`](super::KeyedCache)) keeps the latencies of its
+    /// last 8 successful fetches, from sending the request to the answer. A token's refresh
+    /// starts before its usable end by 3 times the slowest of them, or by a twentieth of its
+    /// usable life if that is more (so that steady traffic lands a request in the window: a
+    /// client sending requests at least every twentieth of the usable life, less a fetch, never
+    /// waits), widened by the [jitter](TokenCacheBuilder::jitter). The first token is planned
+    /// from its own fetch, which includes connecting to the endpoint and so tends to be the
+    /// slowest. A token is still used for a fifth of its usable life before its refresh starts,
+    /// so that a token that lives barely longer than a fetch does not refresh in a loop.
+    ///
+    /// A token endpoint answering within its usual latency (up to about three times the
+    /// slowest of the last eight fetches) then never makes a request wait, and tokens are used
+    /// for about 90 % of their usable life (at least 85 % for lifetimes from 5 s to 1 h and
+    /// latencies up to 200 ms, or up to 2 s for lifetimes of a minute and more). The price: a
+    /// refresh that fails has the margin only to be retried in (a twentieth of the usable life,
+    /// 3 minutes for an hour's token), where a fixed 5-minute window leaves more; choose
+    /// [`Fixed`](Self::Fixed) when riding out long token endpoint outages matters more than the
+    /// number of token requests.
+    Adaptive,
+    /// The refresh starts this long before the usable end, at most half of the usable life
+    /// counted from when the token was requested, widened by the jitter up to 5/8 of it (so a
+    /// token is used for at least 3/8 of it); the expiry skew is at most a quarter of the
+    /// lifetime. This is the timeline of tower-bearer 0.x, whose default was
+    /// `Fixed(Duration::from_secs(300))`.
+    Fixed(Duration),
+}
+
 /// Configures a [`TokenCache`]. Made by [`TokenCache::builder`].
 ///
-/// The timeline of one token, with its lifetime `L` counted from when its request was sent:
+/// The timeline of one token, with its lifetime `L` counted from when its request was sent (an
+/// OAuth 2.0 `expires_in` counts from then):
 ///
 /// ```text
-/// sent ──────────────── refresh ahead ──────── usable end ── stated expiry
-///  0                      U − A·(1+j)             U = L − S        L
+/// sent ──── arrived ──────────── refresh starts ──── usable end ── stated expiry
+///  0          F                   E − M               E = L − S        L
+///             └────────────── usable life ───────────┘
 /// ```
 ///
-/// where `S` is the [expiry skew](Self::expiry_skew) (at most `L/4`), `A` the
-/// [refresh-ahead](Self::refresh_ahead) window (at most `U/2`) and `j` a random
-/// [jitter](Self::jitter) fraction. A token is always used for at least `3/8` of its usable life
-/// before a refresh starts, so short-lived tokens do not refresh in a loop.
+/// - `F` is how long the fetch took: the token arrives then.
+/// - `S` is the [expiry skew](Self::expiry_skew): the token is not sent after its *usable end*
+///   `E` (which is never less than the [`min_lifetime`](Self::min_lifetime) floor).
+/// - The token's *usable life* is the time from its arrival to its usable end, `E − F`: the
+///   time it can actually be sent in. (Should the fetch take longer than `E`, it is zero and
+///   the token is not used.)
+/// - `M` is the refresh-ahead margin: by default [adaptive](RefreshAhead::Adaptive) (a safe
+///   multiple of the slowest recent fetch, at least a twentieth of the usable life), or
+///   [fixed](RefreshAhead::Fixed); widened by a random [jitter](Self::jitter) so that a fleet
+///   of clients does not refresh in lockstep.
+///
+/// A refresh that takes its usual time ends before `E`, so its token replaces the current one
+/// without any request waiting: the current token was used from `F` to `E − M + F'` (`F'` the
+/// refresh's own latency), that is for `1 − (M − F') / (E − F)` of its usable life.
 ///
 /// Two floors keep a misbehaving server from making the cache call its source on every request:
 ///
@@ -107,32 +158,53 @@ impl TokenCacheBuilder {
         self
     }
 
-    /// How long before its stated expiry a token stops being used, to absorb clock skew and the
-    /// time a request spends in flight.
+    /// How long before its stated expiry a token stops being used (its usable end), to absorb
+    /// the time a request carrying it spends in flight and the rounding of lifetimes to whole
+    /// seconds: a server stating `expires_in: 5` may count it from the start of the second it
+    /// issued the token in, so the token can die up to a second early. A value set here is used
+    /// as given, up to a quarter of the token's lifetime.
     ///
-    /// Default: 30 seconds, and never more than a quarter of the token's lifetime.
+    /// Default: a twentieth of the token's lifetime, at least 1 second and at most 30 seconds,
+    /// and never more than half of the lifetime (1 s of a 5 s token, 3 s of a minute's, 30 s
+    /// from 10 minutes on). With a [fixed](RefreshAhead::Fixed) refresh-ahead window, the
+    /// default of 0.x: 30 seconds, and never more than a quarter of the lifetime.
     pub fn expiry_skew(mut self, skew: Duration) -> Self {
-        self.config.expiry_skew = skew;
+        self.config.expiry_skew = Some(skew);
         self
     }
 
-    /// How long before the end of a token's usable life one background refresh starts, while
-    /// requests keep using the current token.
+    /// A fixed refresh-ahead window: one background refresh starts this long before the end of
+    /// a token's usable life, while requests keep using the current token. Same as
+    /// `refresh_ahead_mode(RefreshAhead::Fixed(window))`; see [`RefreshAhead::Fixed`].
     ///
     /// The refresh is started by the first request inside this window, not by a timer: an idle
     /// client does not keep fetching tokens nobody uses, and its first request after the token's
     /// usable life waits for a new one.
     ///
-    /// Default: 5 minutes, and never more than half of the token's usable life.
+    /// Default: not fixed, but [adaptive](RefreshAhead::Adaptive): the refresh starts 3 times
+    /// the slowest recent fetch (at least a twentieth of the usable life) before the usable end.
+    /// Until 0.x the default was a fixed window of 5 minutes, never more than half of the
+    /// token's usable life: `refresh_ahead(Duration::from_secs(300))` restores it.
     pub fn refresh_ahead(mut self, window: Duration) -> Self {
-        self.config.refresh_ahead = window;
+        self.config.refresh_ahead = RefreshAhead::Fixed(window);
         self
     }
 
-    /// How much the refresh-ahead window is randomly widened, as a fraction of it, so that a
-    /// fleet of clients started together does not refresh in lockstep. Clamped to `0.0..=1.0`.
+    /// When a token's background refresh starts: as late as is safe given the latencies seen
+    /// ([`RefreshAhead::Adaptive`]), or a fixed window before its usable end
+    /// ([`RefreshAhead::Fixed`]).
     ///
-    /// Default: `0.25` (the window grows by 0 to 25 %).
+    /// Default: [`RefreshAhead::Adaptive`].
+    pub fn refresh_ahead_mode(mut self, mode: RefreshAhead) -> Self {
+        self.config.refresh_ahead = mode;
+        self
+    }
+
+    /// How much the refresh-ahead margin is randomly widened, as a fraction of it, so that a
+    /// fleet of clients started together does not refresh in lockstep. It only ever moves a
+    /// refresh earlier. Clamped to `0.0..=1.0`.
+    ///
+    /// Default: `0.25` (the margin grows by 0 to 25 %).
     pub fn jitter(mut self, fraction: f64) -> Self {
         self.config.jitter = if fraction.is_nan() {
             0.0

@@ -13,6 +13,7 @@ use tower::ServiceExt;
 
 use super::builder::{Config, MAX_LIFETIME};
 use super::entry::{arm, rearm_at, Entry, DUE, EXPIRED, FRESH, KICKED};
+use super::timing::{plan, Plan};
 use super::{Outcome, Shared, Slow};
 use crate::error::{Chain, ErrorKind};
 use crate::shown::shown;
@@ -236,17 +237,19 @@ impl Shared {
                  (TokenCacheBuilder::min_lifetime; logged once per cache)"
             );
         }
-        let skew = config.expiry_skew.min(lifetime / 4);
-        let usable_for = (lifetime - skew).max(floor);
-        let window = config.refresh_ahead.min(usable_for / 2);
-        // Jitter widens the window, but a token is still used for 3/8 of its usable life.
-        let window =
-            (window + window.mul_f64(config.jitter * random_unit())).min(usable_for * 5 / 8);
-        let expires_at = sent_at + usable_for;
-        // Not refreshed before the floor either: lifetimes cause one fetch per floor at most.
-        let refresh_at = (expires_at - window).max(sent_at + floor);
-
         let now = Instant::now();
+        let latency_high = {
+            let mut slow = self.lock_slow();
+            slow.latencies
+                .record(now.saturating_duration_since(sent_at));
+            slow.latencies.high()
+        };
+        let Plan {
+            usable_for,
+            expires_at,
+            refresh_at,
+        } = plan(config, lifetime, sent_at, now, latency_high, random_unit());
+
         let phase = if now >= expires_at {
             EXPIRED
         } else if now >= refresh_at {
