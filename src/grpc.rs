@@ -42,6 +42,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::auth::{grpc_unauthenticated, BearerAuthLayer, Config};
+use crate::cache::Rejection;
 
 /// Drops the token of a gRPC call whose trailers say UNAUTHENTICATED: put it under the
 /// [`BearerAuthLayer`] whose tokens it watches.
@@ -189,7 +190,7 @@ impl Watch {
             };
             if !rejected {
                 // Already replaced: still a rejection the server made.
-                self.config.cache.count_rejection();
+                self.config.cache.count_rejection(Rejection::Replaced);
             }
         }
     }

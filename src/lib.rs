@@ -73,6 +73,9 @@
 //! | [`auth`] | the middleware: [`BearerAuthLayer`], [`BearerAuth`], its [`ResponseFuture`](auth::ResponseFuture), [`Destinations`](auth::Destinations), and what a response says about its token |
 //! | [`grpc`], `oauth2` | gRPC trailers; the OAuth 2.0 grants (feature `oauth2`, on by default) |
 //!
+//! With the feature `metrics`, the module `metrics` lists the counters and histograms the caches
+//! record (fetches, failures, waits, rejections, replays) through the `metrics` crate's facade.
+//!
 //! The crate root re-exports what most programs name; secondary types (futures, builders,
 //! statistics, parse errors) are reached through their module.
 //!
@@ -93,6 +96,11 @@ pub mod challenge;
 mod error;
 pub mod grpc;
 pub mod key;
+// Without the feature, its hooks are empty functions the cache calls all the same.
+#[cfg(feature = "metrics")]
+pub mod metrics;
+#[cfg(not(feature = "metrics"))]
+mod metrics;
 #[cfg(feature = "oauth2")]
 pub mod oauth2;
 pub mod origin;
@@ -117,7 +125,7 @@ pub use token::{AccessToken, Expiry, Reason, RefreshToken, Token, TokenRequest};
 /// The README's code, compiled and run as doc tests (it uses the optional features: the test
 /// command runs with all of them).
 #[doc = include_str!("../README.md")]
-#[cfg(all(doctest, feature = "tonic", feature = "axum"))]
+#[cfg(all(doctest, feature = "tonic", feature = "axum", feature = "metrics"))]
 pub struct ReadmeDoctests;
 
 /// A type-erased error, as tower uses.

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 const LEVELS: &[(&str, u8)] = &[
     ("error", 0),
     ("key", 0),
+    ("metrics", 0),
     ("shown", 0),
     ("token", 0),
     ("source", 1),

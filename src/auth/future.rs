@@ -189,9 +189,9 @@ where
                         return Poll::Ready(Ok(response));
                     }
                     let cache = &this.config.cache;
-                    cache.count_rejection();
                     let id = *id;
                     let rejection = cache.reject(id);
+                    cache.count_rejection(rejection);
                     let replay = replay.and_then(|(kept, spare)| {
                         let req = this.policy.replay(kept)?;
                         let inner = spare.lock().unwrap_or_else(PoisonError::into_inner).clone();
@@ -259,9 +259,9 @@ where
                             token.id = *id,
                             "the replay was rejected too; returning the rejection"
                         );
-                        this.config.cache.count_rejection();
+                        let rejection = this.config.cache.reject(*id);
+                        this.config.cache.count_rejection(rejection);
                         this.config.cache.count_replay_rejection();
-                        let _ = this.config.cache.reject(*id);
                     }
                     return Poll::Ready(Ok(response));
                 }

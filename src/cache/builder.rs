@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use super::local::Hits;
 use super::{Counters, Shared, Slow, TokenCache};
+use crate::metrics::CacheLabel;
 use crate::source::BoxSource;
 
 /// Lifetimes are capped so that adding them to an `Instant` can never overflow (Tokio caps its
@@ -29,6 +30,8 @@ pub(super) struct Config {
     pub(super) backoff_max: Duration,
     pub(super) min_lifetime: Duration,
     pub(super) rejection_interval: Duration,
+    /// The `cache` label of this cache's metrics.
+    pub(super) metrics: CacheLabel,
 }
 
 impl Default for Config {
@@ -43,6 +46,7 @@ impl Default for Config {
             backoff_max: Duration::from_secs(60),
             min_lifetime: Duration::from_secs(1),
             rejection_interval: Duration::from_secs(10),
+            metrics: CacheLabel::default(),
         }
     }
 }
@@ -283,6 +287,19 @@ impl TokenCacheBuilder {
     /// Default: 10 seconds.
     pub fn rejection_interval(mut self, interval: Duration) -> Self {
         self.config.rejection_interval = interval.min(MAX_LIFETIME);
+        self
+    }
+
+    /// The value of the label `cache` on every [metric](crate::metrics) this cache records (each
+    /// key's, for a [keyed cache](Self::build_keyed)), to tell apart the caches of one process:
+    /// one per API, or per set of credentials. Give each cache a fixed name from your
+    /// configuration, never something that varies per request: each name is a time series of
+    /// its own.
+    ///
+    /// Default: none (the metrics carry no `cache` label).
+    #[cfg(feature = "metrics")]
+    pub fn metrics_label(mut self, name: impl Into<String>) -> Self {
+        self.config.metrics = CacheLabel::named(name.into());
         self
     }
 

@@ -16,6 +16,7 @@ use super::entry::{arm, rearm_at, Entry, DUE, EXPIRED, FRESH, KICKED};
 use super::timing::{plan, Plan};
 use super::{Outcome, Shared, Slow};
 use crate::error::{Chain, ErrorKind};
+use crate::metrics;
 use crate::shown::shown;
 use crate::source::{RetryHint, SourceError};
 use crate::stamp::{Stamp, Unstampable};
@@ -40,6 +41,7 @@ impl Shared {
                     (slow.retry_at, &slow.last_error, forced)
                 {
                     if Instant::now() < retry_at {
+                        metrics::backoff_refusal(&self.config.metrics);
                         return Err(error.clone());
                     }
                 }
@@ -55,6 +57,7 @@ impl Shared {
                 launch = Some(self.claim_fetch(&mut slow, reason, replacing)?);
             }
             self.counters.waits.fetch_add(1, Ordering::Relaxed);
+            metrics::wait(&self.config.metrics);
             (self.outcome.subscribe(), launch)
         };
         // Spawned after the lock is released: on a runtime that is shutting down, `spawn` drops
@@ -62,13 +65,16 @@ impl Shared {
         if let Some(launch) = launch {
             launch.spawn();
         }
-        match outcome.changed().await {
+        let waiting = metrics::Stopwatch::start();
+        let result = match outcome.changed().await {
             Ok(()) => match &*outcome.borrow_and_update() {
                 Some(result) => result.clone(),
                 None => Err(Error::new(ErrorKind::Cancelled, None)),
             },
             Err(_) => Err(Error::new(ErrorKind::Cancelled, None)),
-        }
+        };
+        metrics::waited(&self.config.metrics, waiting);
+        result
     }
 
     /// Starts a background refresh for a token that is due for one, unless a fetch is already
@@ -156,6 +162,7 @@ impl Shared {
             }
             Err(error) if back_off => {
                 self.counters.fetch_failures.fetch_add(1, Ordering::Relaxed);
+                metrics::fetch_failure(&self.config.metrics, error.kind());
                 slow.failures = slow.failures.saturating_add(1);
                 let delay = self.backoff(slow.failures, error);
                 let now = Instant::now();
@@ -299,6 +306,7 @@ async fn fetch(guard: FetchGuard, reason: Reason, replacing: Option<Arc<Token>>)
     let shared = guard.shared.clone();
     let sent_at = Instant::now();
     shared.counters.fetches.fetch_add(1, Ordering::Relaxed);
+    metrics::fetch(&shared.config.metrics, reason);
     tracing::debug!(?reason, "fetching a token");
     let source = shared
         .source
@@ -323,6 +331,7 @@ async fn fetch(guard: FetchGuard, reason: Reason, replacing: Option<Arc<Token>>)
         }),
         Err(_) => Err(Error::timeout(timeout)),
     };
+    metrics::fetch_done(&shared.config.metrics, sent_at.elapsed(), result.is_ok());
     if let Some((entry, retry_at)) = guard.complete(result, sent_at) {
         // A background refresh failed while the token is still valid: try again once the
         // backoff is over, on the next request after it.

@@ -34,6 +34,7 @@ pub(crate) use entry::Entry;
 pub use keyed::KeyedCache;
 pub(crate) use local::Local;
 
+use crate::metrics;
 use crate::source::BoxSource;
 use crate::stamp::Stripe;
 use crate::{Error, Reason, Token, TokenSource};
@@ -299,8 +300,8 @@ impl TokenCache {
             }
             entry.id
         };
-        self.count_rejection();
-        let _ = self.shared.reject(id);
+        let rejection = self.shared.reject(id);
+        self.count_rejection(rejection);
         true
     }
 
@@ -309,11 +310,18 @@ impl TokenCache {
         self.shared.lock_slow().fetching
     }
 
-    pub(crate) fn count_rejection(&self) {
+    /// Counts a response's rejection of a token, with what [`reject`](Self::reject) did.
+    pub(crate) fn count_rejection(&self, rejection: Rejection) {
         self.shared
             .counters
             .rejections
             .fetch_add(1, Ordering::Relaxed);
+        let outcome = match rejection {
+            Rejection::Dropped => "dropped",
+            Rejection::Replaced => "replaced",
+            Rejection::Kept => "kept",
+        };
+        metrics::rejection(&self.shared.config.metrics, outcome);
     }
 
     pub(crate) fn count_replay_rejection(&self) {
@@ -321,10 +329,12 @@ impl TokenCache {
             .counters
             .replay_rejections
             .fetch_add(1, Ordering::Relaxed);
+        metrics::replay_rejection(&self.shared.config.metrics);
     }
 
     pub(crate) fn count_replay(&self) {
         self.shared.counters.replays.fetch_add(1, Ordering::Relaxed);
+        metrics::replay(&self.shared.config.metrics);
     }
 }
 
