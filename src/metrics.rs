@@ -281,8 +281,7 @@ pub(crate) fn replay_rejection(cache: &CacheLabel) {
 }
 
 /// A token was found in the shared store.
-// Called by the shared store (feature `redis`), which is not there yet.
-#[allow(dead_code)]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 #[inline]
 pub(crate) fn store_hit(cache: &CacheLabel) {
     #[cfg(feature = "metrics")]
@@ -290,8 +289,7 @@ pub(crate) fn store_hit(cache: &CacheLabel) {
 }
 
 /// The shared store held no token for the lookup.
-// Called by the shared store (feature `redis`), which is not there yet.
-#[allow(dead_code)]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 #[inline]
 pub(crate) fn store_miss(cache: &CacheLabel) {
     #[cfg(feature = "metrics")]
@@ -299,8 +297,7 @@ pub(crate) fn store_miss(cache: &CacheLabel) {
 }
 
 /// This replica waits for another one holding the fetch lease.
-// Called by the shared store (feature `redis`), which is not there yet.
-#[allow(dead_code)]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 #[inline]
 pub(crate) fn store_lease_wait(cache: &CacheLabel) {
     #[cfg(feature = "metrics")]
@@ -308,8 +305,7 @@ pub(crate) fn store_lease_wait(cache: &CacheLabel) {
 }
 
 /// A shared-store operation failed or timed out.
-// Called by the shared store (feature `redis`), which is not there yet.
-#[allow(dead_code)]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 #[inline]
 pub(crate) fn store_error(cache: &CacheLabel) {
     #[cfg(feature = "metrics")]

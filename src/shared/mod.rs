@@ -119,6 +119,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::metrics::{self, CacheLabel};
 use tower_layer::Layer;
 
 pub use self::redis::RedisStore;
@@ -163,6 +164,31 @@ pub(crate) struct State {
     pub(crate) failing: AtomicBool,
     /// Whether a value that does not open was logged, since the last one that opened.
     pub(crate) garbage: AtomicBool,
+    /// The `cache` label of this level's [metrics](crate::metrics).
+    pub(crate) label: CacheLabel,
+}
+
+// Each count goes to `SharedStats` and to the metrics recorder, if any.
+impl State {
+    pub(crate) fn hit(&self) {
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        metrics::store_hit(&self.label);
+    }
+
+    pub(crate) fn miss(&self) {
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        metrics::store_miss(&self.label);
+    }
+
+    pub(crate) fn lease_wait(&self) {
+        self.lease_waits.fetch_add(1, Ordering::Relaxed);
+        metrics::store_lease_wait(&self.label);
+    }
+
+    pub(crate) fn store_error(&self) {
+        self.store_errors.fetch_add(1, Ordering::Relaxed);
+        metrics::store_error(&self.label);
+    }
 }
 
 /// What a shared level has done so far. Read it with [`SharedLayer::stats`].
@@ -207,6 +233,23 @@ impl SharedLayer {
             },
             state: Arc::default(),
         }
+    }
+
+    /// The value of the label `cache` on the store [metrics](crate::metrics) this level records
+    /// (`tower_bearer_store_*`), as [`TokenCacheBuilder::metrics_label`] does for a cache. Give
+    /// it a fixed name from your configuration.
+    ///
+    /// Default: none (the store metrics carry no `cache` label).
+    ///
+    /// [`TokenCacheBuilder::metrics_label`]: crate::cache::TokenCacheBuilder::metrics_label
+    #[cfg(feature = "metrics")]
+    pub fn metrics_label(mut self, name: impl Into<String>) -> Self {
+        // Set before the layer makes any service: the state is not shared yet.
+        self.state = Arc::new(State {
+            label: CacheLabel::named(name.into()),
+            ..State::default()
+        });
+        self
     }
 
     /// The text store keys start with, to share a server with other applications.

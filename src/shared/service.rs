@@ -151,7 +151,7 @@ where
                 return self.bypass().await;
             };
             if let Some(token) = self.usable(stored.value.as_deref(), true) {
-                shared.state.hits.fetch_add(1, Ordering::Relaxed);
+                shared.state.hit();
                 return Ok(token);
             }
             if !stored.leased {
@@ -166,7 +166,7 @@ where
                 }
             }
             if !std::mem::replace(&mut waited, true) {
-                shared.state.lease_waits.fetch_add(1, Ordering::Relaxed);
+                shared.state.lease_wait();
             }
             if Instant::now() >= deadline {
                 tracing::warn!(
@@ -188,7 +188,7 @@ where
             Ok(opened) => opened,
             Err(_) if !report => return None,
             Err(Garbage(what)) => {
-                shared.state.store_errors.fetch_add(1, Ordering::Relaxed);
+                shared.state.store_error();
                 if !shared.state.garbage.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
                         found = what,
@@ -220,7 +220,7 @@ where
         match shared.op(shared.store.read(&self.key)).await {
             Ok(stored) => {
                 if let Some(token) = self.usable(stored.value.as_deref(), false) {
-                    shared.state.hits.fetch_add(1, Ordering::Relaxed);
+                    shared.state.hit();
                     lease.release().await;
                     return Ok(token);
                 }
@@ -230,7 +230,7 @@ where
                 return self.bypass().await;
             }
         }
-        shared.state.misses.fetch_add(1, Ordering::Relaxed);
+        shared.state.miss();
         let sent_at = Instant::now();
         let lease_ttl = shared.config.lease_ttl;
         let (inner, request) = (self.inner, self.request);
@@ -349,7 +349,7 @@ impl Shared {
             Ok(Err(error)) => error,
             Err(_) => format!("no answer within {timeout:?}").into(),
         };
-        self.state.store_errors.fetch_add(1, Ordering::Relaxed);
+        self.state.store_error();
         if !self.state.failing.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 error = %failure,
