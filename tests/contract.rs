@@ -114,7 +114,8 @@ where
 
 #[tokio::test(start_paused = true)]
 async fn an_expires_at_token_follows_the_documented_timeline() {
-    // Default timing: skew 30 s, refresh ahead 300 s widened by up to 25 %.
+    // Default timing (adaptive): skew 30 s of an hour's token, refresh at least 1/20 of the
+    // usable life before its end.
     let calls = Calls::default();
     let source = calls.source(Duration::ZERO, |n| {
         Ok(Token::new(format!("tok-{n}"))
@@ -125,21 +126,46 @@ async fn an_expires_at_token_follows_the_documented_timeline() {
     let start = Instant::now();
 
     assert_eq!(send(&svc).await, "Bearer tok-1");
-    // Well before the refresh-ahead window (3570 - 375 = 3195 s at the earliest).
+    // Well before the refresh point (about 3570 - 223 = 3347 s at the earliest).
     tokio::time::sleep_until(start + Duration::from_secs(3100)).await;
     assert_eq!(send(&svc).await, "Bearer tok-1");
     assert_eq!(calls.count(), 1, "no refresh before the window");
 
-    // Inside the window, before the end of the usable life (3570 s): nothing happens until a
-    // request comes (the refresh is started by a request, not a timer); then the current token
-    // is used and one background refresh starts.
+    // Inside the window, before the end of the usable life (3570 s): the token was used since
+    // it arrived, so its timer starts one background refresh at the refresh point, without
+    // waiting for a request; requests go on with the current token meanwhile.
     tokio::time::sleep_until(start + Duration::from_secs(3560)).await;
-    assert_eq!(calls.count(), 1, "no refresh without a request");
+    assert_eq!(
+        calls.count(),
+        2,
+        "the used token is refreshed at its refresh point"
+    );
+    assert_eq!(calls.reasons(), [Reason::Initial, Reason::Expiring]);
+    assert_eq!(send(&svc).await, "Bearer tok-2");
+    assert_eq!(cache.stats().waits, 1, "only the first request waited");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_nobody_used_since_it_arrived_is_refreshed_by_the_next_request_only() {
+    let calls = Calls::default();
+    let source = calls.source(Duration::ZERO, |n| {
+        Ok(Token::new(format!("tok-{n}")).with_expires_in(Duration::from_secs(3600)))
+    });
+    let cache = TokenCache::new(source);
+    let svc = BearerAuth::from_cache(open_api(), cache.clone());
+    let start = Instant::now();
+
+    // The first request waits for the token and is its only use.
+    assert_eq!(send(&svc).await, "Bearer tok-1");
+    // Past its refresh point (3 times the fetch latency or 1/20 of the usable life before the
+    // usable end, 3570 s), not past that end: an idle cache does not fetch by itself.
+    tokio::time::sleep_until(start + Duration::from_secs(3565)).await;
+    assert_eq!(calls.count(), 1, "no refresh of a token nobody used");
+    // A request in the window uses the current token and starts the refresh.
     assert_eq!(send(&svc).await, "Bearer tok-1");
     tokio::time::sleep(SECOND).await;
     assert_eq!(calls.count(), 2);
     assert_eq!(calls.reasons(), [Reason::Initial, Reason::Expiring]);
-    assert_eq!(send(&svc).await, "Bearer tok-2");
     assert_eq!(cache.stats().waits, 1, "only the first request waited");
 }
 

@@ -64,9 +64,10 @@ pub enum RefreshAhead {
     /// Each cache (each key of a [`KeyedCache`](super::KeyedCache)) keeps the latencies of its
     /// last 8 successful fetches, from sending the request to the answer. A token's refresh
     /// starts before its usable end by 3 times the slowest of them, or by a twentieth of its
-    /// usable life if that is more (so that steady traffic lands a request in the window: a
-    /// client sending requests at least every twentieth of the usable life, less a fetch, never
-    /// waits), widened by the [jitter](TokenCacheBuilder::jitter). The first token is planned
+    /// usable life if that is more (room to retry a failed refresh), widened by the
+    /// [jitter](TokenCacheBuilder::jitter). The token's timer starts that refresh at that point
+    /// if the token was used since it arrived, so sparse traffic does not wait either; a token
+    /// nobody used is refreshed by the next request. The first token is planned
     /// from its own fetch, which includes connecting to the endpoint and so tends to be the
     /// slowest. A token is still used for a fifth of its usable life before its refresh starts,
     /// so that a token that lives barely longer than a fetch does not refresh in a loop.

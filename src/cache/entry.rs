@@ -9,6 +9,7 @@ use tokio::runtime::Handle;
 use tokio::task::AbortHandle;
 use tokio::time::{sleep_until, Instant};
 
+use super::fetch::Used;
 use crate::stamp::Stamp;
 use crate::Token;
 
@@ -68,7 +69,7 @@ impl fmt::Debug for Entry {
 
 /// Starts the timer that moves a token through its phases. It holds only a weak reference, and
 /// the entry aborts it when dropped, so a replaced token leaves no task behind.
-pub(super) fn arm(entry: &Arc<Entry>, refresh_at: Instant, expires_at: Instant) {
+pub(super) fn arm(entry: &Arc<Entry>, refresh_at: Instant, expires_at: Instant, used: Used) {
     let Ok(runtime) = Handle::try_current() else {
         return;
     };
@@ -85,10 +86,13 @@ pub(super) fn arm(entry: &Arc<Entry>, refresh_at: Instant, expires_at: Instant) 
         }
         match expire.0.upgrade() {
             Some(entry) if Instant::now() < expires_at => {
-                let _ =
-                    entry
-                        .phase
-                        .compare_exchange(FRESH, DUE, Ordering::Relaxed, Ordering::Relaxed);
+                if entry
+                    .phase
+                    .compare_exchange(FRESH, DUE, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    used.refresh_if_used(&entry);
+                }
             }
             // Woken past the expiry (a clock moved forward): expire now.
             Some(_) => return,

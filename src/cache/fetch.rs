@@ -209,7 +209,7 @@ impl Shared {
     }
 
     /// Checks a token and builds what requests need from it.
-    fn build_entry(&self, token: Token, sent_at: Instant) -> Result<Arc<Entry>, Error> {
+    fn build_entry(self: &Arc<Self>, token: Token, sent_at: Instant) -> Result<Arc<Entry>, Error> {
         let stamp = Stamp::new(token.access_token().secret()).map_err(|refused| {
             let kind = match refused {
                 Unstampable::TooLarge(_) => ErrorKind::TokenTooLarge,
@@ -274,9 +274,48 @@ impl Shared {
             timer: OnceLock::new(),
         });
         if phase != EXPIRED {
-            arm(&entry, refresh_at, expires_at);
+            let used = Used {
+                cache: Arc::downgrade(self),
+                hits_before: self.hits.total(),
+            };
+            arm(&entry, refresh_at, expires_at, used);
         }
         Ok(entry)
+    }
+}
+
+/// Whether a token was used since it arrived, for its timer: a token that requests use is
+/// refreshed when its refresh point comes, not when the next request after that comes, which
+/// with sparse traffic (fewer requests than the refresh window is long) would be after the token
+/// expired, making that request wait. A token nobody used since it arrived is left to expire, so
+/// that an idle cache stops fetching. The hits are counted anyway (`stats()`): the cached path
+/// pays nothing for this.
+pub(super) struct Used {
+    cache: std::sync::Weak<Shared>,
+    hits_before: u64,
+}
+
+impl Used {
+    /// Starts the refresh of `entry`, just marked due, if it was used since it arrived and no
+    /// request started one already.
+    pub(super) fn refresh_if_used(self, entry: &Arc<Entry>) {
+        let Some(shared) = self.cache.upgrade() else {
+            return;
+        };
+        let current = shared
+            .current
+            .load()
+            .as_ref()
+            .is_some_and(|current| current.id == entry.id);
+        if current
+            && shared.hits.total() > self.hits_before
+            && entry
+                .phase
+                .compare_exchange(DUE, KICKED, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            shared.refresh_ahead(entry);
+        }
     }
 }
 

@@ -6,9 +6,11 @@
 //! The current token lives behind an [`ArcSwapOption`], together with the header values that
 //! carry it, already built. A request loads it without a lock and without reading the clock: a
 //! small timer task per token flips its phase from *fresh* to *due* at the refresh-ahead point and
-//! to *expired* at the end of its usable life. The first request that sees *due* starts one
-//! background fetch and goes on with the current token; only an expired or missing token sends
-//! requests to the slow path, where they wait for the one fetch in flight.
+//! to *expired* at the end of its usable life. When it flips a token to *due*, the timer starts
+//! one background fetch itself if the token was used since it arrived (an idle cache stops
+//! fetching); otherwise the first request that sees *due* starts it. Requests go on with the
+//! current token meanwhile; only an expired or missing token sends requests to the slow path,
+//! where they wait for the one fetch in flight.
 //!
 //! Fetches run in spawned tasks, so dropping the request that started one cancels nothing.
 

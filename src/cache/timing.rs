@@ -23,8 +23,9 @@ const LATENCY_SAMPLES: usize = 8;
 /// The adaptive refresh starts this many times the slowest recent fetch before the usable end.
 const LATENCY_MULTIPLE: u32 = 3;
 
-/// The adaptive margin is at least this share of the usable life (1/20): requests start the
-/// refresh, so the window must be wide enough for steady traffic to land a request in it.
+/// The adaptive margin is at least this share of the usable life (1/20): room to retry a
+/// refresh that failed, and for a token nobody used since it arrived (whose refresh the next
+/// request starts) a window that steady traffic lands a request in.
 const MARGIN_SHARE: u32 = 20;
 
 /// An adaptive refresh never starts before this share of the usable life (1/5) has passed, so a
