@@ -210,3 +210,35 @@ async fn jitter_spreads_a_fleet_and_never_refreshes_later_than_the_safe_point() 
     refreshed_after.dedup();
     assert!(refreshed_after.len() >= 8, "{refreshed_after:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn sparse_traffic_never_waits_for_a_refresh() {
+    // One request every 10 minutes with hour-long tokens: far fewer requests than the refresh
+    // window is long. The timer of a token used since it arrived starts its refresh, so no
+    // request after the first waits, and every token but the first lasts most of its life.
+    let endpoint = Endpoint::new(200 * MS, Duration::from_secs(3600));
+    let cache = endpoint.builder().build();
+    let waits = steady(&cache, Duration::from_secs(600), 37).await;
+    assert_eq!(waits, 0, "a request waited for a refresh");
+    let fetched = endpoint.fetched();
+    assert!(
+        (6..=8).contains(&fetched.len()),
+        "about one token per hour over 6 hours: {}",
+        fetched.len()
+    );
+    for used in used(&fetched, Duration::from_secs(3600), 30 * SECOND) {
+        assert!(
+            used >= 0.85,
+            "a token used for {used:.3} of its usable life"
+        );
+    }
+
+    // A cache nobody uses stops fetching: its last token is left to expire.
+    let before = endpoint.fetched().len();
+    tokio::time::sleep(Duration::from_secs(5 * 3600)).await;
+    assert!(
+        endpoint.fetched().len() <= before + 1,
+        "an idle cache kept fetching: {} tokens after {before}",
+        endpoint.fetched().len()
+    );
+}
