@@ -136,7 +136,10 @@ async fn configured(redis_url: &str, token_url: &str) -> Result<(), BoxError> {
         .client_secret(required("CLIENT_SECRET")?)
         .build()?;
     let mut source = ClientCredentials::new(endpoint);
-    for scope in std::env::var("SCOPE").unwrap_or_default().split_whitespace() {
+    for scope in std::env::var("SCOPE")
+        .unwrap_or_default()
+        .split_whitespace()
+    {
         source = source.scope(scope);
     }
     let (bearer, shared) = bearer_layer(redis_url, SealingKey::new(key), source).await?;
@@ -199,7 +202,10 @@ async fn three_replicas(redis_url: &str) -> Result<(), BoxError> {
         statuses.push(request.await??.status());
     }
     for (n, (status, (_, shared))) in statuses.iter().zip(&replicas).enumerate() {
-        println!("   replica {n}: API answered {status}; {:?}", shared.stats());
+        println!(
+            "   replica {n}: API answered {status}; {:?}",
+            shared.stats()
+        );
     }
     let errors: u64 = replicas.iter().map(|(_, s)| s.stats().store_errors).sum();
     if errors > 0 {

@@ -11,8 +11,7 @@
 #[allow(dead_code)]
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream as StdTcpStream};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -31,146 +30,11 @@ use tower_bearer::shared::{
 };
 use tower_bearer::{BearerAuthLayer, Reason, Token, TokenCache, TokenRequest};
 
+use support::redis::{RedisServer, Reply};
 use support::{loopback, read_request, within, write_response, Calls};
 
 const KEY: [u8; 32] = [0x5a; 32];
 const CHILD_ENV: &str = "TOWER_BEARER_SHARED_CHILD";
-
-// ---------------------------------------------------------------------------------------------
-// A real redis-server, and a raw client to look at what it holds
-// ---------------------------------------------------------------------------------------------
-
-/// A `redis-server` on a loopback port, persistence off, killed (by its PID) when dropped.
-struct RedisServer {
-    child: Option<Child>,
-    port: u16,
-}
-
-impl RedisServer {
-    fn start() -> Self {
-        // The port is free when asked for; another process could take it before the server
-        // binds, which makes the start fail loudly rather than the test pass wrongly.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Self::start_on(port)
-    }
-
-    fn start_on(port: u16) -> Self {
-        let mut child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--loglevel", "notice"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is not installed (apt-get install redis-server)");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        // Ready when it says so; a server that exits (port taken) ends its output first.
-        let ready = lines
-            .by_ref()
-            .take(200)
-            .map_while(Result::ok)
-            .any(|line| line.contains("Ready to accept connections"));
-        assert!(ready, "redis-server did not start on port {port}");
-        std::thread::spawn(move || lines.for_each(drop));
-        Self {
-            child: Some(child),
-            port,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    /// SIGKILL: no shutdown, no goodbye to clients.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// One command, as bytes, and its reply.
-    fn raw(&self, args: &[&[u8]]) -> Reply {
-        let mut stream = StdTcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        let mut out = format!("*{}\r\n", args.len()).into_bytes();
-        for arg in args {
-            out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-            out.extend_from_slice(arg);
-            out.extend_from_slice(b"\r\n");
-        }
-        stream.write_all(&out).unwrap();
-        read_reply(&mut BufReader::new(stream))
-    }
-
-    /// The keys holding tokens (leases aside).
-    fn token_keys(&self) -> Vec<Vec<u8>> {
-        let Reply::Array(keys) = self.raw(&[b"KEYS", b"tower-bearer:*"]) else {
-            panic!("KEYS did not answer an array");
-        };
-        keys.into_iter()
-            .filter_map(|key| match key {
-                Reply::Bulk(Some(key)) if !key.ends_with(b":lease") => Some(key),
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// The one stored token value, raw.
-    fn only_value(&self) -> Vec<u8> {
-        let keys = self.token_keys();
-        assert_eq!(keys.len(), 1, "one token key expected");
-        match self.raw(&[b"GET", &keys[0]]) {
-            Reply::Bulk(Some(value)) => value,
-            other => panic!("GET answered {other:?}"),
-        }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-#[derive(Debug)]
-enum Reply {
-    Simple(#[allow(dead_code)] String),
-    Integer(i64),
-    Bulk(Option<Vec<u8>>),
-    Array(Vec<Reply>),
-}
-
-fn read_reply(reader: &mut impl BufRead) -> Reply {
-    let mut line = String::new();
-    reader.read_line(&mut line).unwrap();
-    let (kind, rest) = line.trim_end().split_at(1);
-    match kind {
-        "+" => Reply::Simple(rest.to_owned()),
-        "-" => panic!("redis error: {rest}"),
-        ":" => Reply::Integer(rest.parse().unwrap()),
-        "$" if rest == "-1" => Reply::Bulk(None),
-        "$" => {
-            let mut value = vec![0; rest.parse::<usize>().unwrap() + 2];
-            reader.read_exact(&mut value).unwrap();
-            value.truncate(value.len() - 2);
-            Reply::Bulk(Some(value))
-        }
-        "*" => Reply::Array(
-            (0..rest.parse::<usize>().unwrap())
-                .map(|_| read_reply(reader))
-                .collect(),
-        ),
-        _ => panic!("unexpected reply {line:?}"),
-    }
-}
 
 /// A replica's shared level: its own connection to the server.
 async fn shared_layer(redis: &RedisServer) -> SharedLayer {

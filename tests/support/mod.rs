@@ -5,6 +5,10 @@
 //! `tests/support/mod.rs` as a module of those files, not as a test of its own), as tower's and
 //! tokio's tests do. A helper belongs here once two files need it; one file's helpers stay in
 //! that file.
+//!
+//! `redis` starts a real `redis-server` (the shared-store tests, and the store metrics).
+
+pub(crate) mod redis;
 
 use std::collections::HashSet;
 use std::error::Error as StdError;
