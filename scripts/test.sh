@@ -12,7 +12,7 @@ if [[ -f tests/peers/package-lock.json ]]; then
 fi
 
 if ! command -v redis-server >/dev/null; then
-    step "installing redis-server (tests/shared.rs and benches/shared.rs run a real one)"
+    step "installing redis-server (tests/shared.rs, tests/metrics.rs and benches/shared.rs run a real one)"
     sudo=""
     if [[ $(id -u) -ne 0 ]]; then sudo="sudo"; fi
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server \

@@ -125,7 +125,13 @@ pub use token::{AccessToken, Expiry, Reason, RefreshToken, Token, TokenRequest};
 /// The README's code, compiled and run as doc tests (it uses the optional features: the test
 /// command runs with all of them).
 #[doc = include_str!("../README.md")]
-#[cfg(all(doctest, feature = "tonic", feature = "axum", feature = "metrics"))]
+#[cfg(all(
+    doctest,
+    feature = "tonic",
+    feature = "axum",
+    feature = "metrics",
+    feature = "redis"
+))]
 pub struct ReadmeDoctests;
 
 /// A type-erased error, as tower uses.

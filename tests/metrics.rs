@@ -2,7 +2,9 @@
 //! (and of the README) moves as the table says, carries only the documented labels, and the
 //! table, the README and the names the crate records are the same set. Each test records into a
 //! recorder of its own (`metrics::with_local_recorder` around a current-thread runtime with a
-//! paused clock, so that every task of the test records on the test's thread).
+//! paused clock, so that every task of the test records on the test's thread). With the feature
+//! `redis`, the store metrics are recorded by a shared level on a real `redis-server` (started
+//! as `tests/shared.rs` starts it), on a clock that runs.
 
 #[allow(dead_code)]
 mod support;
@@ -164,10 +166,19 @@ fn run<F, T>(scenario: impl FnOnce(Arc<Recorded>) -> F) -> Arc<Recorded>
 where
     F: Future<Output = T>,
 {
+    run_on(true, scenario)
+}
+
+/// As [`run`], on a clock that runs: a real server (Redis) answers in real time, and a paused
+/// clock would expire the store timeout while the runtime waits for its answer.
+fn run_on<F, T>(paused: bool, scenario: impl FnOnce(Arc<Recorded>) -> F) -> Arc<Recorded>
+where
+    F: Future<Output = T>,
+{
     let recorded = Arc::new(Recorded::default());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .start_paused(true)
+        .start_paused(paused)
         .build()
         .unwrap();
     metrics::with_local_recorder(&*recorded, || {
@@ -509,6 +520,96 @@ fn labelled_caches() -> Arc<Recorded> {
     })
 }
 
+/// The shared level on a real `redis-server` (feature `redis`): a first fetch is a store miss,
+/// a second replica's read a hit, a replica finding another's lease a lease wait, a store that
+/// does not answer a store error; each labelled with the level's `metrics_label`.
+#[cfg(feature = "redis")]
+fn shared_store() -> Arc<Recorded> {
+    use tower_bearer::shared::{RedisStore, SealingKey, SharedLayer};
+
+    let redis = support::redis_server::RedisServer::start();
+    let url = redis.url();
+    // A port with no server: bound, then freed.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let recorded = run_on(false, move |recorded| async move {
+        let fleet = [("cache", "fleet")];
+        let store = |what: &'static str| {
+            let counted = recorded.clone();
+            move || counted.counter(what, &fleet)
+        };
+        let (misses, hits) = (store(names::STORE_MISSES), store(names::STORE_HITS));
+        let (waits, errors) = (store(names::STORE_LEASE_WAITS), store(names::STORE_ERRORS));
+        let replica = |url: String, identity: &'static str| async move {
+            let store = RedisStore::connect(&url).await.unwrap();
+            SharedLayer::new(store, SealingKey::new([7; 32]), identity).metrics_label("fleet")
+        };
+        // Long enough for the other replica to find the lease taken (it polls every 25-50 ms).
+        let calls = support::Calls::default();
+        let source = calls.lasting(Duration::from_millis(300), Duration::from_secs(300));
+        let bounded = |what: &'static str, cache: TokenCache| async move {
+            let token = tokio::time::timeout(Duration::from_secs(10), cache.token()).await;
+            token.unwrap_or_else(|_| panic!("{what}: no token within 10 s"))
+        };
+
+        let first = replica(url.clone(), "one").await;
+        bounded("first", TokenCache::new(first.layer(source.clone())))
+            .await
+            .unwrap();
+        assert_eq!((misses(), hits(), waits(), errors()), (1, 0, 0, 0));
+
+        let second = replica(url.clone(), "one").await;
+        let token = bounded("second", TokenCache::new(second.layer(source.clone())))
+            .await
+            .unwrap();
+        assert_eq!(token.access_token().secret(), "tok-1");
+        assert_eq!((misses(), hits(), waits(), errors()), (1, 1, 0, 0));
+
+        // Two replicas of another source start together: one fetches, the other waits for it.
+        let (a, b) = (replica(url.clone(), "two").await, replica(url, "two").await);
+        let (a, b) = (
+            TokenCache::new(a.layer(source.clone())),
+            TokenCache::new(b.layer(source.clone())),
+        );
+        let (a, b) = tokio::join!(bounded("a", a), bounded("b", b));
+        assert_eq!(a.unwrap().access_token(), b.unwrap().access_token());
+        assert_eq!((misses(), hits(), waits(), errors()), (2, 2, 1, 0));
+        assert_eq!(calls.count(), 2, "one fetch per source");
+
+        let down = RedisStore::open(&format!("redis://{closed}/")).unwrap();
+        let down = SharedLayer::new(down, SealingKey::new([7; 32]), "one").metrics_label("fleet");
+        bounded("down", TokenCache::new(down.layer(source)))
+            .await
+            .unwrap();
+        assert!(
+            errors() >= 1,
+            "a store that does not answer is a store error"
+        );
+        assert_eq!(errors(), down.stats().store_errors);
+        assert_eq!((misses(), hits(), waits()), (2, 2, 1));
+
+        // Nothing of the shared level is recorded without its label.
+        for name in [
+            names::STORE_MISSES,
+            names::STORE_HITS,
+            names::STORE_LEASE_WAITS,
+            names::STORE_ERRORS,
+        ] {
+            assert_eq!(recorded.counter(name, &[]), 0, "{name} without its label");
+        }
+    });
+    drop(redis);
+    recorded
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn the_shared_store_records_misses_hits_lease_waits_and_errors() {
+    shared_store();
+}
+
 #[test]
 fn a_fetch_records_its_reason_latency_and_wait_and_the_cached_path_records_nothing() {
     first_fetch_then_cached_path();
@@ -611,11 +712,13 @@ fn the_tables_the_constants_and_what_is_recorded_are_the_same_metrics() {
         "the module's constants and its table differ"
     );
 
-    // Together the scenarios record every documented metric but the shared store's, each as
-    // its documented type with exactly its documented labels (and `cache` when named).
+    // Together the scenarios record every documented metric, each as its documented type with
+    // exactly its documented labels (and `cache` when named). The shared store's are recorded
+    // with the feature `redis` only (and a `redis-server`, as `tests/shared.rs` needs).
     let mut recorded: BTreeMap<String, (Kind, BTreeSet<String>)> = BTreeMap::new();
     let documented_labels = |name: &str| documented.get(name).map(|(_, labels)| labels.clone());
-    for scenario in [
+    #[allow(unused_mut)]
+    let mut scenarios: Vec<fn() -> Arc<Recorded>> = vec![
         first_fetch_then_cached_path,
         refresh_reasons,
         failures_and_backoff,
@@ -624,7 +727,10 @@ fn the_tables_the_constants_and_what_is_recorded_are_the_same_metrics() {
         rejection_of_a_replaced_token,
         grpc_trailer_rejections,
         labelled_caches,
-    ] {
+    ];
+    #[cfg(feature = "redis")]
+    scenarios.push(shared_store);
+    for scenario in scenarios {
         for ((name, labels), kind) in scenario().seen() {
             for (key, value) in &labels {
                 assert!(
@@ -641,7 +747,7 @@ fn the_tables_the_constants_and_what_is_recorded_are_the_same_metrics() {
                         "panicked",
                     ],
                     "outcome" => &["success", "failure", "dropped", "replaced", "kept"],
-                    "cache" => &["billing", "search"],
+                    "cache" => &["billing", "search", "fleet"],
                     other => panic!("{name}: undocumented label {other}"),
                 };
                 assert!(allowed.contains(&value.as_str()), "{name}: {key}={value}");
@@ -662,7 +768,7 @@ fn the_tables_the_constants_and_what_is_recorded_are_the_same_metrics() {
     }
     let expected: BTreeMap<String, (Kind, BTreeSet<String>)> = documented
         .into_iter()
-        .filter(|(name, _)| !name.starts_with("tower_bearer_store_"))
+        .filter(|(name, _)| cfg!(feature = "redis") || !name.starts_with("tower_bearer_store_"))
         .collect();
     assert_eq!(recorded, expected, "recorded metrics differ from the table");
 }

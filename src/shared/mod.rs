@@ -235,7 +235,7 @@ impl SharedLayer {
         }
     }
 
-    /// The value of the label `cache` on the store [metrics](crate::metrics) this level records
+    /// The value of the label `cache` on the store [metrics] this level records
     /// (`tower_bearer_store_*`), as [`TokenCacheBuilder::metrics_label`] does for a cache. Give
     /// it a fixed name from your configuration.
     ///

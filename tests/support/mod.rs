@@ -1,7 +1,7 @@
 //! What the integration tests share: requests and errors, bounded waits, token sources that
 //! count their calls, captured logs, the pieces of a raw HTTP/1.1 server, and a real
-//! `redis-server` (`redis_server.rs`, for `tests/shared.rs` and `benches/shared.rs`, which
-//! includes this module by path).
+//! `redis-server` (`redis_server.rs`, for `tests/shared.rs`, `tests/metrics.rs` and
+//! `benches/shared.rs`, which includes that file by path).
 //!
 //! Each test file declares it with `#[allow(dead_code)] mod support;` (cargo builds
 //! `tests/support/mod.rs` as a module of those files, not as a test of its own), as tower's and
