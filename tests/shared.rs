@@ -217,6 +217,50 @@ async fn sixty_four_caches_cold_together_fetch_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_replicas_are_woken_by_the_write_not_by_their_poll() {
+    let redis = RedisServer::start();
+    let calls = Calls::default();
+    let source = calls.lasting(Duration::from_millis(200), Duration::from_secs(300));
+    // Polls 20-40 s apart: a replica that finds its token sooner was told of the write.
+    let mut layers = Vec::new();
+    for _ in 0..8 {
+        layers.push(
+            shared_layer(&redis)
+                .await
+                .poll_interval(Duration::from_secs(20))
+                .max_wait(Duration::from_secs(60)),
+        );
+    }
+    let caches: Vec<TokenCache> = layers
+        .iter()
+        .map(|layer| TokenCache::new(layer.layer(source.clone())))
+        .collect();
+    let started = Instant::now();
+    let tasks: Vec<_> = caches
+        .iter()
+        .map(|cache| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.token().await })
+        })
+        .collect();
+    for task in tasks {
+        let token = within(Duration::from_secs(10), "a replica's token", task).await;
+        assert_eq!(token.unwrap().unwrap().access_token().secret(), "tok-1");
+    }
+    let slowest = started.elapsed();
+    assert_eq!(calls.count(), 1);
+    let waits: u64 = layers.iter().map(|layer| layer.stats().lease_waits).sum();
+    assert!(
+        waits >= 1,
+        "no replica waited for the lease: the test shows nothing"
+    );
+    assert!(
+        slowest < Duration::from_secs(5),
+        "the slowest replica took {slowest:?}: woken by its poll, not by the write"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fetch_longer_than_the_lease_keeps_the_lease() {
     let redis = RedisServer::start();
     let calls = Calls::default();

@@ -122,7 +122,7 @@ use std::time::Duration;
 use crate::metrics::{self, CacheLabel};
 use tower_layer::Layer;
 
-pub use self::redis::RedisStore;
+pub use self::redis::{RedisStore, WRITES_CHANNEL};
 pub use seal::{InvalidKeyLength, SealingKey, FINGERPRINT};
 pub use service::SharedTokens;
 pub use store::{StoreFuture, Stored, TokenStore};

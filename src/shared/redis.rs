@@ -1,8 +1,12 @@
 //! [`RedisStore`]: the shared store on Redis or Valkey.
 
 use std::fmt;
+use std::pin::Pin;
 use std::sync::LazyLock;
 use std::time::Duration;
+
+use futures_core::Stream;
+use tokio::sync::watch;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script};
@@ -13,13 +17,19 @@ use crate::BoxError;
 
 /// Writes the token and frees the lease, only if the caller still holds the lease: a replica
 /// whose lease expired mid-fetch (and was taken by another) writes nothing.
+/// The replicas waiting for that lease are told on [`WRITES_CHANNEL`].
 const PUT_IF_OWNER: &str = r"
 if redis.call('GET', KEYS[2]) == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   redis.call('DEL', KEYS[2])
+  redis.call('PUBLISH', ARGV[4], KEYS[1])
   return 1
 end
 return 0";
+
+/// The Pub/Sub channel a token's write is announced on (the message is the store key, which
+/// holds no secret), so that replicas waiting for it read it at once.
+pub const WRITES_CHANNEL: &str = "tower-bearer:written";
 
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -70,6 +80,9 @@ static DELETE_IF_FINGERPRINT_SCRIPT: LazyLock<Script> =
 #[derive(Clone)]
 pub struct RedisStore {
     connection: ConnectionManager,
+    /// Bumped on each write announced on [`WRITES_CHANNEL`], by a task subscribed to it; none
+    /// for a store made [from a connection](Self::from_connection).
+    writes: Option<watch::Receiver<u64>>,
 }
 
 impl RedisStore {
@@ -97,8 +110,13 @@ impl RedisStore {
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_millis(500));
         let connection =
-            ConnectionManager::new_lazy_with_config(client, config).map_err(sanitized)?;
-        Ok(Self { connection })
+            ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(sanitized)?;
+        let (notices, writes) = watch::channel(0);
+        tokio::spawn(follow_writes(client, notices));
+        Ok(Self {
+            connection,
+            writes: Some(writes),
+        })
     }
 
     /// A store at `url`, as [`open`](Self::open) makes it, connected before it is returned if
@@ -127,9 +145,15 @@ impl RedisStore {
         Ok(store)
     }
 
-    /// A store over a connection manager configured by the application.
+    /// A store over a connection manager configured by the application. It does not follow
+    /// the announcements of writes (that takes a Pub/Sub connection of its own, which
+    /// [`open`](Self::open) makes): replicas waiting for another's fetch find its token at
+    /// their next [poll](super::SharedLayer::poll_interval).
     pub fn from_connection(connection: ConnectionManager) -> Self {
-        Self { connection }
+        Self {
+            connection,
+            writes: None,
+        }
     }
 }
 
@@ -137,6 +161,47 @@ impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The connection's info may hold a password.
         f.debug_struct("RedisStore").finish_non_exhaustive()
+    }
+}
+
+/// Follows [`WRITES_CHANNEL`] on a Pub/Sub connection of its own, bumping `notices` on each
+/// message, until every [`RedisStore`] clone is dropped. Reconnects with a backoff of at most
+/// half a second; writes missed while disconnected are covered by one bump on reconnecting
+/// (waiting replicas then read the store again) and by their polling.
+async fn follow_writes(client: Client, notices: watch::Sender<u64>) {
+    let bump = || notices.send_modify(|count| *count = count.wrapping_add(1));
+    let mut delay = Duration::from_millis(10);
+    loop {
+        let subscribe = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(WRITES_CHANNEL).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        let subscribed = tokio::select! {
+            () = notices.closed() => return,
+            subscribed = tokio::time::timeout(Duration::from_millis(500), subscribe) => subscribed,
+        };
+        if let Ok(Ok(pubsub)) = subscribed {
+            delay = Duration::from_millis(10);
+            bump();
+            let mut messages = pubsub.into_on_message();
+            loop {
+                let next = std::future::poll_fn(|cx| Pin::new(&mut messages).poll_next(cx));
+                tokio::select! {
+                    () = notices.closed() => return,
+                    message = next => match message {
+                        Some(_) => bump(),
+                        // The connection is gone (a server restart, a network fault).
+                        None => break,
+                    },
+                }
+            }
+        }
+        tokio::select! {
+            () = notices.closed() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_millis(500));
     }
 }
 
@@ -206,6 +271,7 @@ impl TokenStore for RedisStore {
                 .arg(owner)
                 .arg(value)
                 .arg(millis(ttl))
+                .arg(WRITES_CHANNEL)
                 .invoke_async(&mut connection)
                 .await
                 .map_err(sanitized)?;
@@ -238,6 +304,10 @@ impl TokenStore for RedisStore {
                 .map_err(sanitized)?;
             Ok(released == 1)
         })
+    }
+
+    fn writes(&self) -> Option<watch::Receiver<u64>> {
+        self.writes.clone()
     }
 
     fn delete_if_fingerprint<'a>(

@@ -146,6 +146,12 @@ where
         }
         let deadline = Instant::now() + shared.config.max_wait;
         let mut waited = false;
+        // Subscribed before the first read, so that a write between that read and the wait
+        // still wakes this replica.
+        let mut writes = shared.store.writes();
+        if let Some(notices) = &mut writes {
+            notices.borrow_and_update();
+        }
         loop {
             let Ok(stored) = shared.op(shared.store.read(&self.key)).await else {
                 return self.bypass().await;
@@ -176,7 +182,17 @@ where
                 );
                 return self.bypass().await;
             }
-            tokio::time::sleep(shared.poll_delay()).await;
+            let delay = shared.poll_delay();
+            match &mut writes {
+                Some(notices) => {
+                    // Woken by the holder's write, or at the poll; a closed channel (the store
+                    // stopped following writes) leaves polling alone.
+                    if let Ok(Err(_)) = tokio::time::timeout(delay, notices.changed()).await {
+                        writes = None;
+                    }
+                }
+                None => tokio::time::sleep(delay).await,
+            }
         }
     }
 

@@ -5,6 +5,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use tokio::sync::watch;
+
 use crate::BoxError;
 
 /// The future of a [`TokenStore`] operation.
@@ -82,6 +84,17 @@ pub trait TokenStore: Send + Sync + 'static {
     fn renew<'a>(&'a self, key: &'a str, owner: &'a str, ttl: Duration) -> StoreFuture<'a, bool> {
         let _ = (key, owner, ttl);
         Box::pin(std::future::ready(Ok(false)))
+    }
+
+    /// Notice of tokens written by any replica: a counter that the store bumps whenever a write
+    /// may have happened (and when it cannot tell, such as after reconnecting), so that a
+    /// replica waiting for another's fetch reads the store again at once instead of at its next
+    /// [poll](super::SharedLayer::poll_interval). Notices are a shortcut only: waiting replicas
+    /// poll anyway, so a lost notice costs at most one poll interval.
+    ///
+    /// Default: none; waiting replicas only poll.
+    fn writes(&self) -> Option<watch::Receiver<u64>> {
+        None
     }
 
     /// Releases the lease of `key` if `owner` holds it. Returns whether it did.
