@@ -10,9 +10,11 @@
 //! - **A miss**: one replica takes the store's *lease* for that token (a lock with a time to
 //!   live and an owner id), fetches from the source, writes the token, encrypted, with a time
 //!   to live of its remaining lifetime, and frees the lease, both only if it still holds the
-//!   lease (atomically, on the server). The others poll the store every
-//!   [`poll_interval`](SharedLayer::poll_interval) (plus jitter) until the token is there, or
-//!   the lease is gone and they take it. The holder renews its lease while its fetch runs; the
+//!   lease (atomically, on the server). The others wait until the token is there, or the
+//!   lease is gone and they take it: woken by the holder's write, which the store announces
+//!   ([`TokenStore::writes`]; `RedisStore` publishes it on [`WRITES_CHANNEL`]), and reading the
+//!   store every [`poll_interval`](SharedLayer::poll_interval) (plus jitter) in case an
+//!   announcement is lost. The holder renews its lease while its fetch runs; the
 //!   lease of a replica that died expires after [`lease_ttl`](SharedLayer::lease_ttl).
 //! - **A rejection** (HTTP 401): the cache asks for a new token saying which one was rejected
 //!   ([`TokenRequest::current`](crate::TokenRequest::current)). The store deletes it only if
@@ -290,8 +292,9 @@ impl SharedLayer {
         self
     }
 
-    /// How often a replica waiting for another's lease reads the store again; each wait is this
-    /// plus a random part of up to as much again, so that waiters spread out.
+    /// How often a replica waiting for another's lease reads the store again, if no announced
+    /// write ([`TokenStore::writes`]) wakes it first; each wait is this plus a random part of up
+    /// to as much again, so that waiters spread out.
     ///
     /// Default: 25 ms (waits of 25 to 50 ms).
     pub fn poll_interval(mut self, interval: Duration) -> Self {
