@@ -1,4 +1,4 @@
-//! Benchmark 8, the shared level (#15): `SharedLayer` on a real `redis-server` that this
+//! Benchmark 8, the shared level (#15): `SharedCacheLayer` on a real `redis-server` that this
 //! benchmark starts on a loopback port (and kills, by its PID, when it ends or panics).
 //!
 //! - Cached path (as `benches/request_path.rs`: a trivial inner service, the same POST, built
@@ -14,7 +14,7 @@
 //!   the cache calls its source, so this checks that wrapping the source costs the cached path
 //!   nothing; the benchmark also asserts that no request reached the store or the source.
 //! - Cold start of 64 replicas (`cold_start_64_replicas`): 64 `TokenCache`s, each with its own
-//!   `SharedLayer` and its own connection to the same server (connected before the start, as a
+//!   `SharedCacheLayer` and its own connection to the same server (connected before the start, as a
 //!   replica connects at startup), over one counting source that answers after 50 ms of real
 //!   time. Each start uses an identity of its own, so it finds the store empty. The 64 first
 //!   requests are let loose together; the time measured is the slowest replica's, from the
@@ -62,7 +62,7 @@ use http::{Request, Response};
 use http_body_util::Full;
 use tokio::runtime::Runtime;
 use tower::{Layer, Service};
-use tower_bearer::shared::{RedisStore, SealingKey, SharedLayer, SharedStats, TokenStore};
+use tower_bearer::shared::{RedisStore, SealingKey, SharedCacheLayer, SharedStats, TokenStore};
 use tower_bearer::{source_fn, BearerAuthLayer, StaticToken, Token, TokenCache, TokenRequest};
 use tower_http::auth::AddAuthorizationLayer;
 
@@ -174,7 +174,7 @@ fn static_source() -> StaticToken {
 
 fn cached_path(c: &mut Criterion, rt: &Runtime, redis: &RedisServer) {
     let store = rt.block_on(RedisStore::connect(&redis.url())).unwrap();
-    let shared = SharedLayer::new(store, SealingKey::new(KEY), "bench cached path");
+    let shared = SharedCacheLayer::new(store, SealingKey::new(KEY), "bench cached path");
     let shared_cache = TokenCache::builder(shared.layer(static_source())).build();
     rt.block_on(shared_cache.token())
         .expect("a token through the store");
@@ -310,10 +310,10 @@ async fn cold_start(stores: &[RedisStore], endpoint: &Endpoint, start: usize) ->
     let source = endpoint.source();
     // A new identity, so a new store key: nothing stored, no lease.
     let identity = format!("bench cold start {}/{start}", std::process::id());
-    let layers: Vec<SharedLayer> = stores
+    let layers: Vec<SharedCacheLayer> = stores
         .iter()
         .map(|store| {
-            SharedLayer::new(store.clone(), SealingKey::new(KEY), identity.clone())
+            SharedCacheLayer::new(store.clone(), SealingKey::new(KEY), identity.clone())
                 .poll_interval(POLL_INTERVAL)
         })
         .collect();

@@ -41,7 +41,7 @@ use ring::rand::SecureRandom as _;
 use tokio::net::TcpListener;
 use tower::{BoxError, Layer, ServiceBuilder, ServiceExt};
 use tower_bearer::oauth2::{ClientCredentials, TokenEndpoint};
-use tower_bearer::shared::{RedisStore, SealingKey, SharedLayer};
+use tower_bearer::shared::{RedisStore, SealingKey, SharedCacheLayer};
 use tower_bearer::{BearerAuthLayer, TokenCache};
 
 /// The whole example's limit: nothing here may hang a CI job.
@@ -82,13 +82,13 @@ async fn bearer_layer(
     redis_url: &str,
     sealing_key: SealingKey,
     source: ClientCredentials,
-) -> Result<(BearerAuthLayer, SharedLayer), BoxError> {
+) -> Result<(BearerAuthLayer, SharedCacheLayer), BoxError> {
     // Waits at most a second for the server; one that is down is not an error: this replica
     // then fetches its own tokens until the store answers, and shares them from then on.
     let store = RedisStore::connect(redis_url).await?;
     // The identity says what makes the token (endpoint, client id, grant, scopes) and never
     // holds the secret; replicas with equal identities and keys share tokens.
-    let shared = SharedLayer::new(store, sealing_key, source.identity())
+    let shared = SharedCacheLayer::new(store, sealing_key, source.identity())
         // Each store operation may take this long before the replica goes on without the
         // store (the default).
         .store_timeout(Duration::from_millis(50))
@@ -96,7 +96,7 @@ async fn bearer_layer(
         // (the default).
         .lease_ttl(Duration::from_secs(5));
     let cache = TokenCache::builder(shared.layer(source)).build();
-    // `shared` is kept for its statistics (`SharedLayer::stats`); with the feature `metrics`,
+    // `shared` is kept for its statistics (`SharedCacheLayer::stats`); with the feature `metrics`,
     // `.metrics_label("billing")` on it labels the store metrics instead.
     Ok((BearerAuthLayer::from_cache(cache), shared))
 }

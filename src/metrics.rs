@@ -26,7 +26,7 @@
 //! the label `cache` with that name to each of its metrics, to tell apart the caches of one
 //! process (one per API, or per set of credentials). The store metrics (`tower_bearer_store_*`)
 //! are recorded by a shared level (feature `redis`), which takes that label from
-//! `shared::SharedLayer::metrics_label`.
+//! `shared::SharedCacheLayer::metrics_label`.
 //!
 //! # What is not recorded
 //!

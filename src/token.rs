@@ -307,7 +307,7 @@ impl TokenRequest {
     /// refreshes ahead of expiry ([`Reason::Expiring`]), after expiry ([`Reason::Expired`]) or
     /// on [`TokenCache::refresh`](crate::TokenCache::refresh) ([`Reason::Forced`]), and the
     /// token a server refused ([`Reason::Rejected`]). A source that shares tokens with other
-    /// processes (such as `shared::SharedTokens`, with the `redis` feature) uses it to never
+    /// processes (such as `shared::SharedCache`, with the `redis` feature) uses it to never
     /// hand this token back.
     pub fn current(&self) -> Option<&Token> {
         self.current.as_deref()

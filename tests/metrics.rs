@@ -525,7 +525,7 @@ fn labelled_caches() -> Arc<Recorded> {
 /// does not answer a store error; each labelled with the level's `metrics_label`.
 #[cfg(feature = "redis")]
 fn shared_store() -> Arc<Recorded> {
-    use tower_bearer::shared::{RedisStore, SealingKey, SharedLayer};
+    use tower_bearer::shared::{RedisStore, SealingKey, SharedCacheLayer};
 
     let redis = support::redis_server::RedisServer::start();
     let url = redis.url();
@@ -544,7 +544,7 @@ fn shared_store() -> Arc<Recorded> {
         let (waits, errors) = (store(names::STORE_LEASE_WAITS), store(names::STORE_ERRORS));
         let replica = |url: String, identity: &'static str| async move {
             let store = RedisStore::connect(&url).await.unwrap();
-            SharedLayer::new(store, SealingKey::new([7; 32]), identity).metrics_label("fleet")
+            SharedCacheLayer::new(store, SealingKey::new([7; 32]), identity).metrics_label("fleet")
         };
         // Long enough for the other replica to find the lease taken (it polls every 25-50 ms).
         let calls = support::Calls::default();
@@ -579,7 +579,8 @@ fn shared_store() -> Arc<Recorded> {
         assert_eq!(calls.count(), 2, "one fetch per source");
 
         let down = RedisStore::open(&format!("redis://{closed}/")).unwrap();
-        let down = SharedLayer::new(down, SealingKey::new([7; 32]), "one").metrics_label("fleet");
+        let down =
+            SharedCacheLayer::new(down, SealingKey::new([7; 32]), "one").metrics_label("fleet");
         bounded("down", TokenCache::new(down.layer(source)))
             .await
             .unwrap();

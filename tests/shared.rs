@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use tower::{service_fn, Layer, ServiceExt};
 use tower_bearer::oauth2::{ClientCredentials, TokenEndpoint};
 use tower_bearer::shared::{
-    RedisStore, SealingKey, SharedLayer, SharedStats, StoreFuture, Stored, TokenStore,
+    RedisStore, SealingKey, SharedCacheLayer, SharedStats, StoreFuture, Stored, TokenStore,
 };
 use tower_bearer::{BearerAuthLayer, Reason, Token, TokenCache, TokenRequest};
 
@@ -37,9 +37,9 @@ const KEY: [u8; 32] = [0x5a; 32];
 const CHILD_ENV: &str = "TOWER_BEARER_SHARED_CHILD";
 
 /// A replica's shared level: its own connection to the server.
-async fn shared_layer(redis: &RedisServer) -> SharedLayer {
+async fn shared_layer(redis: &RedisServer) -> SharedCacheLayer {
     let store = RedisStore::connect(&redis.url()).await.unwrap();
-    SharedLayer::new(store, SealingKey::new(KEY), "test-issuer client=fleet")
+    SharedCacheLayer::new(store, SealingKey::new(KEY), "test-issuer client=fleet")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -109,7 +109,7 @@ async fn replica(token_url: &str, redis_url: &str, lease_ttl: Duration) -> Token
         .unwrap();
     let source = ClientCredentials::new(endpoint);
     let store = RedisStore::connect(redis_url).await.unwrap();
-    let shared = SharedLayer::new(store, SealingKey::new(KEY), source.identity())
+    let shared = SharedCacheLayer::new(store, SealingKey::new(KEY), source.identity())
         .lease_ttl(lease_ttl)
         .max_wait(lease_ttl * 3);
     TokenCache::builder(shared.layer(source)).build()
@@ -379,9 +379,9 @@ async fn redis_killed_under_traffic_then_restarted() {
         .iter()
         .map(|layer| TokenCache::new(layer.layer(source.clone())))
         .collect();
-    let hits = |layers: &[SharedLayer]| layers.iter().map(|l| l.stats().hits).sum::<u64>();
+    let hits = |layers: &[SharedCacheLayer]| layers.iter().map(|l| l.stats().hits).sum::<u64>();
     let errors =
-        |layers: &[SharedLayer]| layers.iter().map(|l| l.stats().store_errors).sum::<u64>();
+        |layers: &[SharedCacheLayer]| layers.iter().map(|l| l.stats().store_errors).sum::<u64>();
 
     // Steady traffic: every replica asks for its token every 10 ms, for `period`.
     let traffic = |period: Duration| {
@@ -499,7 +499,7 @@ impl TokenStore for Silent {
 async fn a_store_that_does_not_answer_costs_one_store_timeout() {
     let calls = Calls::default();
     let source = calls.lasting(Duration::from_millis(100), Duration::from_secs(300));
-    let layer = SharedLayer::new(Silent, SealingKey::new(KEY), "silent")
+    let layer = SharedCacheLayer::new(Silent, SealingKey::new(KEY), "silent")
         .store_timeout(Duration::from_millis(30));
     let log = support::Log::default();
     let _logging = tracing::subscriber::set_default(log.subscriber(
@@ -618,7 +618,7 @@ async fn stored_values_are_ciphertext() {
     // The same check sees a token stored in clear.
     redis.raw(&[b"FLUSHALL"]);
     let store = RedisStore::open(&redis.url()).unwrap();
-    let clear = SharedLayer::new(store, SealingKey::insecure_plaintext(), "test-issuer");
+    let clear = SharedCacheLayer::new(store, SealingKey::insecure_plaintext(), "test-issuer");
     TokenCache::new(clear.layer(source)).token().await.unwrap();
     let value = redis.only_value();
     assert!(value.windows(19).any(|w| w == b"access-in-the-clear"));

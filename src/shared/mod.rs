@@ -2,7 +2,7 @@
 //!
 //! When 200 replicas start at once, each one's [`TokenCache`](crate::TokenCache) would fetch
 //! its own token: 200 token requests against an endpoint that rate-limits or bills them.
-//! [`SharedLayer`] wraps the token source in a layer that looks in a shared store first, so a
+//! [`SharedCacheLayer`] wraps the token source in a layer that looks in a shared store first, so a
 //! fleet fetches once:
 //!
 //! - **A hit**: the store holds a token that is still valid (and is not the one the cache is
@@ -13,9 +13,9 @@
 //!   lease (atomically, on the server). The others wait until the token is there, or the
 //!   lease is gone and they take it: woken by the holder's write, which the store announces
 //!   ([`TokenStore::writes`]; `RedisStore` publishes it on [`WRITES_CHANNEL`]), and reading the
-//!   store every [`poll_interval`](SharedLayer::poll_interval) (plus jitter) in case an
+//!   store every [`poll_interval`](SharedCacheLayer::poll_interval) (plus jitter) in case an
 //!   announcement is lost. The holder renews its lease while its fetch runs; the
-//!   lease of a replica that died expires after [`lease_ttl`](SharedLayer::lease_ttl).
+//!   lease of a replica that died expires after [`lease_ttl`](SharedCacheLayer::lease_ttl).
 //! - **A rejection** (HTTP 401): the cache asks for a new token saying which one was rejected
 //!   ([`TokenRequest::current`](crate::TokenRequest::current)). The store deletes it only if
 //!   it still holds that same token, comparing fingerprints on the server; a token another
@@ -27,7 +27,7 @@
 //!
 //! # The store is never a new way to fail
 //!
-//! Every store operation is bounded by [`store_timeout`](SharedLayer::store_timeout) (50 ms by
+//! Every store operation is bounded by [`store_timeout`](SharedCacheLayer::store_timeout) (50 ms by
 //! default). Whatever goes wrong, the replica fetches from its source itself, as it would
 //! without the shared level:
 //!
@@ -37,12 +37,12 @@
 //! | slow | as down, for the operations that take longer than the timeout. |
 //! | flushed, restarted empty, or evicting | a miss: one replica fetches and writes the token again. A lease lost with the data makes a second replica fetch at worst. |
 //! | answering garbage (another sealing key, another writer) | the value is not used: the replica takes the lease, fetches, and overwrites it. Counted as a store error; logged once until a stored value opens again. |
-//! | holding a lease no one frees (its replica died mid-fetch) | waiters fetch after the lease expires, and fetch without the store once they waited [`max_wait`](SharedLayer::max_wait). |
+//! | holding a lease no one frees (its replica died mid-fetch) | waiters fetch after the lease expires, and fetch without the store once they waited [`max_wait`](SharedCacheLayer::max_wait). |
 //!
 //! # Keys and secrets
 //!
-//! A token is stored under the [prefix](SharedLayer::prefix) followed by the SHA-256 digest of
-//! the *identity* given to [`SharedLayer::new`] (say what makes a token: the token endpoint,
+//! A token is stored under the [prefix](SharedCacheLayer::prefix) followed by the SHA-256 digest of
+//! the *identity* given to [`SharedCacheLayer::new`] (say what makes a token: the token endpoint,
 //! client id and grant, never a secret; `oauth2::ClientCredentials::identity` says it for that
 //! source) and of the request's [`TokenKey`](crate::TokenKey). Two sources with different
 //! identities never share a token; nor do two token keys.
@@ -88,7 +88,7 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use tower_bearer::shared::{RedisStore, SealingKey, SharedLayer};
+//! use tower_bearer::shared::{RedisStore, SealingKey, SharedCacheLayer};
 //! use tower_bearer::{source_fn, BearerAuthLayer, Token, TokenCache, TokenRequest};
 //! use tower::Layer;
 //!
@@ -102,7 +102,7 @@
 //!     // The real grant, such as `oauth2::ClientCredentials`.
 //!     Ok::<_, std::io::Error>(Token::new("t0k3n").with_expires_in(Duration::from_secs(300)))
 //! });
-//! let shared = SharedLayer::new(store, key, "https://login.example.com/token client=billing")
+//! let shared = SharedCacheLayer::new(store, key, "https://login.example.com/token client=billing")
 //!     .store_timeout(Duration::from_millis(50));
 //! let cache = TokenCache::builder(shared.layer(source)).build();
 //! let auth = BearerAuthLayer::from_cache(cache);
@@ -126,14 +126,14 @@ use tower_layer::Layer;
 
 pub use self::redis::{RedisStore, WRITES_CHANNEL};
 pub use seal::{InvalidKeyLength, SealingKey, FINGERPRINT};
-pub use service::SharedTokens;
+pub use service::SharedCache;
 pub use store::{StoreFuture, Stored, TokenStore};
 
 /// Adds the shared store in front of a token source: see the [module docs](self).
 ///
 /// Clones share their store, key and counters.
 #[derive(Clone)]
-pub struct SharedLayer {
+pub struct SharedCacheLayer {
     store: Arc<dyn TokenStore>,
     sealing: Arc<SealingKey>,
     config: Config,
@@ -193,7 +193,7 @@ impl State {
     }
 }
 
-/// What a shared level has done so far. Read it with [`SharedLayer::stats`].
+/// What a shared level has done so far. Read it with [`SharedCacheLayer::stats`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SharedStats {
@@ -207,14 +207,14 @@ pub struct SharedStats {
     /// Store operations that failed, timed out, or read a value that does not open.
     pub store_errors: u64,
     /// Token requests that called the source without the store: it failed, or the lease was
-    /// waited for [`max_wait`](SharedLayer::max_wait).
+    /// waited for [`max_wait`](SharedCacheLayer::max_wait).
     pub bypasses: u64,
     /// Rejected tokens deleted from the store (deletes that found another token are not
     /// counted).
     pub deletes: u64,
 }
 
-impl SharedLayer {
+impl SharedCacheLayer {
     /// A shared level on `store`, sealing tokens with `key`, for the tokens of the source
     /// described by `identity` (the token endpoint, client id and grant, or any text that
     /// differs between sources that must not share tokens; it is hashed into the store key, but
@@ -326,11 +326,11 @@ impl SharedLayer {
     }
 }
 
-impl<S> Layer<S> for SharedLayer {
-    type Service = SharedTokens<S>;
+impl<S> Layer<S> for SharedCacheLayer {
+    type Service = SharedCache<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        SharedTokens::new(
+        SharedCache::new(
             inner,
             Arc::new(service::Shared {
                 store: self.store.clone(),
@@ -343,9 +343,9 @@ impl<S> Layer<S> for SharedLayer {
     }
 }
 
-impl fmt::Debug for SharedLayer {
+impl fmt::Debug for SharedCacheLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SharedLayer")
+        f.debug_struct("SharedCacheLayer")
             .field("sealing", &self.sealing)
             .field("config", &self.config)
             .field("stats", &self.stats())

@@ -93,7 +93,7 @@ impl RedisStore {
     /// The connection gives up on an answer after one second and on a connection attempt after
     /// half a second, and retries connecting with a backoff of at most half a second, so that
     /// sharing resumes soon after a restarted server answers; the shared layer's own
-    /// [store timeout](super::SharedLayer::store_timeout) is what bounds a request.
+    /// [store timeout](super::SharedCacheLayer::store_timeout) is what bounds a request.
     ///
     /// # Errors
     ///
@@ -122,7 +122,7 @@ impl RedisStore {
     /// A store at `url`, as [`open`](Self::open) makes it, connected before it is returned if
     /// the server answers within a second. At startup, call this rather than `open`: the first
     /// store operation then does not pay for the connection, which could exceed the
-    /// [store timeout](super::SharedLayer::store_timeout) and make a replica fetch on its own
+    /// [store timeout](super::SharedCacheLayer::store_timeout) and make a replica fetch on its own
     /// just when the fleet starts together. A server that does not answer is not an error: the
     /// store connects later, as with `open`.
     ///
@@ -148,7 +148,7 @@ impl RedisStore {
     /// A store over a connection manager configured by the application. It does not follow
     /// the announcements of writes (that takes a Pub/Sub connection of its own, which
     /// [`open`](Self::open) makes): replicas waiting for another's fetch find its token at
-    /// their next [poll](super::SharedLayer::poll_interval).
+    /// their next [poll](super::SharedCacheLayer::poll_interval).
     pub fn from_connection(connection: ConnectionManager) -> Self {
         Self {
             connection,

@@ -1,4 +1,4 @@
-//! [`SharedTokens`]: a token source that looks in the shared store before calling its own.
+//! [`SharedCache`]: a token source that looks in the shared store before calling its own.
 
 use std::fmt;
 use std::future::Future;
@@ -18,7 +18,7 @@ use super::store::TokenStore;
 use super::{Config, SharedStats, State};
 use crate::{BoxError, Expiry, Reason, Token, TokenRequest};
 
-/// A token source behind a shared store: made by [`SharedLayer`](super::SharedLayer); see the
+/// A token source behind a shared store: made by [`SharedCacheLayer`](super::SharedCacheLayer); see the
 /// [module docs](super).
 ///
 /// # Clone
@@ -26,7 +26,7 @@ use crate::{BoxError, Expiry, Reason, Token, TokenRequest};
 /// Cloning clones the inner source, which must be `Clone` to be a
 /// [`TokenSource`](crate::TokenSource).
 #[derive(Clone)]
-pub struct SharedTokens<S> {
+pub struct SharedCache<S> {
     inner: S,
     shared: Arc<Shared>,
 }
@@ -39,7 +39,7 @@ pub(super) struct Shared {
     pub(super) random: SystemRandom,
 }
 
-impl<S> SharedTokens<S> {
+impl<S> SharedCache<S> {
     pub(super) fn new(inner: S, shared: Arc<Shared>) -> Self {
         Self { inner, shared }
     }
@@ -65,16 +65,16 @@ impl<S> SharedTokens<S> {
     }
 }
 
-impl<S: fmt::Debug> fmt::Debug for SharedTokens<S> {
+impl<S: fmt::Debug> fmt::Debug for SharedCache<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SharedTokens")
+        f.debug_struct("SharedCache")
             .field("inner", &self.inner)
             .field("config", &self.shared.config)
             .finish_non_exhaustive()
     }
 }
 
-impl<S> Service<TokenRequest> for SharedTokens<S>
+impl<S> Service<TokenRequest> for SharedCache<S>
 where
     S: Service<TokenRequest, Response = Token> + Clone + Send + 'static,
     S::Error: Into<BoxError>,

@@ -47,8 +47,8 @@ impl fmt::Debug for Stored {
 /// [`RedisStore`](super::RedisStore) implements it on Redis and Valkey. Another store needs the
 /// same atomic operations: a conditional write that checks the lease's owner, and a delete that
 /// checks the value's fingerprint, each done by the store itself, not read-then-write by the
-/// client. Operations may take as long as they like: [`SharedTokens`](super::SharedTokens)
-/// bounds each one with its [store timeout](super::SharedLayer::store_timeout), and treats an
+/// client. Operations may take as long as they like: [`SharedCache`](super::SharedCache)
+/// bounds each one with its [store timeout](super::SharedCacheLayer::store_timeout), and treats an
 /// error like a store that is down.
 ///
 /// Keys are text without secrets; values are opaque bytes (a sealed token).
@@ -89,7 +89,7 @@ pub trait TokenStore: Send + Sync + 'static {
     /// Notice of tokens written by any replica: a counter that the store bumps whenever a write
     /// may have happened (and when it cannot tell, such as after reconnecting), so that a
     /// replica waiting for another's fetch reads the store again at once instead of at its next
-    /// [poll](super::SharedLayer::poll_interval). Notices are a shortcut only: waiting replicas
+    /// [poll](super::SharedCacheLayer::poll_interval). Notices are a shortcut only: waiting replicas
     /// poll anyway, so a lost notice costs at most one poll interval.
     ///
     /// Default: none; waiting replicas only poll.
