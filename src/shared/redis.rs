@@ -17,12 +17,14 @@ use crate::BoxError;
 
 /// Writes the token and frees the lease, only if the caller still holds the lease: a replica
 /// whose lease expired mid-fetch (and was taken by another) writes nothing.
-/// The replicas waiting for that lease are told on [`WRITES_CHANNEL`].
+/// The replicas waiting for that lease are told on [`WRITES_CHANNEL`]; `pcall`, so that a user
+/// the server's ACLs do not let publish still writes (a script is not rolled back) and is told
+/// it did.
 const PUT_IF_OWNER: &str = r"
 if redis.call('GET', KEYS[2]) == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   redis.call('DEL', KEYS[2])
-  redis.call('PUBLISH', ARGV[4], KEYS[1])
+  redis.pcall('PUBLISH', ARGV[4], KEYS[1])
   return 1
 end
 return 0";
@@ -30,6 +32,11 @@ return 0";
 /// The Pub/Sub channel a token's write is announced on (the message is the store key, which
 /// holds no secret), so that replicas waiting for it read it at once.
 pub const WRITES_CHANNEL: &str = "tower-bearer:written";
+
+/// The value, its time to live by the server's clock (milliseconds; negative when there is no
+/// value), and whether its lease is held, read at one instant.
+const READ: &str = r"
+return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1]), redis.call('EXISTS', KEYS[2])}";
 
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -53,6 +60,7 @@ end
 return 0";
 
 static PUT_IF_OWNER_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(PUT_IF_OWNER));
+static READ_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(READ));
 static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE));
 static RENEW_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RENEW));
 static DELETE_IF_FINGERPRINT_SCRIPT: LazyLock<Script> =
@@ -106,7 +114,10 @@ impl RedisStore {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_millis(500)))
             .set_response_timeout(Some(Duration::from_secs(1)))
-            .set_number_of_retries(3)
+            // Retried until the server answers: a reconnection that gave up would fail the
+            // first operation after the server is back, making every replica fetch once. Each
+            // operation is bounded by the store timeout anyway.
+            .set_number_of_retries(usize::MAX)
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_millis(500));
         let connection =
@@ -181,6 +192,17 @@ async fn follow_writes(client: Client, notices: watch::Sender<u64>) {
             () = notices.closed() => return,
             subscribed = tokio::time::timeout(Duration::from_millis(500), subscribe) => subscribed,
         };
+        if let Ok(Err(error)) = &subscribed {
+            if error.code() == Some("NOPERM") {
+                tracing::warn!(
+                    channel = WRITES_CHANNEL,
+                    "the shared token store does not let this user subscribe to the channel \
+                     writes are announced on; replicas waiting for another's fetch poll instead"
+                );
+                // Dropping the sender closes the channel: waiters go on polling.
+                return;
+            }
+        }
         if let Ok(Ok(pubsub)) = subscribed {
             delay = Duration::from_millis(10);
             bump();
@@ -225,13 +247,18 @@ impl TokenStore for RedisStore {
     fn read<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Stored> {
         Box::pin(async move {
             let mut connection = self.connection.clone();
-            let (value, lease): (Option<Vec<u8>>, Option<Vec<u8>>) = redis::cmd("MGET")
-                .arg(key)
-                .arg(lease_key(key))
-                .query_async(&mut connection)
+            let (value, ttl, leased): (Option<Vec<u8>>, i64, i64) = READ_SCRIPT
+                .key(key)
+                .key(lease_key(key))
+                .invoke_async(&mut connection)
                 .await
                 .map_err(sanitized)?;
-            Ok(Stored::new(value, lease.is_some()))
+            let stored = Stored::new(value, leased == 1);
+            Ok(match u64::try_from(ttl) {
+                Ok(ttl) => stored.with_ttl(Duration::from_millis(ttl)),
+                // No value, or a value without a time to live (not written by this crate).
+                Err(_) => stored,
+            })
         })
     }
 
@@ -331,9 +358,12 @@ impl TokenStore for RedisStore {
     }
 }
 
-/// A time to live in milliseconds, at least one (Redis refuses zero).
+/// A time to live in milliseconds, at least one (Redis refuses zero) and at most 2^46 (over
+/// 2,000 years; Redis refuses a deadline past the largest 64-bit millisecond time).
 fn millis(ttl: Duration) -> u64 {
-    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+    u64::try_from(ttl.as_millis())
+        .unwrap_or(u64::MAX)
+        .clamp(1, 1 << 46)
 }
 
 #[cfg(test)]

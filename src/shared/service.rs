@@ -14,7 +14,7 @@ use tower::ServiceExt;
 use tower_service::Service;
 
 use super::seal::{self, Garbage, SealingKey};
-use super::store::TokenStore;
+use super::store::{Stored, TokenStore};
 use super::{Config, SharedStats, State};
 use crate::{BoxError, Expiry, Reason, Token, TokenRequest};
 
@@ -156,18 +156,26 @@ where
             let Ok(stored) = shared.op(shared.store.read(&self.key)).await else {
                 return self.bypass().await;
             };
-            if let Some(token) = self.usable(stored.value.as_deref(), true) {
+            if let Some(token) = self.usable(&stored, true) {
                 shared.state.hit();
                 return Ok(token);
             }
             if !stored.leased {
-                let owner = shared.owner_id();
-                let lease = shared
-                    .store
-                    .try_lease(&self.key, &owner, shared.config.lease_ttl);
-                match shared.op(lease).await {
-                    Ok(true) => return self.fetch_leased(owner).await,
-                    Ok(false) => {}
+                // Armed before asking: a `SET NX` that took effect but whose answer timed out
+                // leaves a lease that its release (checking the owner) frees at once, instead
+                // of blocking the fleet for the lease's time to live.
+                let mut lease = Lease {
+                    shared: Some(shared.clone()),
+                    key: self.key.clone(),
+                    owner: shared.owner_id(),
+                };
+                let taken =
+                    shared
+                        .store
+                        .try_lease(&self.key, &lease.owner, shared.config.lease_ttl);
+                match shared.op(taken).await {
+                    Ok(true) => return self.fetch_leased(lease).await,
+                    Ok(false) => lease.disarm(),
                     Err(Unavailable) => return self.bypass().await,
                 }
             }
@@ -198,9 +206,9 @@ where
 
     /// The token a stored value holds, if it may be handed out. A value that does not open is
     /// counted and logged if `report` (once per request: not again when read after the lease).
-    fn usable(&self, value: Option<&[u8]>, report: bool) -> Option<Token> {
+    fn usable(&self, stored: &Stored, report: bool) -> Option<Token> {
         let shared = &self.shared;
-        let opened = match shared.sealing.open(value?, &self.key) {
+        let opened = match shared.sealing.open(stored.value.as_deref()?, &self.key) {
             Ok(opened) => opened,
             Err(_) if !report => return None,
             Err(Garbage(what)) => {
@@ -219,30 +227,30 @@ where
         if self.request.current().map(Token::access_token) == Some(opened.token.access_token()) {
             return None;
         }
-        let now = seal::unix_ms_in(Duration::ZERO);
-        let remaining = Duration::from_millis(opened.expires_at_ms.saturating_sub(now));
+        // The store's own clock, when it says: replicas' clocks may disagree by more than a
+        // token's skew, and the value's time to live was set from its remaining lifetime.
+        let remaining = stored.ttl.unwrap_or_else(|| {
+            let now = seal::unix_ms_in(Duration::ZERO);
+            Duration::from_millis(opened.expires_at_ms.saturating_sub(now))
+        });
         (remaining >= shared.config.min_remaining).then(|| opened.token.with_expires_in(remaining))
     }
 
     /// With the lease: fetches from the source and writes the token for the others.
-    async fn fetch_leased(self, owner: String) -> Result<Token, BoxError> {
+    /// Releases go through the lease's drop, in a task of their own: no release adds to the
+    /// time a token request takes.
+    async fn fetch_leased(self, mut lease: Lease) -> Result<Token, BoxError> {
         let shared = self.shared.clone();
-        let mut lease = Lease {
-            shared: Some(shared.clone()),
-            key: self.key.clone(),
-            owner,
-        };
         // Another replica may have written the token between this one's read and its lease.
         match shared.op(shared.store.read(&self.key)).await {
             Ok(stored) => {
-                if let Some(token) = self.usable(stored.value.as_deref(), false) {
+                if let Some(token) = self.usable(&stored, false) {
                     shared.state.hit();
-                    lease.release().await;
                     return Ok(token);
                 }
             }
             Err(Unavailable) => {
-                lease.release().await;
+                drop(lease);
                 return self.bypass().await;
             }
         }
@@ -260,19 +268,21 @@ where
                 Ok(result) => break result,
                 Err(_) => {
                     renew_at += lease_ttl / 3;
-                    let renew = shared.store.renew(&lease.key, &lease.owner, lease_ttl);
-                    if let Ok(false) = shared.op(renew).await {
-                        tracing::debug!("the lease could not be renewed during a slow fetch");
-                    }
+                    // In a task of its own, so that the fetch is polled while it runs.
+                    let (renewing, key, owner) =
+                        (shared.clone(), lease.key.clone(), lease.owner.clone());
+                    tokio::spawn(async move {
+                        let renew = renewing.store.renew(&key, &owner, lease_ttl);
+                        if let Ok(false) = renewing.op(renew).await {
+                            tracing::debug!("the lease could not be renewed during a slow fetch");
+                        }
+                    });
                 }
             }
         };
         let token = match fetched {
             Ok(token) => token,
-            Err(error) => {
-                lease.release().await;
-                return Err(error);
-            }
+            Err(error) => return Err(error),
         };
         let remaining = match token.expiry() {
             None => shared.config.default_lifetime,
@@ -288,19 +298,22 @@ where
             })
             .flatten();
         let Some(value) = sealed else {
-            lease.release().await;
             return Ok(token);
         };
         let store = &shared.store;
         let put = store.put_if_owner(&lease.key, &lease.owner, &value, remaining);
         match shared.op(put).await {
-            Ok(true) => {}
-            Ok(false) => tracing::debug!(
-                "the lease expired during the fetch; the token is used here but not shared"
-            ),
+            // The write freed the lease.
+            Ok(true) => lease.disarm(),
+            Ok(false) => {
+                lease.disarm();
+                tracing::debug!(
+                    "the lease expired during the fetch; the token is used here but not shared"
+                );
+            }
+            // Perhaps not written: the lease's drop frees it if this replica still holds it.
             Err(Unavailable) => {}
         }
-        lease.shared = None;
         Ok(token)
     }
 
@@ -311,8 +324,9 @@ where
     }
 }
 
-/// A lease held: released when the flow is done with it, or, if the flow is dropped (the
-/// cache's fetch timeout), from a task of its own.
+/// A lease held, or perhaps held: released from a task of its own when dropped armed (the flow
+/// is done with it, failed, or was dropped by the cache's fetch timeout). The release checks
+/// the owner, so releasing a lease another replica holds now does nothing.
 struct Lease {
     shared: Option<Arc<Shared>>,
     key: String,
@@ -320,12 +334,9 @@ struct Lease {
 }
 
 impl Lease {
-    async fn release(&mut self) {
-        if let Some(shared) = self.shared.take() {
-            let _ = shared
-                .op(shared.store.release(&self.key, &self.owner))
-                .await;
-        }
+    /// Nothing to release: the lease was not taken, or a write freed it.
+    fn disarm(&mut self) {
+        self.shared = None;
     }
 }
 

@@ -22,12 +22,26 @@ pub struct Stored {
     pub value: Option<Vec<u8>>,
     /// Whether the lease is held.
     pub leased: bool,
+    /// How long the value has left to live, by the store's clock, if the store tells. Replicas
+    /// go by it rather than by the expiry written in the value, which the writer computed on its
+    /// own clock.
+    pub ttl: Option<Duration>,
 }
 
 impl Stored {
     /// What a store read: a value (or none) and whether the lease is held.
     pub fn new(value: Option<Vec<u8>>, leased: bool) -> Self {
-        Self { value, leased }
+        Self {
+            value,
+            leased,
+            ttl: None,
+        }
+    }
+
+    /// The same, with the value's remaining time to live by the store's clock.
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
     }
 }
 
@@ -37,6 +51,7 @@ impl fmt::Debug for Stored {
         f.debug_struct("Stored")
             .field("value_len", &self.value.as_ref().map(Vec::len))
             .field("leased", &self.leased)
+            .field("ttl", &self.ttl)
             .finish()
     }
 }
