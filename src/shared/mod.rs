@@ -34,7 +34,7 @@
 //! | the store is | what happens |
 //! |---|---|
 //! | down (refused, reset, unreachable) | each fetch costs at most one store timeout more, then calls the source; the cache's single flight still makes that one fetch per replica and token. A warning is logged once per episode, each failed operation is counted in [`SharedStats::store_errors`]. When the store answers again, sharing resumes by itself (the Redis connection manager reconnects). |
-//! | slow | as down, for the operations that take longer than the timeout. |
+//! | slow | as down, for an operation that takes longer than the timeout. One that answers within it adds its round trip: a hit reads once; a miss reads, takes the lease, reads again, and writes (four operations; releases and lease renewals run in tasks of their own). |
 //! | flushed, restarted empty, or evicting | a miss: one replica fetches and writes the token again. A lease lost with the data makes a second replica fetch at worst. |
 //! | answering garbage (another sealing key, another writer) | the value is not used: the replica takes the lease, fetches, and overwrites it. Counted as a store error; logged once until a stored value opens again. |
 //! | holding a lease no one frees (its replica died mid-fetch) | waiters fetch after the lease expires, and fetch without the store once they waited [`max_wait`](SharedCacheLayer::max_wait). |
@@ -50,8 +50,9 @@
 //! Tokens (refresh tokens included) are encrypted with AES-256-GCM under a key derived from
 //! the [`SealingKey`]; the store key is authenticated with them, so a value copied under
 //! another key does not open. Storing tokens in clear needs [`SealingKey::insecure_plaintext`].
-//! Expiry is stored as wall-clock time: replicas' clocks must agree within the cache's
-//! [expiry skew](crate::cache::TokenCacheBuilder::expiry_skew) (NTP does that).
+//! A stored token's remaining lifetime is read from the store's clock (the value's time to
+//! live, which the writer set to the token's remaining lifetime; [`Stored::ttl`]), so replicas
+//! whose clocks disagree still agree on when a token expires.
 //!
 //! # Refresh tokens
 //!
@@ -140,7 +141,7 @@ pub struct SharedCacheLayer {
     state: Arc<State>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub(crate) struct Config {
     pub(crate) identity: String,
     pub(crate) prefix: String,
@@ -150,6 +151,28 @@ pub(crate) struct Config {
     pub(crate) poll_interval: Duration,
     pub(crate) min_remaining: Duration,
     pub(crate) default_lifetime: Duration,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The identity is the user's text, which may carry more than it should: its digest
+        // tells configurations apart without showing it.
+        let digest = ring::digest::digest(&ring::digest::SHA256, self.identity.as_bytes());
+        let digest: String = digest.as_ref()[..8]
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        f.debug_struct("Config")
+            .field("identity_sha256", &format_args!("{digest}…"))
+            .field("prefix", &self.prefix)
+            .field("store_timeout", &self.store_timeout)
+            .field("lease_ttl", &self.lease_ttl)
+            .field("max_wait", &self.max_wait)
+            .field("poll_interval", &self.poll_interval)
+            .field("min_remaining", &self.min_remaining)
+            .field("default_lifetime", &self.default_lifetime)
+            .finish()
+    }
 }
 
 /// What the counters and the once-per-episode log share between a layer and its services.
@@ -273,11 +296,12 @@ impl SharedCacheLayer {
     /// How long a lease lasts unless renewed: a replica renews its lease every third of this
     /// while its fetch runs, so a lease expires only when its replica died (or cannot reach
     /// the store), and another replica then fetches. Shorter takes over sooner after a crash;
-    /// it must stay well above the store's round trip.
+    /// it must stay well above the store's round trip. At least 30 ms (shorter would renew in a
+    /// loop).
     ///
     /// Default: 5 s.
     pub fn lease_ttl(mut self, ttl: Duration) -> Self {
-        self.config.lease_ttl = ttl;
+        self.config.lease_ttl = ttl.max(Duration::from_millis(30));
         self
     }
 
@@ -296,9 +320,11 @@ impl SharedCacheLayer {
     /// write ([`TokenStore::writes`]) wakes it first; each wait is this plus a random part of up
     /// to as much again, so that waiters spread out.
     ///
+    /// At least 1 ms.
+    ///
     /// Default: 25 ms (waits of 25 to 50 ms).
     pub fn poll_interval(mut self, interval: Duration) -> Self {
-        self.config.poll_interval = interval;
+        self.config.poll_interval = interval.max(Duration::from_millis(1));
         self
     }
 

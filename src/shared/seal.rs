@@ -138,7 +138,13 @@ impl SealingKey {
         random: &SystemRandom,
     ) -> Option<Vec<u8>> {
         let fingerprint = self.fingerprint(token.access_token());
-        let mut body = Zeroizing::new(Vec::with_capacity(128));
+        // Room for everything at once: a buffer that grew would leave token bytes behind in the
+        // memory it freed, which nothing overwrites.
+        let text_len = token.access_token().secret().len()
+            + token.token_type().map_or(0, str::len)
+            + token.refresh_token().map_or(0, |t| t.secret().len())
+            + token.scope().map_or(0, str::len);
+        let mut body = Zeroizing::new(Vec::with_capacity(64 + text_len));
         body.push(BODY_VERSION);
         body.extend_from_slice(&expires_at_ms.to_be_bytes());
         put(&mut body, token.access_token().secret());
