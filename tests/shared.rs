@@ -623,3 +623,150 @@ async fn stored_values_are_ciphertext() {
     let value = redis.only_value();
     assert!(value.windows(19).any(|w| w == b"access-in-the-clear"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// The store's atomic operations, and a holder whose write fails
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_lease_owner_writes_renews_or_releases() {
+    let redis = RedisServer::start();
+    let store = RedisStore::connect(&redis.url()).await.unwrap();
+    let (key, ttl) = ("tower-bearer:{ownership}", Duration::from_secs(30));
+    assert!(store.try_lease(key, "owner-a", ttl).await.unwrap());
+    assert!(
+        !store.try_lease(key, "owner-b", ttl).await.unwrap(),
+        "a second lease"
+    );
+    assert!(!store.put_if_owner(key, "owner-b", b"b", ttl).await.unwrap());
+    assert!(!store.renew(key, "owner-b", ttl).await.unwrap());
+    assert!(!store.release(key, "owner-b").await.unwrap());
+    let stored = store.read(key).await.unwrap();
+    assert_eq!(
+        (stored.value, stored.leased),
+        (None, true),
+        "b changed nothing"
+    );
+
+    assert!(store.renew(key, "owner-a", ttl).await.unwrap());
+    assert!(store.put_if_owner(key, "owner-a", b"a", ttl).await.unwrap());
+    let stored = store.read(key).await.unwrap();
+    assert_eq!(stored.value.as_deref(), Some(&b"a"[..]));
+    assert!(!stored.leased, "the write freed the lease");
+    let left = stored.ttl.expect("the server's time to live");
+    assert!(left > Duration::from_secs(25) && left <= ttl, "{left:?}");
+
+    // A lease that expired and was taken by another: its first holder writes nothing.
+    let short = Duration::from_millis(100);
+    assert!(store.try_lease(key, "owner-c", short).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(store.try_lease(key, "owner-d", ttl).await.unwrap());
+    assert!(!store.put_if_owner(key, "owner-c", b"c", ttl).await.unwrap());
+    assert_eq!(
+        store.read(key).await.unwrap().value.as_deref(),
+        Some(&b"a"[..])
+    );
+}
+
+/// A store whose writes never answer in time (the write is lost with its timeout).
+struct SlowWrites(RedisStore);
+
+impl TokenStore for SlowWrites {
+    fn read<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Stored> {
+        self.0.read(key)
+    }
+    fn try_lease<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, bool> {
+        self.0.try_lease(key, owner, ttl)
+    }
+    fn put_if_owner<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            self.0.put_if_owner(key, owner, value, ttl).await
+        })
+    }
+    fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> StoreFuture<'a, bool> {
+        self.0.release(key, owner)
+    }
+    fn delete_if_fingerprint<'a>(
+        &'a self,
+        key: &'a str,
+        fingerprint: &'a [u8],
+    ) -> StoreFuture<'a, bool> {
+        self.0.delete_if_fingerprint(key, fingerprint)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_times_out_frees_the_lease_at_once() {
+    let redis = RedisServer::start();
+    let calls = Calls::default();
+    let source = calls.lasting(Duration::from_millis(20), Duration::from_secs(300));
+    let slow = RedisStore::connect(&redis.url()).await.unwrap();
+    fn layer(store: impl TokenStore) -> SharedCacheLayer {
+        SharedCacheLayer::new(
+            store,
+            SealingKey::new(KEY),
+            "test-issuer client=slow-writes",
+        )
+        .lease_ttl(Duration::from_secs(20))
+        .max_wait(Duration::from_secs(60))
+    }
+    let first = TokenCache::new(layer(SlowWrites(slow)).layer(source.clone()));
+    within(
+        Duration::from_secs(5),
+        "the first replica's token",
+        first.token(),
+    )
+    .await
+    .unwrap();
+    // Its write timed out and was lost; its lease must not make the next replica wait for the
+    // lease's 20 s.
+    let second_store = RedisStore::connect(&redis.url()).await.unwrap();
+    let second = TokenCache::new(layer(second_store).layer(source.clone()));
+    let token = within(
+        Duration::from_secs(5),
+        "the second replica's token",
+        second.token(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        token.access_token().secret(),
+        "tok-2",
+        "fetched again, nothing was shared"
+    );
+    assert_eq!(calls.count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_never_expires_is_shared() {
+    let redis = RedisServer::start();
+    let calls = Calls::default();
+    let source = calls.lasting(Duration::from_millis(20), Duration::MAX);
+    let mut caches = Vec::new();
+    for _ in 0..2 {
+        caches.push(TokenCache::new(
+            shared_layer(&redis).await.layer(source.clone()),
+        ));
+    }
+    for cache in &caches {
+        let token = within(Duration::from_secs(5), "a replica's token", cache.token()).await;
+        assert_eq!(token.unwrap().access_token().secret(), "tok-1");
+    }
+    assert_eq!(
+        calls.count(),
+        1,
+        "the second replica read the first one's token"
+    );
+}
