@@ -273,6 +273,7 @@ pub struct TokenRequest {
     key: TokenKey,
     /// Shared, so that cloning a request (as tower's retry middleware does) stays cheap.
     current: Option<Arc<Token>>,
+    refresh_token: Option<RefreshToken>,
 }
 
 impl PartialEq for TokenRequest {
@@ -281,6 +282,7 @@ impl PartialEq for TokenRequest {
             && self.key == other.key
             && self.current.as_ref().map(|token| token.access_token())
                 == other.current.as_ref().map(|token| token.access_token())
+            && self.refresh_token == other.refresh_token
     }
 }
 
@@ -294,7 +296,24 @@ impl TokenRequest {
             reason,
             key: TokenKey::default(),
             current: None,
+            refresh_token: None,
         }
+    }
+
+    /// The same request, asking the source to redeem `refresh_token` rather than the one it
+    /// holds: the latest of a grant that several processes share, which a shared store
+    /// (`shared::SharedCache`, with the `redis` feature) hands to the one process it lets
+    /// refresh. `oauth2::RefreshTokenSource` redeems it, and keeps the refresh token it gets
+    /// back; sources without refresh tokens ignore it.
+    pub fn with_refresh_token(mut self, refresh_token: RefreshToken) -> Self {
+        self.refresh_token = Some(refresh_token);
+        self
+    }
+
+    /// The refresh token to redeem, if the caller holds a later one than the source (see
+    /// [`with_refresh_token`](Self::with_refresh_token)).
+    pub fn refresh_token(&self) -> Option<&RefreshToken> {
+        self.refresh_token.as_ref()
     }
 
     /// The same request, saying which token the new one replaces.

@@ -24,11 +24,12 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tower::{service_fn, Layer, ServiceExt};
+use tower_bearer::oauth2::RefreshTokenSource;
 use tower_bearer::oauth2::{ClientCredentials, TokenEndpoint};
 use tower_bearer::shared::{
     RedisStore, SealingKey, SharedCacheLayer, SharedStats, StoreFuture, Stored, TokenStore,
 };
-use tower_bearer::{BearerAuthLayer, Reason, Token, TokenCache, TokenRequest};
+use tower_bearer::{BearerAuthLayer, Reason, RefreshToken, Token, TokenCache, TokenRequest};
 
 use support::redis_server::{RedisServer, Reply};
 use support::{loopback, read_request, within, write_response, Calls};
@@ -484,6 +485,7 @@ impl TokenStore for Silent {
         _: &'a str,
         _: &'a [u8],
         _: Duration,
+        _: Option<(&'a [u8], Duration)>,
     ) -> StoreFuture<'a, bool> {
         Box::pin(std::future::pending())
     }
@@ -638,7 +640,10 @@ async fn only_the_lease_owner_writes_renews_or_releases() {
         !store.try_lease(key, "owner-b", ttl).await.unwrap(),
         "a second lease"
     );
-    assert!(!store.put_if_owner(key, "owner-b", b"b", ttl).await.unwrap());
+    assert!(!store
+        .put_if_owner(key, "owner-b", b"b", ttl, None)
+        .await
+        .unwrap());
     assert!(!store.renew(key, "owner-b", ttl).await.unwrap());
     assert!(!store.release(key, "owner-b").await.unwrap());
     let stored = store.read(key).await.unwrap();
@@ -649,9 +654,17 @@ async fn only_the_lease_owner_writes_renews_or_releases() {
     );
 
     assert!(store.renew(key, "owner-a", ttl).await.unwrap());
-    assert!(store.put_if_owner(key, "owner-a", b"a", ttl).await.unwrap());
+    assert!(store
+        .put_if_owner(key, "owner-a", b"a", ttl, Some((b"r", ttl)))
+        .await
+        .unwrap());
     let stored = store.read(key).await.unwrap();
     assert_eq!(stored.value.as_deref(), Some(&b"a"[..]));
+    assert_eq!(
+        stored.refresh.as_deref(),
+        Some(&b"r"[..]),
+        "the refresh token beside it"
+    );
     assert!(!stored.leased, "the write freed the lease");
     let left = stored.ttl.expect("the server's time to live");
     assert!(left > Duration::from_secs(25) && left <= ttl, "{left:?}");
@@ -661,7 +674,10 @@ async fn only_the_lease_owner_writes_renews_or_releases() {
     assert!(store.try_lease(key, "owner-c", short).await.unwrap());
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(store.try_lease(key, "owner-d", ttl).await.unwrap());
-    assert!(!store.put_if_owner(key, "owner-c", b"c", ttl).await.unwrap());
+    assert!(!store
+        .put_if_owner(key, "owner-c", b"c", ttl, None)
+        .await
+        .unwrap());
     assert_eq!(
         store.read(key).await.unwrap().value.as_deref(),
         Some(&b"a"[..])
@@ -689,10 +705,11 @@ impl TokenStore for SlowWrites {
         owner: &'a str,
         value: &'a [u8],
         ttl: Duration,
+        refresh: Option<(&'a [u8], Duration)>,
     ) -> StoreFuture<'a, bool> {
         Box::pin(async move {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            self.0.put_if_owner(key, owner, value, ttl).await
+            self.0.put_if_owner(key, owner, value, ttl, refresh).await
         })
     }
     fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> StoreFuture<'a, bool> {
@@ -768,5 +785,110 @@ async fn a_token_that_never_expires_is_shared() {
         calls.count(),
         1,
         "the second replica read the first one's token"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// A refresh-token grant shared by a fleet, at a server that rotates refresh tokens
+// ---------------------------------------------------------------------------------------------
+
+/// A token endpoint for one grant whose refresh tokens rotate: `rt-<n>` is redeemable once,
+/// for `at-<n+1>` (living `lifetime`) and `rt-<n+1>`; presenting a used one is counted and
+/// refused with `invalid_grant`, as servers that detect refresh token reuse do.
+#[derive(Clone, Default)]
+struct RotatingGrant {
+    latest: Arc<AtomicUsize>,
+    refreshes: Arc<AtomicUsize>,
+    reuses: Arc<AtomicUsize>,
+}
+
+impl RotatingGrant {
+    async fn start(self, lifetime_s: u64) -> SocketAddr {
+        let (listener, addr) = loopback().await;
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let grant = self.clone();
+                tokio::spawn(async move {
+                    let Some((_, body)) = read_request(&mut stream).await else {
+                        return;
+                    };
+                    let presented = form_urlencoded::parse(&body)
+                        .find(|(name, _)| name == "refresh_token")
+                        .map(|(_, value)| value.into_owned())
+                        .unwrap_or_default();
+                    let latest = grant.latest.load(Ordering::SeqCst);
+                    if presented != format!("rt-{latest}") {
+                        grant.reuses.fetch_add(1, Ordering::SeqCst);
+                        let body = br#"{"error":"invalid_grant"}"#;
+                        let _ = write_response(
+                            &mut stream,
+                            "400 Bad Request",
+                            "application/json",
+                            "",
+                            body,
+                        )
+                        .await;
+                        return;
+                    }
+                    let next = latest + 1;
+                    grant.latest.store(next, Ordering::SeqCst);
+                    grant.refreshes.fetch_add(1, Ordering::SeqCst);
+                    let body = format!(
+                        r#"{{"access_token":"at-{next}","token_type":"Bearer","expires_in":{lifetime_s},"refresh_token":"rt-{next}"}}"#
+                    );
+                    let _ = write_response(
+                        &mut stream,
+                        "200 OK",
+                        "application/json",
+                        "",
+                        body.as_bytes(),
+                    )
+                    .await;
+                });
+            }
+        });
+        addr
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_sharing_a_rotating_refresh_grant_never_reuses_a_refresh_token() {
+    let redis = RedisServer::start();
+    let grant = RotatingGrant::default();
+    let addr = grant.clone().start(3).await;
+    // Four replicas, each with the grant's first refresh token, as a deploy hands them out.
+    let mut caches = Vec::new();
+    for _ in 0..4 {
+        let endpoint = TokenEndpoint::builder(format!("http://{addr}/token"), "fleet")
+            .client_secret("s3cr3t")
+            .build()
+            .unwrap();
+        let source = RefreshTokenSource::new(endpoint, RefreshToken::new("rt-0"));
+        let shared = shared_layer(&redis).await;
+        caches.push(TokenCache::new(shared.layer(source)));
+    }
+    // About three token lifetimes of traffic from every replica (3 s tokens, refreshed 1 s
+    // before their usable end at the latest).
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(8) {
+        for cache in &caches {
+            within(Duration::from_secs(5), "a replica's token", cache.token())
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        grant.reuses.load(Ordering::SeqCst),
+        0,
+        "a refresh token was redeemed twice"
+    );
+    let refreshes = grant.refreshes.load(Ordering::SeqCst);
+    // One refresh per token lifetime for the whole fleet (three to six in 8 s of 3 s tokens),
+    // not one per replica.
+    assert!(
+        (2..=7).contains(&refreshes),
+        "{refreshes} refreshes for the fleet"
     );
 }

@@ -307,6 +307,16 @@ impl RefreshTokenSource {
     ///
     /// As [`request_token`](Self::request_token).
     pub async fn request_token_for(&self, key: &TokenKey) -> Result<TokenResponse, Error> {
+        self.redeem(key, None).await
+    }
+
+    /// Refreshes for `key` with `presented`, if given (a later refresh token of the same grant,
+    /// from a store shared by several processes), or with this source's own.
+    async fn redeem(
+        &self,
+        key: &TokenKey,
+        presented: Option<RefreshToken>,
+    ) -> Result<TokenResponse, Error> {
         let shared = self.shared.clone();
         let mut state = shared.state.clone().lock_owned().await;
         if let Some(error) = &state.dead {
@@ -329,14 +339,16 @@ impl RefreshTokenSource {
         // rotated the token already, and the answer must still be read and kept.
         let key = key.clone();
         let task = tokio::spawn(async move {
-            let result = shared.request(&state.refresh_token, &key).await;
+            let redeemed = presented.unwrap_or_else(|| state.refresh_token.clone());
+            let result = shared.request(&redeemed, &key).await;
             match result {
                 Ok(response) => {
-                    if let Some(rotated) = response.refresh_token() {
-                        if rotated != &state.refresh_token {
-                            state.refresh_token = rotated.clone();
-                            shared.save(rotated);
-                        }
+                    // The grant's latest refresh token: the rotated one, or the one redeemed
+                    // (which may be a later one than this source held).
+                    let latest = response.refresh_token().unwrap_or(&redeemed);
+                    if latest != &state.refresh_token {
+                        state.refresh_token = latest.clone();
+                        shared.save(latest);
                     }
                     Ok(response)
                 }
@@ -415,7 +427,10 @@ impl Service<TokenRequest> for RefreshTokenSource {
 
     fn call(&mut self, req: TokenRequest) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move { Ok(this.request_token_for(req.key()).await?.into_token()) })
+        Box::pin(async move {
+            let presented = req.refresh_token().cloned();
+            Ok(this.redeem(req.key(), presented).await?.into_token())
+        })
     }
 }
 

@@ -151,6 +151,7 @@ pub(crate) struct Config {
     pub(crate) poll_interval: Duration,
     pub(crate) min_remaining: Duration,
     pub(crate) default_lifetime: Duration,
+    pub(crate) refresh_token_ttl: Duration,
 }
 
 impl fmt::Debug for Config {
@@ -171,6 +172,7 @@ impl fmt::Debug for Config {
             .field("poll_interval", &self.poll_interval)
             .field("min_remaining", &self.min_remaining)
             .field("default_lifetime", &self.default_lifetime)
+            .field("refresh_token_ttl", &self.refresh_token_ttl)
             .finish()
     }
 }
@@ -255,6 +257,7 @@ impl SharedCacheLayer {
                 poll_interval: Duration::from_millis(25),
                 min_remaining: Duration::from_secs(1),
                 default_lifetime: Duration::from_secs(3600),
+                refresh_token_ttl: Duration::from_secs(24 * 3600),
             },
             state: Arc::default(),
         }
@@ -274,6 +277,16 @@ impl SharedCacheLayer {
             label: CacheLabel::named(name.into()),
             ..State::default()
         });
+        self
+    }
+
+    /// How long a refresh token stays in the store after it was written (each refresh writes
+    /// the grant's latest again). Set it to the refresh token's lifetime at the server, or
+    /// less: a replica that finds no refresh token in the store redeems its own.
+    ///
+    /// Default: 24 hours.
+    pub fn refresh_token_ttl(mut self, ttl: Duration) -> Self {
+        self.config.refresh_token_ttl = ttl;
         self
     }
 

@@ -23,6 +23,9 @@ use crate::BoxError;
 const PUT_IF_OWNER: &str = r"
 if redis.call('GET', KEYS[2]) == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  if ARGV[5] ~= '' then
+    redis.call('SET', KEYS[3], ARGV[5], 'PX', ARGV[6])
+  end
   redis.call('DEL', KEYS[2])
   redis.pcall('PUBLISH', ARGV[4], KEYS[1])
   return 1
@@ -34,9 +37,11 @@ return 0";
 pub const WRITES_CHANNEL: &str = "tower-bearer:written";
 
 /// The value, its time to live by the server's clock (milliseconds; negative when there is no
-/// value), and whether its lease is held, read at one instant.
+/// value), whether its lease is held, and the refresh token kept beside it, read at one
+/// instant.
 const READ: &str = r"
-return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1]), redis.call('EXISTS', KEYS[2])}";
+return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1]), redis.call('EXISTS', KEYS[2]),
+        redis.call('GET', KEYS[3])}";
 
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -231,6 +236,10 @@ fn lease_key(key: &str) -> String {
     format!("{key}:lease")
 }
 
+fn refresh_key(key: &str) -> String {
+    format!("{key}:refresh")
+}
+
 /// A Redis error as text that carries no command arguments or credentials: its kind and code.
 fn sanitized(error: redis::RedisError) -> BoxError {
     let text = match error.code() {
@@ -247,13 +256,18 @@ impl TokenStore for RedisStore {
     fn read<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Stored> {
         Box::pin(async move {
             let mut connection = self.connection.clone();
-            let (value, ttl, leased): (Option<Vec<u8>>, i64, i64) = READ_SCRIPT
-                .key(key)
-                .key(lease_key(key))
-                .invoke_async(&mut connection)
-                .await
-                .map_err(sanitized)?;
-            let stored = Stored::new(value, leased == 1);
+            let (value, ttl, leased, refresh): (Option<Vec<u8>>, i64, i64, Option<Vec<u8>>) =
+                READ_SCRIPT
+                    .key(key)
+                    .key(lease_key(key))
+                    .key(refresh_key(key))
+                    .invoke_async(&mut connection)
+                    .await
+                    .map_err(sanitized)?;
+            let mut stored = Stored::new(value, leased == 1);
+            if let Some(refresh) = refresh {
+                stored = stored.with_refresh(refresh);
+            }
             Ok(match u64::try_from(ttl) {
                 Ok(ttl) => stored.with_ttl(Duration::from_millis(ttl)),
                 // No value, or a value without a time to live (not written by this crate).
@@ -289,16 +303,21 @@ impl TokenStore for RedisStore {
         owner: &'a str,
         value: &'a [u8],
         ttl: Duration,
+        refresh: Option<(&'a [u8], Duration)>,
     ) -> StoreFuture<'a, bool> {
         Box::pin(async move {
             let mut connection = self.connection.clone();
+            let (refresh, refresh_ttl) = refresh.unwrap_or((b"", Duration::ZERO));
             let written: i64 = PUT_IF_OWNER_SCRIPT
                 .key(key)
                 .key(lease_key(key))
+                .key(refresh_key(key))
                 .arg(owner)
                 .arg(value)
                 .arg(millis(ttl))
                 .arg(WRITES_CHANNEL)
+                .arg(refresh)
+                .arg(millis(refresh_ttl))
                 .invoke_async(&mut connection)
                 .await
                 .map_err(sanitized)?;

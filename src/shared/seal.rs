@@ -149,7 +149,9 @@ impl SealingKey {
         body.extend_from_slice(&expires_at_ms.to_be_bytes());
         put(&mut body, token.access_token().secret());
         put_optional(&mut body, token.token_type());
-        put_optional(&mut body, token.refresh_token().map(|t| t.secret()));
+        // The refresh token is kept apart, under a key of its own (`seal_refresh`): it outlives
+        // the access token, and only the replica allowed to refresh needs it.
+        put_optional(&mut body, None);
         put_optional(&mut body, token.scope());
 
         let Some(key) = &self.seal else {
@@ -177,6 +179,27 @@ impl SealingKey {
         .ok()?;
         value.extend_from_slice(&sealed);
         Some(value)
+    }
+
+    /// The value stored beside the token of `store_key` for its refresh token.
+    pub(super) fn seal_refresh(
+        &self,
+        refresh_token: &RefreshToken,
+        store_key: &str,
+        random: &SystemRandom,
+    ) -> Option<Vec<u8>> {
+        let holder = Token::new(refresh_token.secret());
+        self.seal(&holder, 0, &refresh_store_key(store_key), random)
+    }
+
+    /// The refresh token stored beside the token of `store_key`.
+    pub(super) fn open_refresh(
+        &self,
+        value: &[u8],
+        store_key: &str,
+    ) -> Result<RefreshToken, Garbage> {
+        let opened = self.open(value, &refresh_store_key(store_key))?;
+        Ok(RefreshToken::new(opened.token.access_token().secret()))
     }
 
     /// The token a stored value holds and its expiry (UNIX milliseconds). The fingerprint
@@ -256,6 +279,12 @@ pub(super) struct Opened {
 /// What was wrong with a stored value (no part of the value itself).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Garbage(pub(super) &'static str);
+
+/// What a refresh token is sealed under: not its access token's store key, so that neither
+/// value opens as the other.
+fn refresh_store_key(store_key: &str) -> String {
+    format!("{store_key}:refresh")
+}
 
 /// Binds a sealed value to its key and fingerprint: copied under another key, or given another
 /// fingerprint, it does not open.

@@ -239,7 +239,7 @@ where
     /// With the lease: fetches from the source and writes the token for the others.
     /// Releases go through the lease's drop, in a task of their own: no release adds to the
     /// time a token request takes.
-    async fn fetch_leased(self, mut lease: Lease) -> Result<Token, BoxError> {
+    async fn fetch_leased(mut self, mut lease: Lease) -> Result<Token, BoxError> {
         let shared = self.shared.clone();
         // Another replica may have written the token between this one's read and its lease.
         match shared.op(shared.store.read(&self.key)).await {
@@ -247,6 +247,19 @@ where
                 if let Some(token) = self.usable(&stored, false) {
                     shared.state.hit();
                     return Ok(token);
+                }
+                // The grant's latest refresh token, if the fleet shares one: redeemed by this
+                // replica alone, since it holds the lease, and replaced by the write below.
+                if let Some(value) = &stored.refresh {
+                    match shared.sealing.open_refresh(value, &self.key) {
+                        Ok(refresh_token) => {
+                            self.request = self.request.with_refresh_token(refresh_token);
+                        }
+                        Err(Garbage(what)) => tracing::debug!(
+                            found = what,
+                            "a stored refresh token does not open; the source's own is used"
+                        ),
+                    }
                 }
             }
             Err(Unavailable) => {
@@ -300,8 +313,15 @@ where
         let Some(value) = sealed else {
             return Ok(token);
         };
+        let refresh_ttl = shared.config.refresh_token_ttl;
+        let refresh = token.refresh_token().and_then(|refresh| {
+            shared
+                .sealing
+                .seal_refresh(refresh, &self.key, &shared.random)
+        });
+        let refresh = refresh.as_deref().map(|value| (value, refresh_ttl));
         let store = &shared.store;
-        let put = store.put_if_owner(&lease.key, &lease.owner, &value, remaining);
+        let put = store.put_if_owner(&lease.key, &lease.owner, &value, remaining, refresh);
         match shared.op(put).await {
             // The write freed the lease.
             Ok(true) => lease.disarm(),

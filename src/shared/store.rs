@@ -22,6 +22,9 @@ pub struct Stored {
     pub value: Option<Vec<u8>>,
     /// Whether the lease is held.
     pub leased: bool,
+    /// The sealed refresh token kept beside the value (see
+    /// [`put_if_owner`](TokenStore::put_if_owner)), if any.
+    pub refresh: Option<Vec<u8>>,
     /// How long the value has left to live, by the store's clock, if the store tells. Replicas
     /// go by it rather than by the expiry written in the value, which the writer computed on its
     /// own clock.
@@ -34,8 +37,15 @@ impl Stored {
         Self {
             value,
             leased,
+            refresh: None,
             ttl: None,
         }
+    }
+
+    /// The same, with the sealed refresh token kept beside the value.
+    pub fn with_refresh(mut self, refresh: Vec<u8>) -> Self {
+        self.refresh = Some(refresh);
+        self
     }
 
     /// The same, with the value's remaining time to live by the store's clock.
@@ -51,6 +61,7 @@ impl fmt::Debug for Stored {
         f.debug_struct("Stored")
             .field("value_len", &self.value.as_ref().map(Vec::len))
             .field("leased", &self.leased)
+            .field("refresh_len", &self.refresh.as_ref().map(Vec::len))
             .field("ttl", &self.ttl)
             .finish()
     }
@@ -80,14 +91,17 @@ pub trait TokenStore: Send + Sync + 'static {
         ttl: Duration,
     ) -> StoreFuture<'a, bool>;
 
-    /// If `owner` still holds the lease of `key`: writes `value` with a time to live of `ttl`
-    /// and releases the lease, atomically. Returns whether it wrote.
+    /// If `owner` still holds the lease of `key`: writes `value` with a time to live of `ttl`,
+    /// and `refresh` (a sealed refresh token and its own time to live, longer than the access
+    /// token's) beside it if given, and releases the lease, atomically. Returns whether it
+    /// wrote. A refresh token left out keeps the one stored, if any.
     fn put_if_owner<'a>(
         &'a self,
         key: &'a str,
         owner: &'a str,
         value: &'a [u8],
         ttl: Duration,
+        refresh: Option<(&'a [u8], Duration)>,
     ) -> StoreFuture<'a, bool>;
 
     /// Extends the lease of `key` to `ttl` from now if `owner` holds it, atomically. Returns
