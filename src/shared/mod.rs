@@ -56,21 +56,20 @@
 //!
 //! # Refresh tokens
 //!
-//! The whole token is stored, refresh token included, and only the replica holding the lease
-//! writes: leases are exclusive, and the write checks the lease's owner atomically on the
-//! server, so a replica whose lease expired mid-fetch writes nothing over its successor's
-//! token. That check is the compare-and-swap: while a replica holds the lease no other replica
-//! writes, so the value it replaces is the one it read, or none (expired, or deleted by a
-//! rejection, which a fresh token rightly replaces).
-//!
-//! A source that keeps its own refresh token, such as `oauth2::RefreshTokenSource`, keeps one
-//! per replica; the refresh token in the store is not handed to it. The lease makes the fleet
-//! redeem one refresh token at a time, but each replica redeems the one it holds: with one
-//! grant shared by every replica and a server that rotates refresh tokens (and revokes a grant
-//! whose refresh token is reused), the second replica to refresh would present a used refresh
-//! token. Share a refresh-token grant across a fleet only with a server that does not rotate
-//! them; otherwise give each replica its own grant and its own identity. Fleets usually use
-//! client credentials, which have no refresh token.
+//! The access token is stored without its refresh token. The grant's latest refresh token is
+//! kept beside it, sealed under a key of its own that lives
+//! [`refresh_token_ttl`](SharedCacheLayer::refresh_token_ttl), and goes only to the replica
+//! holding the lease: after taking it, that replica reads the store again and hands the stored
+//! refresh token to its source ([`TokenRequest::with_refresh_token`], which
+//! `oauth2::RefreshTokenSource` redeems instead of its own). Its write of the new token and
+//! refresh token checks, atomically on the server, that it still holds the lease: that is the
+//! compare-and-swap. While a replica holds the lease no other replica writes, so the value it
+//! replaces is the one it read (or none: expired, or deleted by a rejection), no two replicas
+//! redeem one refresh token, and a replica whose lease expired mid-fetch writes nothing over its
+//! successor's. A fleet can therefore share one grant even at a server that rotates refresh
+//! tokens and revokes a grant whose refresh token is reused. With several
+//! [token keys](crate::TokenKey) of one rotating grant, each key keeps its own copy and a refresh
+//! for one makes the others' stale: share such a grant with one key.
 //!
 //! # Why the `redis` crate
 //!
