@@ -60,7 +60,7 @@
 //! kept beside it, sealed under a key of its own that lives
 //! [`refresh_token_ttl`](SharedCacheLayer::refresh_token_ttl), and goes only to the replica
 //! holding the lease: after taking it, that replica reads the store again and hands the stored
-//! refresh token to its source ([`TokenRequest::with_refresh_token`], which
+//! refresh token to its source ([`TokenRequest::with_refresh_token`](crate::TokenRequest::with_refresh_token), which
 //! `oauth2::RefreshTokenSource` redeems instead of its own). Its write of the new token and
 //! refresh token checks, atomically on the server, that it still holds the lease: that is the
 //! compare-and-swap. While a replica holds the lease no other replica writes, so the value it
