@@ -607,6 +607,12 @@ async fn stored_values_are_ciphertext() {
     let contains = |needle: &[u8]| value.windows(needle.len()).any(|w| w == needle);
     assert!(!contains(b"access-in-the-clear") && !contains(b"refresh-in-the-clear"));
     let key = String::from_utf8(redis.token_keys().remove(0)).unwrap();
+    // The refresh token, kept beside the token under a key of its own, sealed too.
+    let refresh_key = format!("{key}:refresh");
+    let Reply::Bulk(Some(refresh)) = redis.raw(&[b"GET", refresh_key.as_bytes()]) else {
+        panic!("no refresh token beside the token");
+    };
+    assert!(!refresh.windows(20).any(|w| w == b"refresh-in-the-clear"));
     assert!(
         !key.contains("fleet") && !key.contains("test-issuer"),
         "{key}"
@@ -890,5 +896,58 @@ async fn a_fleet_sharing_a_rotating_refresh_grant_never_reuses_a_refresh_token()
     assert!(
         (2..=7).contains(&refreshes),
         "{refreshes} refreshes for the fleet"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_is_shared_so_the_fleet_does_not_ask_in_turn() {
+    let redis = RedisServer::start();
+    let asked = Arc::new(AtomicUsize::new(0));
+    // A token endpoint that answers 429 with `Retry-After: 2` after 100 ms.
+    let source = {
+        let asked = asked.clone();
+        tower_bearer::source_fn(move |_: TokenRequest| {
+            let asked = asked.clone();
+            async move {
+                asked.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Err::<Token, _>(
+                    tower_bearer::SourceError::new("429 Too Many Requests")
+                        .with_retry_after(Duration::from_secs(2)),
+                )
+            }
+        })
+    };
+    let mut layers = Vec::new();
+    for _ in 0..8 {
+        layers.push(shared_layer(&redis).await);
+    }
+    let caches: Vec<TokenCache> = layers
+        .iter()
+        .map(|layer| TokenCache::new(layer.layer(source.clone())))
+        .collect();
+    let tasks: Vec<_> = caches
+        .iter()
+        .map(|cache| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.token().await })
+        })
+        .collect();
+    for task in tasks {
+        let result = within(Duration::from_secs(5), "a replica's answer", task).await;
+        assert!(result.unwrap().is_err(), "no token to be had");
+    }
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        1,
+        "the fleet asked once, not once per replica"
+    );
+    let shared: u64 = layers
+        .iter()
+        .map(|layer| layer.stats().failures_shared)
+        .sum();
+    assert_eq!(
+        shared, 7,
+        "seven replicas were answered with the first one's refusal"
     );
 }

@@ -151,6 +151,7 @@ pub(crate) struct Config {
     pub(crate) min_remaining: Duration,
     pub(crate) default_lifetime: Duration,
     pub(crate) refresh_token_ttl: Duration,
+    pub(crate) failure_hold: Duration,
 }
 
 impl fmt::Debug for Config {
@@ -172,6 +173,7 @@ impl fmt::Debug for Config {
             .field("min_remaining", &self.min_remaining)
             .field("default_lifetime", &self.default_lifetime)
             .field("refresh_token_ttl", &self.refresh_token_ttl)
+            .field("failure_hold", &self.failure_hold)
             .finish()
     }
 }
@@ -185,6 +187,7 @@ pub(crate) struct State {
     pub(crate) store_errors: AtomicU64,
     pub(crate) bypasses: AtomicU64,
     pub(crate) deletes: AtomicU64,
+    pub(crate) failures_shared: AtomicU64,
     /// Whether the store is failing: set by the first error of an episode (which logs), cleared
     /// by the next answer.
     pub(crate) failing: AtomicBool,
@@ -236,6 +239,10 @@ pub struct SharedStats {
     /// Rejected tokens deleted from the store (deletes that found another token are not
     /// counted).
     pub deletes: u64,
+    /// Token requests answered with another replica's failure, recorded in the store moments
+    /// before, instead of asking the token endpoint again (see
+    /// [`failure_hold`](SharedCacheLayer::failure_hold)).
+    pub failures_shared: u64,
 }
 
 impl SharedCacheLayer {
@@ -257,6 +264,7 @@ impl SharedCacheLayer {
                 min_remaining: Duration::from_secs(1),
                 default_lifetime: Duration::from_secs(3600),
                 refresh_token_ttl: Duration::from_secs(24 * 3600),
+                failure_hold: Duration::from_secs(1),
             },
             state: Arc::default(),
         }
@@ -286,6 +294,19 @@ impl SharedCacheLayer {
     /// Default: 24 hours.
     pub fn refresh_token_ttl(mut self, ttl: Duration) -> Self {
         self.config.refresh_token_ttl = ttl;
+        self
+    }
+
+    /// How long the fleet leaves a token alone after the replica holding its lease failed to
+    /// get it, when the source did not say when to come back: meanwhile the other replicas
+    /// fail at once with that failure (a [`SourceError`](crate::SourceError) saying when to try
+    /// again) instead of taking the lease in turn and asking a server that just refused. A
+    /// source error with a `Retry-After` ([`SourceError::with_retry_after`](crate::SourceError::with_retry_after))
+    /// holds the fleet that long instead, up to 5 minutes.
+    ///
+    /// Default: 1 s.
+    pub fn failure_hold(mut self, hold: Duration) -> Self {
+        self.config.failure_hold = hold;
         self
     }
 
@@ -401,6 +422,7 @@ impl State {
             store_errors: read(&self.store_errors),
             bypasses: read(&self.bypasses),
             deletes: read(&self.deletes),
+            failures_shared: read(&self.failures_shared),
         }
     }
 }

@@ -41,7 +41,18 @@ pub const WRITES_CHANNEL: &str = "tower-bearer:written";
 /// instant.
 const READ: &str = r"
 return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1]), redis.call('EXISTS', KEYS[2]),
-        redis.call('GET', KEYS[3])}";
+        redis.call('GET', KEYS[3]), redis.call('PTTL', KEYS[4])}";
+
+/// Records a failed fetch for ARGV[2] ms and frees the lease, if the caller holds it; the
+/// waiters are woken to read it.
+const FAIL_IF_OWNER: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
+  redis.call('DEL', KEYS[1])
+  redis.pcall('PUBLISH', ARGV[3], KEYS[2])
+  return 1
+end
+return 0";
 
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -66,6 +77,7 @@ return 0";
 
 static PUT_IF_OWNER_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(PUT_IF_OWNER));
 static READ_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(READ));
+static FAIL_IF_OWNER_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(FAIL_IF_OWNER));
 static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE));
 static RENEW_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RENEW));
 static DELETE_IF_FINGERPRINT_SCRIPT: LazyLock<Script> =
@@ -240,6 +252,10 @@ fn refresh_key(key: &str) -> String {
     format!("{key}:refresh")
 }
 
+fn failed_key(key: &str) -> String {
+    format!("{key}:failed")
+}
+
 /// A Redis error as text that carries no command arguments or credentials: its kind and code.
 fn sanitized(error: redis::RedisError) -> BoxError {
     let text = match error.code() {
@@ -256,17 +272,21 @@ impl TokenStore for RedisStore {
     fn read<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Stored> {
         Box::pin(async move {
             let mut connection = self.connection.clone();
-            let (value, ttl, leased, refresh): (Option<Vec<u8>>, i64, i64, Option<Vec<u8>>) =
-                READ_SCRIPT
-                    .key(key)
-                    .key(lease_key(key))
-                    .key(refresh_key(key))
-                    .invoke_async(&mut connection)
-                    .await
-                    .map_err(sanitized)?;
+            type Read = (Option<Vec<u8>>, i64, i64, Option<Vec<u8>>, i64);
+            let (value, ttl, leased, refresh, failed): Read = READ_SCRIPT
+                .key(key)
+                .key(lease_key(key))
+                .key(refresh_key(key))
+                .key(failed_key(key))
+                .invoke_async(&mut connection)
+                .await
+                .map_err(sanitized)?;
             let mut stored = Stored::new(value, leased == 1);
             if let Some(refresh) = refresh {
                 stored = stored.with_refresh(refresh);
+            }
+            if let Ok(failed) = u64::try_from(failed) {
+                stored = stored.with_failed(Duration::from_millis(failed));
             }
             Ok(match u64::try_from(ttl) {
                 Ok(ttl) => stored.with_ttl(Duration::from_millis(ttl)),
@@ -349,6 +369,27 @@ impl TokenStore for RedisStore {
                 .await
                 .map_err(sanitized)?;
             Ok(released == 1)
+        })
+    }
+
+    fn fail_if_owner<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        hold: Duration,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            let failed: i64 = FAIL_IF_OWNER_SCRIPT
+                .key(lease_key(key))
+                .key(failed_key(key))
+                .arg(owner)
+                .arg(millis(hold))
+                .arg(WRITES_CHANNEL)
+                .invoke_async(&mut connection)
+                .await
+                .map_err(sanitized)?;
+            Ok(failed == 1)
         })
     }
 

@@ -16,7 +16,8 @@ use tower_service::Service;
 use super::seal::{self, Garbage, SealingKey};
 use super::store::{Stored, TokenStore};
 use super::{Config, SharedStats, State};
-use crate::{BoxError, Expiry, Reason, Token, TokenRequest};
+use crate::source::RetryHint;
+use crate::{BoxError, Expiry, Reason, SourceError, Token, TokenRequest};
 
 /// A token source behind a shared store: made by [`SharedCacheLayer`](super::SharedCacheLayer); see the
 /// [module docs](super).
@@ -160,6 +161,9 @@ where
                 shared.state.hit();
                 return Ok(token);
             }
+            if let Some(hold) = stored.failed {
+                return Err(shared.failed(hold));
+            }
             if !stored.leased {
                 // Armed before asking: a `SET NX` that took effect but whose answer timed out
                 // leaves a lease that its release (checking the owner) frees at once, instead
@@ -248,6 +252,9 @@ where
                     shared.state.hit();
                     return Ok(token);
                 }
+                if let Some(hold) = stored.failed {
+                    return Err(shared.failed(hold));
+                }
                 // The grant's latest refresh token, if the fleet shares one: redeemed by this
                 // replica alone, since it holds the lease, and replaced by the write below.
                 if let Some(value) = &stored.refresh {
@@ -295,7 +302,20 @@ where
         };
         let token = match fetched {
             Ok(token) => token,
-            Err(error) => return Err(error),
+            Err(error) => {
+                // Told to the fleet, so that the other replicas do not ask in turn.
+                let hold = match error.downcast_ref::<SourceError>().map(SourceError::retry) {
+                    Some(RetryHint::After(delay)) => delay.min(MAX_FAILURE_HOLD),
+                    _ => shared.config.failure_hold,
+                };
+                if !hold.is_zero() {
+                    let failed = shared.store.fail_if_owner(&lease.key, &lease.owner, hold);
+                    if let Ok(true) = shared.op(failed).await {
+                        lease.disarm();
+                    }
+                }
+                return Err(error);
+            }
         };
         let remaining = match token.expiry() {
             None => shared.config.default_lifetime,
@@ -378,7 +398,35 @@ impl Drop for Lease {
     }
 }
 
+/// The longest a `Retry-After` holds the fleet back from a token.
+const MAX_FAILURE_HOLD: Duration = Duration::from_secs(300);
+
+/// Another replica failed to get the token moments ago (see
+/// [`SharedCacheLayer::failure_hold`](super::SharedCacheLayer::failure_hold)).
+#[derive(Debug)]
+struct FailedElsewhere(Duration);
+
+impl fmt::Display for FailedElsewhere {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "another replica's token request failed moments ago; the fleet asks again in {:?}",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for FailedElsewhere {}
+
 impl Shared {
+    /// The error of a token request that another replica's recorded failure answers.
+    fn failed(&self, hold: Duration) -> BoxError {
+        self.state.failures_shared.fetch_add(1, Ordering::Relaxed);
+        SourceError::new(FailedElsewhere(hold))
+            .with_retry_after(hold)
+            .into()
+    }
+
     /// Runs a store operation within the store timeout, counting and logging a failure once per
     /// episode.
     async fn op<T>(

@@ -22,6 +22,9 @@ pub struct Stored {
     pub value: Option<Vec<u8>>,
     /// Whether the lease is held.
     pub leased: bool,
+    /// How much longer replicas should not ask for this token, because the replica that held
+    /// the lease just failed to get one (see [`fail_if_owner`](TokenStore::fail_if_owner)).
+    pub failed: Option<Duration>,
     /// The sealed refresh token kept beside the value (see
     /// [`put_if_owner`](TokenStore::put_if_owner)), if any.
     pub refresh: Option<Vec<u8>>,
@@ -37,9 +40,16 @@ impl Stored {
         Self {
             value,
             leased,
+            failed: None,
             refresh: None,
             ttl: None,
         }
+    }
+
+    /// The same, saying that replicas should not ask for this token for `hold` more.
+    pub fn with_failed(mut self, hold: Duration) -> Self {
+        self.failed = Some(hold);
+        self
     }
 
     /// The same, with the sealed refresh token kept beside the value.
@@ -61,6 +71,7 @@ impl fmt::Debug for Stored {
         f.debug_struct("Stored")
             .field("value_len", &self.value.as_ref().map(Vec::len))
             .field("leased", &self.leased)
+            .field("failed", &self.failed)
             .field("refresh_len", &self.refresh.as_ref().map(Vec::len))
             .field("ttl", &self.ttl)
             .finish()
@@ -124,6 +135,23 @@ pub trait TokenStore: Send + Sync + 'static {
     /// Default: none; waiting replicas only poll.
     fn writes(&self) -> Option<watch::Receiver<u64>> {
         None
+    }
+
+    /// If `owner` holds the lease of `key`: records for `hold` that its fetch failed (so that
+    /// the other replicas, instead of taking the lease in turn and asking a server that just
+    /// refused, fail at once until then; [`Stored::failed`]) and releases the lease,
+    /// atomically. Returns whether it did.
+    ///
+    /// Default: releases the lease only; each waiting replica then takes it and fetches in
+    /// turn.
+    fn fail_if_owner<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        hold: Duration,
+    ) -> StoreFuture<'a, bool> {
+        let _ = hold;
+        self.release(key, owner)
     }
 
     /// Releases the lease of `key` if `owner` holds it. Returns whether it did.

@@ -77,14 +77,20 @@ impl RedisServer {
         read_reply(&mut BufReader::new(stream))
     }
 
-    /// The keys holding tokens (leases aside).
+    /// The keys holding tokens (leases, refresh tokens and failure records aside).
     pub(crate) fn token_keys(&self) -> Vec<Vec<u8>> {
         let Reply::Array(keys) = self.raw(&[b"KEYS", b"tower-bearer:*"]) else {
             panic!("KEYS did not answer an array");
         };
         keys.into_iter()
             .filter_map(|key| match key {
-                Reply::Bulk(Some(key)) if !key.ends_with(b":lease") => Some(key),
+                Reply::Bulk(Some(key))
+                    if ![&b":lease"[..], b":refresh", b":failed"]
+                        .iter()
+                        .any(|suffix| key.ends_with(suffix)) =>
+                {
+                    Some(key)
+                }
                 _ => None,
             })
             .collect()
