@@ -37,6 +37,7 @@
 //! | slow | as down, for an operation that takes longer than the timeout. One that answers within it adds its round trip: a hit reads once; a miss reads, takes the lease, reads again, and writes (four operations; releases and lease renewals run in tasks of their own). |
 //! | flushed, restarted empty, or evicting | a miss: one replica fetches and writes the token again. A lease lost with the data makes a second replica fetch at worst. |
 //! | answering garbage (another sealing key, another writer) | the value is not used: the replica takes the lease, fetches, and overwrites it. Counted as a store error; logged once until a stored value opens again. |
+//! | fine, but the token endpoint refuses | the lease holder records the failure for the source's `Retry-After` (up to 5 minutes) or [`failure_hold`](SharedCacheLayer::failure_hold); the other replicas fail at once with it (a [`SourceError`](crate::SourceError) saying when to try again, counted in [`SharedStats::failures_shared`]) instead of asking the refusing server in turn. |
 //! | holding a lease no one frees (its replica died mid-fetch) | waiters fetch after the lease expires, and fetch without the store once they waited [`max_wait`](SharedCacheLayer::max_wait). |
 //!
 //! # Keys and secrets
