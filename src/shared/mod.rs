@@ -147,12 +147,19 @@ pub(crate) struct Config {
     pub(crate) prefix: String,
     pub(crate) store_timeout: Duration,
     pub(crate) lease_ttl: Duration,
-    pub(crate) max_wait: Duration,
+    /// `None`: twice the lease's time to live.
+    pub(crate) max_wait: Option<Duration>,
     pub(crate) poll_interval: Duration,
     pub(crate) min_remaining: Duration,
     pub(crate) default_lifetime: Duration,
     pub(crate) refresh_token_ttl: Duration,
     pub(crate) failure_hold: Duration,
+}
+
+impl Config {
+    pub(crate) fn max_wait(&self) -> Duration {
+        self.max_wait.unwrap_or(self.lease_ttl * 2)
+    }
 }
 
 impl fmt::Debug for Config {
@@ -169,7 +176,7 @@ impl fmt::Debug for Config {
             .field("prefix", &self.prefix)
             .field("store_timeout", &self.store_timeout)
             .field("lease_ttl", &self.lease_ttl)
-            .field("max_wait", &self.max_wait)
+            .field("max_wait", &self.max_wait())
             .field("poll_interval", &self.poll_interval)
             .field("min_remaining", &self.min_remaining)
             .field("default_lifetime", &self.default_lifetime)
@@ -260,7 +267,7 @@ impl SharedCacheLayer {
                 prefix: "tower-bearer:".to_owned(),
                 store_timeout: Duration::from_millis(50),
                 lease_ttl: Duration::from_secs(5),
-                max_wait: Duration::from_secs(10),
+                max_wait: None,
                 poll_interval: Duration::from_millis(25),
                 min_remaining: Duration::from_secs(1),
                 default_lifetime: Duration::from_secs(3600),
@@ -343,10 +350,10 @@ impl SharedCacheLayer {
     /// store. Keep it, plus a fetch, under the cache's
     /// [fetch timeout](crate::cache::TokenCacheBuilder::fetch_timeout).
     ///
-    /// Default: 10 s (twice the default lease time to live, so that a dead replica's lease can
-    /// expire and a live one fetch).
+    /// Default: twice the [lease's time to live](Self::lease_ttl) (10 s with its default), so
+    /// that a dead replica's lease can expire and a live one fetch.
     pub fn max_wait(mut self, wait: Duration) -> Self {
-        self.config.max_wait = wait;
+        self.config.max_wait = Some(wait);
         self
     }
 

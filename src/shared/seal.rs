@@ -413,7 +413,23 @@ mod tests {
         assert!(!text.contains("acc-3ss") && !text.contains("r3fr3sh"));
         let opened = key.open(&value, "k1").ok().unwrap();
         assert_eq!(opened.token.access_token().secret(), "acc-3ss");
-        assert_eq!(opened.token.refresh_token().unwrap().secret(), "r3fr3sh");
+        assert!(
+            opened.token.refresh_token().is_none(),
+            "the refresh token is sealed apart"
+        );
+        let refresh = key
+            .seal_refresh(&RefreshToken::new("r3fr3sh"), "k1", &random)
+            .unwrap();
+        assert!(!String::from_utf8_lossy(&refresh).contains("r3fr3sh"));
+        assert_eq!(
+            key.open_refresh(&refresh, "k1").ok().unwrap().secret(),
+            "r3fr3sh"
+        );
+        assert!(key.open_refresh(&refresh, "k2").is_err());
+        assert!(
+            key.open(&refresh, "k1").is_err(),
+            "a refresh value is not a token value"
+        );
         assert_eq!(opened.token.scope(), Some("a b"));
         assert_eq!(opened.token.token_type(), Some("Bearer"));
         assert_eq!(opened.expires_at_ms, 1234);

@@ -145,7 +145,7 @@ where
                 Err(Unavailable) => return self.bypass().await,
             }
         }
-        let deadline = Instant::now() + shared.config.max_wait;
+        let deadline = Instant::now() + shared.config.max_wait();
         let mut waited = false;
         // Subscribed before the first read, so that a write between that read and the wait
         // still wakes this replica.
@@ -188,7 +188,7 @@ where
             }
             if Instant::now() >= deadline {
                 tracing::warn!(
-                    max_wait = ?shared.config.max_wait,
+                    max_wait = ?shared.config.max_wait(),
                     "waited too long for another replica's token fetch; fetching without the \
                      shared store"
                 );
