@@ -147,7 +147,7 @@ pub(crate) struct Config {
     pub(crate) prefix: String,
     pub(crate) store_timeout: Duration,
     pub(crate) lease_ttl: Duration,
-    /// `None`: twice the lease's time to live.
+    /// `None`: 10 s, or twice the lease's time to live if that is more.
     pub(crate) max_wait: Option<Duration>,
     pub(crate) poll_interval: Duration,
     pub(crate) min_remaining: Duration,
@@ -158,7 +158,8 @@ pub(crate) struct Config {
 
 impl Config {
     pub(crate) fn max_wait(&self) -> Duration {
-        self.max_wait.unwrap_or(self.lease_ttl * 2)
+        self.max_wait
+            .unwrap_or_else(|| (self.lease_ttl * 2).max(Duration::from_secs(10)))
     }
 }
 
@@ -350,8 +351,9 @@ impl SharedCacheLayer {
     /// store. Keep it, plus a fetch, under the cache's
     /// [fetch timeout](crate::cache::TokenCacheBuilder::fetch_timeout).
     ///
-    /// Default: twice the [lease's time to live](Self::lease_ttl) (10 s with its default), so
-    /// that a dead replica's lease can expire and a live one fetch.
+    /// Default: 10 s, or twice the [lease's time to live](Self::lease_ttl) if that is more, so
+    /// that a dead replica's lease can expire and a live one fetch. (A live replica renews its
+    /// lease however long its fetch takes: waiting for it is waiting for a token.)
     pub fn max_wait(mut self, wait: Duration) -> Self {
         self.config.max_wait = Some(wait);
         self
