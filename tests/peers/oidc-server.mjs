@@ -3,7 +3,10 @@
 // everything else goes to stderr. Exits when stdin closes and on SIGTERM/SIGINT.
 //
 // Env: PORT (default 0 = any free port), TOKEN_TTL (access/client-credentials token TTL in
-// seconds, default 60), OIDC_IGNORE_STDIN=1 (do not exit when stdin closes).
+// seconds, default 60), OIDC_IGNORE_STDIN=1 (do not exit when stdin closes), EXTRA_CLIENTS (path
+// of a JSON file holding an array of client metadata registered besides the built-in clients,
+// such as `private_key_jwt` clients with the public `jwks` of keys a test generated).
+import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import { URL } from 'node:url';
 
@@ -66,6 +69,9 @@ const clients = [
     redirect_uris: ['http://127.0.0.1/callback'],
   },
 ];
+if (process.env.EXTRA_CLIENTS) {
+  clients.push(...JSON.parse(readFileSync(process.env.EXTRA_CLIENTS, 'utf8')));
+}
 
 const configuration = {
   clients,
