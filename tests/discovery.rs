@@ -18,6 +18,8 @@ use support::oidc_peer::OidcPeer;
 
 /// A server answering each URL from `pages` (status, body), 404 for others; records the URLs
 /// asked for.
+type Asked = Arc<Mutex<Vec<String>>>;
+
 fn server(
     pages: &[(&str, u16, &str)],
 ) -> (
@@ -30,7 +32,7 @@ fn server(
         + Send
         + Sync
         + 'static,
-    Arc<Mutex<Vec<String>>>,
+    Asked,
 ) {
     let pages: Vec<(String, u16, String)> = pages
         .iter()
@@ -64,7 +66,10 @@ fn doc(issuer: &str) -> String {
 async fn falls_back_to_rfc_8414_for_an_issuer_with_a_path() {
     let (svc, asked) = server(&[(RFC8414, 200, &doc(ISSUER))]);
     let metadata = Discovery::new(ISSUER).transport(svc).fetch().await.unwrap();
-    assert_eq!(metadata.token_endpoint(), "https://as.example.com/tenant/token");
+    assert_eq!(
+        metadata.token_endpoint(),
+        "https://as.example.com/tenant/token"
+    );
     assert_eq!(*asked.lock().unwrap(), [OIDC, RFC8414]);
 
     // Only RFC 8414's location when asked so; a direct URL overrides both.
@@ -113,7 +118,11 @@ async fn hostile_documents_are_typed_errors() {
         "a".repeat(2 << 20)
     );
     for (body, status, kind) in [
-        (r#"{"issuer":"https://as.example.com/tenant"}"#.to_owned(), 200, ErrorKind::Metadata),
+        (
+            r#"{"issuer":"https://as.example.com/tenant"}"#.to_owned(),
+            200,
+            ErrorKind::Metadata,
+        ),
         ("<html>hello</html>".to_owned(), 200, ErrorKind::Metadata),
         (huge, 200, ErrorKind::BodyTooLarge),
         (String::new(), 500, ErrorKind::Metadata),
@@ -126,7 +135,10 @@ async fn hostile_documents_are_typed_errors() {
             .await
             .unwrap_err();
         assert_eq!(err.kind(), kind, "{err}");
-        assert!(err.to_string().starts_with("authorization server metadata"), "{err}");
+        assert!(
+            err.to_string().starts_with("authorization server metadata"),
+            "{err}"
+        );
         // A server error is not a missing document: no fallback, and worth retrying.
         if status == 500 {
             assert_eq!(asked.lock().unwrap().len(), 1);
@@ -135,7 +147,11 @@ async fn hostile_documents_are_typed_errors() {
     }
     // Nothing anywhere: says where it looked.
     let (svc, _) = server(&[]);
-    let err = Discovery::new(ISSUER).transport(svc).fetch().await.unwrap_err();
+    let err = Discovery::new(ISSUER)
+        .transport(svc)
+        .fetch()
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Metadata);
     assert_eq!(err.status(), Some(StatusCode::NOT_FOUND));
     assert!(err.to_string().contains(RFC8414), "{err}");
@@ -150,7 +166,11 @@ async fn an_endless_body_is_cut_at_the_limit() {
         }));
         Ok::<_, Infallible>(Response::new(StreamBody::new(chunks)))
     });
-    let err = Discovery::new(ISSUER).transport(svc).fetch().await.unwrap_err();
+    let err = Discovery::new(ISSUER)
+        .transport(svc)
+        .fetch()
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::BodyTooLarge);
 }
 
@@ -161,7 +181,11 @@ async fn discovers_oidc_provider_and_gets_a_token_through_it() {
     assert_eq!(metadata.issuer(), peer.issuer);
     assert_eq!(metadata.token_endpoint(), peer.url("/token"));
     assert_eq!(metadata.jwks_uri(), Some(peer.url("/jwks").as_str()));
-    for method in ["private_key_jwt", "client_secret_jwt", "client_secret_basic"] {
+    for method in [
+        "private_key_jwt",
+        "client_secret_jwt",
+        "client_secret_basic",
+    ] {
         assert!(metadata.supports_client_auth(method), "{method}");
     }
     let algs = metadata
@@ -175,7 +199,10 @@ async fn discovers_oidc_provider_and_gets_a_token_through_it() {
         .unwrap();
     assert_eq!(endpoint.auth(), ClientAuth::Basic);
     assert_eq!(endpoint.assertion_audience(), peer.issuer);
-    let token = ClientCredentials::new(endpoint).request_token().await.unwrap();
+    let token = ClientCredentials::new(endpoint)
+        .request_token()
+        .await
+        .unwrap();
     assert!(!token.access_token().secret().is_empty());
 
     // The same server asked for under another spelling of its issuer.

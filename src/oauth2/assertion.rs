@@ -186,9 +186,10 @@ pub(crate) async fn make(
         }
         Assertions::External(source) => {
             let request = AssertionRequest::new(client_id.clone(), audience.clone());
-            let assertion = source.assertion(request).await.map_err(|e| {
-                Error::client_assertion("the assertion source failed", Some(e))
-            })?;
+            let assertion = source
+                .assertion(request)
+                .await
+                .map_err(|e| Error::client_assertion("the assertion source failed", Some(e)))?;
             let assertion = Zeroizing::new(assertion);
             let plausible = !assertion.is_empty()
                 && assertion.len() <= MAX_ASSERTION

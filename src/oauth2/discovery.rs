@@ -16,8 +16,8 @@ use tower::ServiceExt;
 use tower_service::Service;
 
 use super::endpoint::check_url;
-use super::transport::{default_transport, erase, Transport};
 use super::error::Error;
+use super::transport::{default_transport, erase, Transport};
 use crate::shown::{shown, MAX_SHOWN};
 use crate::BoxError;
 
@@ -169,7 +169,8 @@ impl Discovery {
         let authority = issuer.authority().map_or("", |a| a.as_str());
         let path = issuer.path().trim_end_matches('/');
         let scheme = issuer.scheme_str().unwrap_or("https");
-        let inserted = format!("{scheme}://{authority}/.well-known/oauth-authorization-server{path}");
+        let inserted =
+            format!("{scheme}://{authority}/.well-known/oauth-authorization-server{path}");
         Ok(match self.well_known {
             WellKnown::Auto => vec![appended, inserted],
             WellKnown::OpenIdConfiguration => vec![appended],
@@ -475,7 +476,10 @@ mod tests {
             ]
         );
         assert_eq!(
-            locations("http://127.0.0.1:8080/", WellKnown::OAuthAuthorizationServer),
+            locations(
+                "http://127.0.0.1:8080/",
+                WellKnown::OAuthAuthorizationServer
+            ),
             ["http://127.0.0.1:8080/.well-known/oauth-authorization-server"]
         );
         let direct = Discovery::new("https://as.example.com")
@@ -512,7 +516,11 @@ mod tests {
             "tls_client_certificate_bound_access_tokens":"yes"}"#;
         let m = parse(doc, "https://as", false).unwrap();
         assert_eq!(m.jwks_uri(), None);
-        assert_eq!(m.endpoint("revocation_endpoint"), None, "plain http is dropped");
+        assert_eq!(
+            m.endpoint("revocation_endpoint"),
+            None,
+            "plain http is dropped"
+        );
         assert_eq!(
             m.token_endpoint_auth_methods_supported().unwrap(),
             ["private_key_jwt"]
@@ -535,7 +543,10 @@ mod tests {
             (b"<html>", "not a JSON object"),
             (br#"{"token_endpoint":"https://as/t"}"#, "no `issuer`"),
             (br#"{"issuer":"https://as"}"#, "no `token_endpoint`"),
-            (br#"{"issuer":"https://as","token_endpoint":5}"#, "no `token_endpoint`"),
+            (
+                br#"{"issuer":"https://as","token_endpoint":5}"#,
+                "no `token_endpoint`",
+            ),
             (
                 br#"{"issuer":"https://as","token_endpoint":"http://as.example/t"}"#,
                 "must use https",

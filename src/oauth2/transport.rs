@@ -105,4 +105,3 @@ pub(super) fn default_transport() -> Result<Transport, Error> {
          `TokenEndpointBuilder::transport`",
     ))
 }
-

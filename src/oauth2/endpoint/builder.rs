@@ -214,7 +214,9 @@ impl TokenEndpointBuilder {
                 self.key.clone().ok_or_else(|| missing("a private key"))?,
             )),
             ClientAuth::ClientSecretJwt => {
-                self.secret.as_ref().ok_or_else(|| missing("a client secret"))?;
+                self.secret
+                    .as_ref()
+                    .ok_or_else(|| missing("a client secret"))?;
                 Some(Assertions::Secret)
             }
             ClientAuth::Assertion => Some(Assertions::External(
