@@ -196,6 +196,9 @@ impl Discovery {
         let locations = self.locations()?;
         let transport = match &self.transport {
             Some(transport) => transport.clone(),
+            #[cfg(feature = "default-client")]
+            None => default_transport(None)?,
+            #[cfg(not(feature = "default-client"))]
             None => default_transport()?,
         };
         let last = locations.len() - 1;

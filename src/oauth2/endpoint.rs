@@ -89,6 +89,13 @@ pub enum ClientAuth {
     /// ([`client_assertion`](TokenEndpointBuilder::client_assertion)), asked for one per
     /// request: federated workload identities, keys kept in a KMS.
     Assertion,
+    /// `tls_client_auth` (RFC 8705 §2.1): the client certificate presented by the HTTP client
+    /// (see [`tls_config`](TokenEndpointBuilder::tls_config)), issued by a CA the server
+    /// trusts, authenticates the client; only `client_id` goes in the form.
+    TlsClientAuth,
+    /// `self_signed_tls_client_auth` (RFC 8705 §2.2): as [`TlsClientAuth`](Self::TlsClientAuth),
+    /// with a self-signed certificate registered in the client's `jwks` (`x5c`).
+    SelfSignedTlsClientAuth,
 }
 
 impl ClientAuth {
@@ -103,6 +110,8 @@ impl ClientAuth {
             Self::PrivateKeyJwt => "private_key_jwt",
             Self::ClientSecretJwt => "client_secret_jwt",
             Self::Assertion => return None,
+            Self::TlsClientAuth => "tls_client_auth",
+            Self::SelfSignedTlsClientAuth => "self_signed_tls_client_auth",
         })
     }
 }

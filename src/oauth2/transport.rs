@@ -1,8 +1,6 @@
 //! The HTTP client that reaches the authorization server: any tower service, type-erased, whose
 //! answers are read in full up to a bound; hyper-util with rustls by default.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -74,25 +72,39 @@ where
 }
 
 #[cfg(feature = "default-client")]
-pub(super) fn default_transport() -> Result<Transport, Error> {
+pub(super) fn default_transport(tls: Option<rustls::ClientConfig>) -> Result<Transport, Error> {
     use hyper_util::client::legacy::Client as HyperClient;
     use hyper_util::rt::TokioExecutor;
 
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = hyper_rustls::HttpsConnectorBuilder::new();
-    // The system's roots include private CAs that companies add; the bundled Mozilla roots keep
-    // working where the system has none (minimal containers).
-    let builder = match builder.with_provider_and_native_roots(provider.clone()) {
-        Ok(builder) => builder,
-        Err(_) => hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(provider)
-            .map_err(|e| Error::config(format!("cannot set up TLS: {e}")))?,
+    let connector = match tls {
+        Some(mut config) => {
+            // hyper-rustls sets ALPN from the protocols enabled below.
+            config.alpn_protocols.clear();
+            hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(config)
+                .https_or_http()
+                .enable_http1()
+                .enable_http2()
+                .build()
+        }
+        None => {
+            let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+            let builder = hyper_rustls::HttpsConnectorBuilder::new();
+            // The system's roots include private CAs that companies add; the bundled Mozilla
+            // roots keep working where the system has none (minimal containers).
+            let builder = match builder.with_provider_and_native_roots(provider.clone()) {
+                Ok(builder) => builder,
+                Err(_) => hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_provider_and_webpki_roots(provider)
+                    .map_err(|e| Error::config(format!("cannot set up TLS: {e}")))?,
+            };
+            builder
+                .https_or_http()
+                .enable_http1()
+                .enable_http2()
+                .build()
+        }
     };
-    let connector = builder
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .build();
     let client: HyperClient<_, Full<Bytes>> =
         HyperClient::builder(TokioExecutor::new()).build(connector);
     Ok(erase(client))

@@ -18,6 +18,15 @@ impl OidcPeer {
     /// Starts the server with `clients` (a JSON array of client metadata) registered besides its
     /// built-in ones.
     pub(crate) fn start(clients: &serde_json::Value) -> Self {
+        Self::start_with(clients, &[])
+    }
+
+    /// [`start`](Self::start) with more environment variables: `TLS_CERT`, `TLS_KEY` and
+    /// `TLS_CA` (PEM file paths) make it serve https and ask for client certificates.
+    pub(crate) fn start_with(
+        clients: &serde_json::Value,
+        env: &[(&str, &std::path::Path)],
+    ) -> Self {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers");
         assert!(
             std::path::Path::new(dir)
@@ -36,9 +45,15 @@ impl OidcPeer {
             .arg("oidc-server.mjs")
             .current_dir(dir)
             .env("EXTRA_CLIENTS", &clients_file)
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            // OIDC_PEER_LOG=1 shows the server's log, to find out why it refused something.
+            .stderr(if std::env::var_os("OIDC_PEER_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .spawn()
             .expect("cannot start node: Node.js 20+ must be installed");
         let stdin = child.stdin.take().unwrap();
@@ -54,7 +69,14 @@ impl OidcPeer {
             child,
             _stdin: stdin,
             clients_file: Some(clients_file),
-            issuer: format!("http://127.0.0.1:{port}"),
+            issuer: format!(
+                "{}://127.0.0.1:{port}",
+                if env.iter().any(|(k, _)| *k == "TLS_CERT") {
+                    "https"
+                } else {
+                    "http"
+                }
+            ),
         }
     }
 

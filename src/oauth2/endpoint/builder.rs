@@ -29,6 +29,9 @@ pub struct TokenEndpointBuilder {
     auth: Option<ClientAuth>,
     issuer: Option<String>,
     methods_supported: Option<Vec<String>>,
+    mtls_token_url: Option<String>,
+    #[cfg(feature = "default-client")]
+    tls_config: Option<rustls::ClientConfig>,
     audience: AssertionAudience,
     assertion_lifetime: Duration,
     timeout: Duration,
@@ -47,6 +50,9 @@ impl TokenEndpointBuilder {
             auth: None,
             issuer: None,
             methods_supported: None,
+            mtls_token_url: None,
+            #[cfg(feature = "default-client")]
+            tls_config: None,
             audience: AssertionAudience::Issuer,
             assertion_lifetime: Duration::from_secs(60),
             timeout: Duration::from_secs(20),
@@ -60,6 +66,9 @@ impl TokenEndpointBuilder {
         self.methods_supported = metadata
             .token_endpoint_auth_methods_supported()
             .map(<[String]>::to_vec);
+        self.mtls_token_url = metadata
+            .mtls_endpoint_alias("token_endpoint")
+            .map(str::to_owned);
         self
     }
 
@@ -169,6 +178,40 @@ impl TokenEndpointBuilder {
         self
     }
 
+    /// The TLS configuration of the default HTTP client (hyper-util with rustls), for a client
+    /// certificate (`ClientConfig::builder()...with_client_auth_cert(chain, key)`) or private
+    /// roots. With a client certificate the client can use [`ClientAuth::TlsClientAuth`] or
+    /// [`ClientAuth::SelfSignedTlsClientAuth`], and the server can bind its tokens to the
+    /// certificate (RFC 8705 §3); requests then go to the server's mutual-TLS alias of the token
+    /// endpoint (`mtls_endpoint_aliases`) when its metadata has one. HTTP/1.1 and HTTP/2 are
+    /// offered by ALPN whatever the configuration says. Ignored when a
+    /// [`transport`](Self::transport) is given.
+    ///
+    /// Default: rustls with the ring provider, the system's roots (the Mozilla roots where the
+    /// system has none), and no client certificate.
+    #[cfg(feature = "default-client")]
+    pub fn tls_config(mut self, config: rustls::ClientConfig) -> Self {
+        self.tls_config = Some(config);
+        self
+    }
+
+    /// Whether the requests go over mutual TLS: a certificate method, or a TLS configuration
+    /// with a client certificate.
+    fn mutual_tls(&self, auth: ClientAuth) -> bool {
+        #[cfg(feature = "default-client")]
+        let certificate = self
+            .tls_config
+            .as_ref()
+            .is_some_and(|c| c.client_auth_cert_resolver.has_certs());
+        #[cfg(not(feature = "default-client"))]
+        let certificate = false;
+        certificate
+            || matches!(
+                auth,
+                ClientAuth::TlsClientAuth | ClientAuth::SelfSignedTlsClientAuth
+            )
+    }
+
     /// The method: the one set, or the one the credentials given imply.
     fn resolved_auth(&self) -> ClientAuth {
         if let Some(auth) = self.auth {
@@ -202,8 +245,13 @@ impl TokenEndpointBuilder {
     /// assertion without a source), or if no transport was given and the `default-client`
     /// feature is off.
     pub fn build(self) -> Result<TokenEndpoint, Error> {
-        let token_url = check_url("token URL", &self.token_url, self.allow_insecure_http)?;
         let auth = self.resolved_auth();
+        // RFC 8705 §5: with a client certificate, the server's mTLS alias, if it has one.
+        let url = match &self.mtls_token_url {
+            Some(alias) if self.mutual_tls(auth) => alias,
+            _ => &self.token_url,
+        };
+        let token_url = check_url("token URL", url, self.allow_insecure_http)?;
         let missing = |what: &str| {
             Error::config(format!(
                 "client authentication {auth:?} needs {what}, which was not given"
@@ -229,10 +277,13 @@ impl TokenEndpointBuilder {
         let audience: Arc<str> = match (&self.audience, &self.issuer) {
             (AssertionAudience::Issuer, Some(issuer)) => issuer.as_str().into(),
             (AssertionAudience::Custom(audience), _) => audience.as_str().into(),
-            _ => self.token_url.as_str().into(),
+            _ => url.as_str().into(),
         };
         let transport = match self.transport {
             Some(transport) => transport,
+            #[cfg(feature = "default-client")]
+            None => default_transport(self.tls_config)?,
+            #[cfg(not(feature = "default-client"))]
             None => default_transport()?,
         };
         Ok(TokenEndpoint {
