@@ -85,7 +85,7 @@ pub enum ClientAuth {
     /// `client_secret_jwt`: a JWT signed with HS256 keyed by the client secret, made fresh for
     /// every request; the secret itself is never sent.
     ClientSecretJwt,
-    /// A `client_assertion` from an [`AssertionSource`]
+    /// A `client_assertion` from an [`AssertionSource`](super::AssertionSource)
     /// ([`client_assertion`](TokenEndpointBuilder::client_assertion)), asked for one per
     /// request: federated workload identities, keys kept in a KMS.
     Assertion,
