@@ -370,3 +370,50 @@ fn futures_body(body: http_body_util::Full<bytes::Bytes>) -> String {
         _ => String::new(),
     }
 }
+
+#[tokio::test]
+async fn an_assertion_echoed_by_the_server_is_redacted_from_the_error() {
+    let seen = Arc::new(std::sync::Mutex::new(String::new()));
+    let echo = {
+        let seen = seen.clone();
+        tower::service_fn(
+            move |req: http::Request<http_body_util::Full<bytes::Bytes>>| {
+                let form = futures_body(req.into_body());
+                *seen.lock().unwrap() = form.clone();
+                async move {
+                    let body = serde_json::json!({
+                        "error": "invalid_client",
+                        "error_description": format!("refused {form}"),
+                    });
+                    let mut response = http::Response::new(
+                        http_body_util::Full::<bytes::Bytes>::from(body.to_string()),
+                    );
+                    *response.status_mut() = StatusCode::UNAUTHORIZED;
+                    Ok::<_, std::convert::Infallible>(response)
+                }
+            },
+        )
+    };
+    let endpoint = TokenEndpoint::builder("https://as.example.com/token", "pk")
+        .private_key(SigningKey::generate_es256().unwrap())
+        .transport(echo)
+        .build()
+        .unwrap();
+    let err = ClientCredentials::new(endpoint)
+        .request_token()
+        .await
+        .unwrap_err();
+    let form = seen.lock().unwrap().clone();
+    let assertion = form_urlencoded::parse(form.as_bytes())
+        .find(|(k, _)| k == "client_assertion")
+        .unwrap()
+        .1
+        .into_owned();
+    assert_eq!(err.code(), Some(&ErrorCode::InvalidClient));
+    // The signature is what makes an assertion a credential: it must not show.
+    let signature = assertion.rsplit('.').next().unwrap();
+    for text in [err.to_string(), format!("{err:?}")] {
+        assert!(!text.contains(signature), "{text}");
+    }
+    assert!(err.to_string().contains("<redacted>") || err.to_string().contains("withheld"));
+}

@@ -212,3 +212,38 @@ async fn discovers_oidc_provider_and_gets_a_token_through_it() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::IssuerMismatch);
 }
+
+#[tokio::test]
+async fn the_metadata_chooses_the_secret_method_when_none_is_set() {
+    let issuer = "https://as.example.com";
+    let only_post = format!(
+        r#"{{"issuer":"{issuer}","token_endpoint":"{issuer}/token",
+            "token_endpoint_auth_methods_supported":["client_secret_post","private_key_jwt"]}}"#
+    );
+    let (svc, _) = server(&[(
+        "https://as.example.com/.well-known/openid-configuration",
+        200,
+        &only_post,
+    )]);
+    let metadata = Discovery::new(issuer).transport(svc).fetch().await.unwrap();
+    let (svc, _) = server(&[]);
+    let endpoint = |auth: Option<ClientAuth>| {
+        let mut builder = TokenEndpoint::from_metadata(&metadata, "c")
+            .client_secret("s")
+            .transport(svc.clone());
+        if let Some(auth) = auth {
+            builder = builder.auth(auth);
+        }
+        builder.build().unwrap()
+    };
+    assert_eq!(endpoint(None).auth(), ClientAuth::Post);
+    assert_eq!(endpoint(Some(ClientAuth::Basic)).auth(), ClientAuth::Basic);
+    assert_eq!(endpoint(None).assertion_audience(), issuer);
+    // Without metadata, the default is unchanged: Basic.
+    let plain = TokenEndpoint::builder(format!("{issuer}/token"), "c")
+        .client_secret("s")
+        .build()
+        .unwrap();
+    assert_eq!(plain.auth(), ClientAuth::Basic);
+    assert_eq!(plain.assertion_audience(), format!("{issuer}/token"));
+}
