@@ -95,6 +95,8 @@ pub mod cache;
 pub mod challenge;
 mod error;
 pub mod grpc;
+#[cfg(feature = "jose")]
+pub mod jose;
 pub mod key;
 // Without the feature, its hooks are empty functions the cache calls all the same.
 #[cfg(feature = "metrics")]

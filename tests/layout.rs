@@ -15,6 +15,7 @@ const LEVELS: &[(&str, u8)] = &[
     ("metrics", 0),
     ("shown", 0),
     ("token", 0),
+    ("jose", 1),
     ("source", 1),
     ("stamp", 1),
     ("cache", 2),

@@ -8,22 +8,25 @@ use std::time::Duration;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use bytes::Bytes;
-use http::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
-use http_body::Body;
-use http_body_util::{BodyExt, Full, Limited};
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use http::{HeaderMap, HeaderValue, Method, Request, Uri};
+use http_body_util::Full;
 use tokio::time::Instant;
-use tower::util::BoxCloneSyncService;
 use tower::ServiceExt;
-use tower_service::Service;
 use zeroize::Zeroizing;
 
+use super::assertion::{self, Assertions};
+use super::discovery::ServerMetadata;
 use super::error::Error;
 use super::redact::{Redactions, SECRET_PARAMS};
-use super::response::{parse_token_response, TokenResponse, MAX_BODY};
+use super::response::{parse_token_response, TokenResponse};
+use super::transport::Transport;
 use crate::token::secret_bytes;
 use crate::token::{Secret, SecretKind};
-use crate::BoxError;
+
+mod builder;
+
+pub use builder::TokenEndpointBuilder;
 
 /// A client secret: a [`Secret`], so `Debug` prints `ClientSecret(<redacted>)` and its memory
 /// is overwritten with zeros when it is dropped.
@@ -54,12 +57,19 @@ impl SecretKind for Confidential {
     const NAME: &'static str = "ClientSecret";
 }
 
-/// How the client authenticates to the token endpoint (RFC 6749 §2.3.1).
+/// How the client authenticates to the token endpoint (RFC 6749 §2.3.1, RFC 7523 §2.2, OpenID
+/// Connect Core §9).
+///
+/// The credential each method needs is given to the builder apart:
+/// [`client_secret`](TokenEndpointBuilder::client_secret),
+/// [`private_key`](TokenEndpointBuilder::private_key) or
+/// [`client_assertion`](TokenEndpointBuilder::client_assertion). Without
+/// [`auth`](TokenEndpointBuilder::auth), the method follows from the credential given.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ClientAuth {
     /// `client_secret_basic`: HTTP Basic with the client id and secret each
-    /// form-urlencoded first, as RFC 6749 §2.3.1 requires. The default.
+    /// form-urlencoded first, as RFC 6749 §2.3.1 requires. The default with a secret.
     #[default]
     Basic,
     /// HTTP Basic with the client id and secret as they are, for servers that do not decode
@@ -69,16 +79,41 @@ pub enum ClientAuth {
     Post,
     /// No client authentication (a public client): only `client_id` in the form body.
     None,
+    /// `private_key_jwt`: a JWT signed with the client's private key
+    /// ([`private_key`](TokenEndpointBuilder::private_key)), made fresh for every request.
+    PrivateKeyJwt,
+    /// `client_secret_jwt`: a JWT signed with HS256 keyed by the client secret, made fresh for
+    /// every request; the secret itself is never sent.
+    ClientSecretJwt,
+    /// A `client_assertion` from an [`AssertionSource`](super::AssertionSource)
+    /// ([`client_assertion`](TokenEndpointBuilder::client_assertion)), asked for one per
+    /// request: federated workload identities, keys kept in a KMS.
+    Assertion,
+    /// `tls_client_auth` (RFC 8705 §2.1): the client certificate presented by the HTTP client
+    /// (see [`tls_config`](TokenEndpointBuilder::tls_config)), issued by a CA the server
+    /// trusts, authenticates the client; only `client_id` goes in the form.
+    TlsClientAuth,
+    /// `self_signed_tls_client_auth` (RFC 8705 §2.2): as [`TlsClientAuth`](Self::TlsClientAuth),
+    /// with a self-signed certificate registered in the client's `jwks` (`x5c`).
+    SelfSignedTlsClientAuth,
 }
 
-/// The HTTP client a token source uses to reach its token endpoint, type-erased.
-type Transport = BoxCloneSyncService<Request<Full<Bytes>>, Answer, BoxError>;
-
-/// A token endpoint's answer, read in full (up to [`MAX_BODY`]).
-pub(crate) struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Result<Bytes, Error>,
+impl ClientAuth {
+    /// The method's name in `token_endpoint_auth_method` and the server metadata's
+    /// `token_endpoint_auth_methods_supported`; `None` for an assertion from elsewhere, which
+    /// the server registers as whatever signed it.
+    pub fn method_name(self) -> Option<&'static str> {
+        Some(match self {
+            Self::Basic | Self::BasicRaw => "client_secret_basic",
+            Self::Post => "client_secret_post",
+            Self::None => "none",
+            Self::PrivateKeyJwt => "private_key_jwt",
+            Self::ClientSecretJwt => "client_secret_jwt",
+            Self::Assertion => return None,
+            Self::TlsClientAuth => "tls_client_auth",
+            Self::SelfSignedTlsClientAuth => "self_signed_tls_client_auth",
+        })
+    }
 }
 
 /// A token endpoint, as one registered OAuth 2.0 client reaches it: the endpoint's URL, the
@@ -111,22 +146,14 @@ pub struct TokenEndpoint {
 
 struct Inner {
     token_url: Uri,
-    client_id: String,
+    client_id: Arc<str>,
     secret: Option<ClientSecret>,
     auth: ClientAuth,
+    assertions: Option<Assertions>,
+    audience: Arc<str>,
+    assertion_lifetime: Duration,
     timeout: Duration,
     transport: Transport,
-}
-
-/// Builds a [`TokenEndpoint`]. Made by [`TokenEndpoint::builder`].
-pub struct TokenEndpointBuilder {
-    token_url: String,
-    client_id: String,
-    secret: Option<ClientSecret>,
-    auth: ClientAuth,
-    timeout: Duration,
-    allow_insecure_http: bool,
-    transport: Option<Transport>,
 }
 
 impl TokenEndpoint {
@@ -136,15 +163,19 @@ impl TokenEndpoint {
         token_url: impl Into<String>,
         client_id: impl Into<String>,
     ) -> TokenEndpointBuilder {
-        TokenEndpointBuilder {
-            token_url: token_url.into(),
-            client_id: client_id.into(),
-            secret: None,
-            auth: ClientAuth::Basic,
-            timeout: Duration::from_secs(20),
-            allow_insecure_http: false,
-            transport: None,
-        }
+        TokenEndpointBuilder::new(token_url.into(), client_id.into())
+    }
+
+    /// Starts building the token endpoint that `metadata` names, for the client with the id
+    /// `client_id`: the issuer becomes the `aud` of client assertions, and without an explicit
+    /// [`auth`](TokenEndpointBuilder::auth) a secret is sent as `client_secret_post` when the
+    /// server lists that method and not `client_secret_basic`.
+    pub fn from_metadata(
+        metadata: &ServerMetadata,
+        client_id: impl Into<String>,
+    ) -> TokenEndpointBuilder {
+        TokenEndpointBuilder::new(metadata.token_endpoint().to_owned(), client_id.into())
+            .metadata(metadata)
     }
 
     /// The client id.
@@ -157,16 +188,27 @@ impl TokenEndpoint {
         &self.inner.token_url
     }
 
+    /// How the client authenticates.
+    pub fn auth(&self) -> ClientAuth {
+        self.inner.auth
+    }
+
+    /// The `aud` of the client assertions this endpoint makes.
+    pub fn assertion_audience(&self) -> &str {
+        &self.inner.audience
+    }
+
     /// Posts `params` to the token endpoint, authenticated as this client, and parses the answer.
     ///
-    /// The credentials the request carries (the client secret, the Basic credentials, and the
-    /// values of [`SECRET_PARAMS`]) are redacted from whatever the error keeps of the answer.
+    /// The credentials the request carries (the client secret, the Basic credentials, the
+    /// client assertion, and the values of [`SECRET_PARAMS`]) are redacted from whatever the
+    /// error keeps of the answer.
     pub(crate) async fn token_request(
         &self,
         params: &[(&str, &str)],
     ) -> Result<TokenResponse, Error> {
         let inner = &self.inner;
-        let (request, sent) = self.build_request(params);
+        let (request, sent) = self.prepare(params).await?;
         // The lifetime of the token counts from here: before the request, so that network delay
         // can only make a token look shorter-lived than it is.
         let requested_at = Instant::now();
@@ -185,12 +227,38 @@ impl TokenEndpoint {
             Some(requested_at),
         )
     }
-}
 
-impl TokenEndpoint {
+    /// The token request, ready to send, and the credentials it carries. A client assertion
+    /// is made here, so every request, and every retry that prepares its request again, has a
+    /// fresh one (servers refuse a `jti` they saw before).
+    pub(crate) async fn prepare(
+        &self,
+        params: &[(&str, &str)],
+    ) -> Result<(Request<Full<Bytes>>, Redactions), Error> {
+        let inner = &self.inner;
+        let assertion = match &inner.assertions {
+            Some(assertions) => Some(
+                assertion::make(
+                    assertions,
+                    inner.secret.as_ref().map(|s| s.secret()),
+                    &inner.client_id,
+                    &inner.audience,
+                    inner.assertion_lifetime,
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        Ok(self.build_request(params, assertion.as_deref().map(String::as_str)))
+    }
+
     /// The token request: a form POST, with the client authenticated as configured; and the
     /// credentials it carries, to redact from the answer.
-    fn build_request(&self, params: &[(&str, &str)]) -> (Request<Full<Bytes>>, Redactions) {
+    fn build_request(
+        &self,
+        params: &[(&str, &str)],
+        assertion: Option<&str>,
+    ) -> (Request<Full<Bytes>>, Redactions) {
         let inner = &self.inner;
         let mut sent = Redactions::none();
         // The form carries the client secret or a refresh token: sized up front so that it
@@ -198,10 +266,14 @@ impl TokenEndpoint {
         // triples a byte; each pair adds `=` and `&`.
         let size = |name: &str, value: &str| 3 * (name.len() + value.len()) + 2;
         let secret_len = inner.secret.as_ref().map_or(0, |s| s.secret().len());
-        let capacity = params.iter().map(|(k, v)| size(k, v)).sum::<usize>()
+        let mut capacity = params.iter().map(|(k, v)| size(k, v)).sum::<usize>()
             + size("client_id", &inner.client_id)
             + size("client_secret", "")
             + 3 * secret_len;
+        if let Some(assertion) = assertion {
+            capacity += size("client_assertion", assertion)
+                + size("client_assertion_type", assertion::JWT_BEARER);
+        }
         let mut form = form_urlencoded::Serializer::new(String::with_capacity(capacity));
         form.extend_pairs(params);
         for (name, value) in params {
@@ -210,8 +282,16 @@ impl TokenEndpoint {
             }
         }
         let mut headers = HeaderMap::new();
-        match (inner.auth, &inner.secret) {
-            (ClientAuth::Basic | ClientAuth::BasicRaw, Some(secret)) => {
+        match (inner.auth, &inner.secret, assertion) {
+            (_, _, Some(assertion)) => {
+                // RFC 7523 §3: `client_id` is optional with an assertion, and some servers
+                // (Entra ID) want it; it names the same client as `iss` and `sub`.
+                form.append_pair("client_id", &inner.client_id);
+                form.append_pair("client_assertion_type", assertion::JWT_BEARER);
+                form.append_pair("client_assertion", assertion);
+                sent.secret(assertion);
+            }
+            (ClientAuth::Basic | ClientAuth::BasicRaw, Some(secret), None) => {
                 let encode = inner.auth == ClientAuth::Basic;
                 let value = basic_auth(&inner.client_id, secret.secret(), encode);
                 sent.secret(secret.secret());
@@ -220,7 +300,7 @@ impl TokenEndpoint {
                 }
                 headers.insert(AUTHORIZATION, value);
             }
-            (ClientAuth::Post, Some(secret)) => {
+            (ClientAuth::Post, Some(secret), None) => {
                 form.append_pair("client_id", &inner.client_id);
                 form.append_pair("client_secret", secret.secret());
                 sent.secret(secret.secret());
@@ -254,183 +334,11 @@ impl fmt::Debug for TokenEndpoint {
             .field("client_id", &inner.client_id)
             .field("client_secret", &inner.secret)
             .field("auth", &inner.auth)
+            .field("assertions", &inner.assertions)
+            .field("assertion_audience", &inner.audience)
             .field("timeout", &inner.timeout)
             .finish_non_exhaustive()
     }
-}
-
-impl TokenEndpointBuilder {
-    /// The client secret, for confidential clients.
-    ///
-    /// Default: none (a public client, which should use [`ClientAuth::None`]).
-    pub fn client_secret(mut self, secret: impl Into<ClientSecret>) -> Self {
-        self.secret = Some(secret.into());
-        self
-    }
-
-    /// How the client authenticates. Without a secret, only `client_id` is sent in the form.
-    ///
-    /// Default: [`ClientAuth::Basic`].
-    pub fn auth(mut self, auth: ClientAuth) -> Self {
-        self.auth = auth;
-        self
-    }
-
-    /// How long one token request may take, connection included, before it fails with
-    /// [`ErrorKind::Timeout`](super::ErrorKind::Timeout).
-    ///
-    /// Default: 20 seconds, under the token cache's 30-second fetch timeout so that the cache
-    /// reports this more specific error.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// Allows a plain `http` token URL to a host that is not loopback. Credentials and tokens
-    /// then cross the network in clear text: only for test environments.
-    ///
-    /// Default: refused; `https` is required except for `127.0.0.0/8`, `::1` and `localhost`.
-    pub fn allow_insecure_http(mut self) -> Self {
-        self.allow_insecure_http = true;
-        self
-    }
-
-    /// The HTTP client used to reach the token endpoint: any tower service taking
-    /// `http::Request<Full<Bytes>>` and answering an `http::Response` with any body. Redirects
-    /// must not be followed by it (a token endpoint has no reason to redirect, and following
-    /// would send the credentials elsewhere).
-    ///
-    /// Default: hyper-util's client with rustls (the `default-client` feature).
-    pub fn transport<S, B>(mut self, transport: S) -> Self
-    where
-        S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + Sync + 'static,
-        S::Error: Into<BoxError>,
-        S::Future: Send + 'static,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
-    {
-        self.transport = Some(erase(transport));
-        self
-    }
-
-    /// Checks the configuration and builds the token endpoint.
-    ///
-    /// # Errors
-    ///
-    /// [`ErrorKind::Config`](super::ErrorKind::Config) if the token URL is not an absolute
-    /// `https` URL (or `http` to loopback), or if no transport was given and the
-    /// `default-client` feature is off.
-    pub fn build(self) -> Result<TokenEndpoint, Error> {
-        let token_url = check_url("token URL", &self.token_url, self.allow_insecure_http)?;
-        let transport = match self.transport {
-            Some(transport) => transport,
-            None => default_transport()?,
-        };
-        Ok(TokenEndpoint {
-            inner: Arc::new(Inner {
-                token_url,
-                client_id: self.client_id,
-                secret: self.secret,
-                auth: self.auth,
-                timeout: self.timeout,
-                transport,
-            }),
-        })
-    }
-}
-
-impl fmt::Debug for TokenEndpointBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenEndpointBuilder")
-            .field("token_url", &self.token_url)
-            .field("client_id", &self.client_id)
-            .field("client_secret", &self.secret)
-            .field("auth", &self.auth)
-            .field("timeout", &self.timeout)
-            .field("allow_insecure_http", &self.allow_insecure_http)
-            .finish_non_exhaustive()
-    }
-}
-
-fn erase<S, B>(transport: S) -> Transport
-where
-    S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + Sync + 'static,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    BoxCloneSyncService::new(
-        transport
-            .map_err(Into::into)
-            .and_then(|response: Response<B>| read_answer(response)),
-    )
-}
-
-async fn read_answer<B>(response: Response<B>) -> Result<Answer, BoxError>
-where
-    B: Body,
-    B::Error: Into<BoxError>,
-{
-    let (parts, body) = response.into_parts();
-    let status = parts.status;
-    let declared = parts
-        .headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    let body = if declared.is_some_and(|n| n > MAX_BODY as u64) {
-        // Refused before reading: a hostile server must not make us allocate.
-        Err(Error::body_too_large(status, MAX_BODY))
-    } else {
-        match Limited::new(body, MAX_BODY).collect().await {
-            Ok(collected) => Ok(collected.to_bytes()),
-            Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-                Err(Error::body_too_large(status, MAX_BODY))
-            }
-            // The connection failed mid-body: a transport error, which is worth retrying.
-            Err(error) => return Err(error),
-        }
-    };
-    Ok(Answer {
-        status,
-        headers: parts.headers,
-        body,
-    })
-}
-
-#[cfg(feature = "default-client")]
-fn default_transport() -> Result<Transport, Error> {
-    use hyper_util::client::legacy::Client as HyperClient;
-    use hyper_util::rt::TokioExecutor;
-
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = hyper_rustls::HttpsConnectorBuilder::new();
-    // The system's roots include private CAs that companies add; the bundled Mozilla roots keep
-    // working where the system has none (minimal containers).
-    let builder = match builder.with_provider_and_native_roots(provider.clone()) {
-        Ok(builder) => builder,
-        Err(_) => hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(provider)
-            .map_err(|e| Error::config(format!("cannot set up TLS: {e}")))?,
-    };
-    let connector = builder
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .build();
-    let client: HyperClient<_, Full<Bytes>> =
-        HyperClient::builder(TokioExecutor::new()).build(connector);
-    Ok(erase(client))
-}
-
-#[cfg(not(feature = "default-client"))]
-fn default_transport() -> Result<Transport, Error> {
-    Err(Error::config(
-        "no HTTP client for the token endpoint: enable the `default-client` feature or call \
-         `TokenEndpointBuilder::transport`",
-    ))
 }
 
 /// The `Authorization: Basic` value, with id and secret form-urlencoded first unless `raw`

@@ -40,6 +40,9 @@ struct Inner {
     uri: Option<Shown>,
     retry_after: Option<Duration>,
     source: Option<BoxError>,
+    /// Whether this error arose while fetching the server's metadata rather than at its token
+    /// endpoint: only changes the wording of `Display`.
+    metadata: bool,
 }
 
 /// The category of an [`Error`].
@@ -71,6 +74,16 @@ pub enum ErrorKind {
     Callback,
     /// The refresh token store failed to save or load.
     Store,
+    /// The authorization server's metadata (RFC 8414, OpenID Connect Discovery) could not be
+    /// fetched or is unusable: no document at the well-known locations, not a JSON object, no
+    /// `token_endpoint`, an endpoint that is not an `https` URL.
+    Metadata,
+    /// The authorization server's metadata names another `issuer` than the one asked for (RFC
+    /// 8414 §3.3): it must not be used, since it may come from an attacker impersonating it.
+    IssuerMismatch,
+    /// A client assertion (RFC 7523) could not be made: the key failed to sign, or the
+    /// assertion source given to the token endpoint failed.
+    ClientAssertion,
 }
 
 /// An OAuth 2.0 error code (RFC 6749 §5.2 and §4.1.2.1, RFC 8707).
@@ -171,6 +184,7 @@ impl Error {
             uri: None,
             retry_after: None,
             source: None,
+            metadata: false,
         };
         f(&mut inner);
         Self {
@@ -269,6 +283,43 @@ impl Error {
         Self::build(ErrorKind::Store, |e| e.source = Some(source))
     }
 
+    /// The metadata document could not be used. `what` is this crate's own explanation: server
+    /// text in it must have gone through [`shown`] first.
+    pub(crate) fn metadata(status: Option<StatusCode>, what: impl Into<String>) -> Self {
+        Self::build(ErrorKind::Metadata, |e| {
+            e.status = status;
+            e.description = Some(Shown::ours(what.into()));
+            e.metadata = true;
+        })
+    }
+
+    pub(crate) fn issuer_mismatch(expected: &str, got: &str) -> Self {
+        Self::build(ErrorKind::IssuerMismatch, |e| {
+            e.description = Some(Shown::ours(format!(
+                "asked for {:?}, the metadata names {:?}",
+                shown(expected, MAX_SHOWN).as_str(),
+                shown(got, MAX_SHOWN).as_str()
+            )));
+            e.metadata = true;
+        })
+    }
+
+    pub(crate) fn client_assertion(what: impl Into<String>, source: Option<BoxError>) -> Self {
+        Self::build(ErrorKind::ClientAssertion, |e| {
+            e.description = Some(Shown::ours(what.into()));
+            e.source = source;
+        })
+    }
+
+    /// The same error, worded as arising while fetching the server's metadata (a transport
+    /// failure, a timeout, a redirect).
+    pub(crate) fn at_metadata(mut self) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.metadata = true;
+        }
+        self
+    }
+
     /// The category of this error.
     pub fn kind(&self) -> ErrorKind {
         self.inner.kind
@@ -306,6 +357,10 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self.inner.kind {
             ErrorKind::Transport | ErrorKind::Timeout => true,
+            ErrorKind::Metadata => self
+                .inner
+                .status
+                .is_some_and(|s| s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS),
             ErrorKind::OAuth | ErrorKind::Http => {
                 let status_says = self
                     .inner
@@ -358,6 +413,25 @@ impl fmt::Debug for Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let i = &self.inner;
+        if i.metadata {
+            f.write_str(match i.kind {
+                ErrorKind::IssuerMismatch => "authorization server metadata names another issuer",
+                ErrorKind::Redirect => {
+                    "authorization server metadata answered a redirect, which is not followed"
+                }
+                ErrorKind::Transport => "authorization server metadata could not be fetched",
+                ErrorKind::Timeout => "authorization server metadata timed out",
+                ErrorKind::BodyTooLarge => "authorization server metadata is too large",
+                _ => "authorization server metadata is unusable",
+            })?;
+            if let Some(status) = i.status {
+                write!(f, " (HTTP {})", status.as_u16())?;
+            }
+            if let Some(description) = &i.description {
+                write!(f, ": {description}")?;
+            }
+            return Ok(());
+        }
         f.write_str(match i.kind {
             ErrorKind::OAuth => "token endpoint refused the request",
             ErrorKind::Http => "token endpoint answered an HTTP error",
@@ -370,6 +444,10 @@ impl fmt::Display for Error {
             ErrorKind::Authorization => "authorization was refused",
             ErrorKind::Callback => "authorization redirect failed",
             ErrorKind::Store => "refresh token store failed",
+            ErrorKind::Metadata | ErrorKind::IssuerMismatch => {
+                "authorization server metadata is unusable"
+            }
+            ErrorKind::ClientAssertion => "client assertion could not be made",
         })?;
         match (i.status, &i.code) {
             (Some(status), Some(code)) => write!(f, " (HTTP {}, {code})", status.as_u16())?,

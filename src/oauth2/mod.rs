@@ -24,9 +24,11 @@
 //! `invalid_grant`, ...), for the cache's backoff. The cache reports the [`Error`] inside:
 //! `tower_bearer::Error::source_as::<oauth2::Error>()` finds it.
 
+mod assertion;
 mod authorization_code;
 mod authorize;
 mod client_credentials;
+mod discovery;
 mod endpoint;
 mod error;
 mod loopback;
@@ -34,10 +36,13 @@ mod pkce;
 mod redact;
 mod refresh;
 mod response;
+mod transport;
 
+pub use assertion::{AssertionAudience, AssertionFuture, AssertionRequest, AssertionSource};
 pub use authorization_code::AuthorizationCode;
 pub use authorize::{AuthorizationRequest, AuthorizationResponse};
 pub use client_credentials::ClientCredentials;
+pub use discovery::{Discovery, ServerMetadata, WellKnown};
 pub use endpoint::{ClientAuth, ClientSecret, Confidential, TokenEndpoint, TokenEndpointBuilder};
 pub use error::{Error, ErrorCode, ErrorKind};
 pub use loopback::LoopbackRedirect;

@@ -3,8 +3,15 @@
 // everything else goes to stderr. Exits when stdin closes and on SIGTERM/SIGINT.
 //
 // Env: PORT (default 0 = any free port), TOKEN_TTL (access/client-credentials token TTL in
-// seconds, default 60), OIDC_IGNORE_STDIN=1 (do not exit when stdin closes).
+// seconds, default 60), OIDC_IGNORE_STDIN=1 (do not exit when stdin closes), EXTRA_CLIENTS (path
+// of a JSON file holding an array of client metadata registered besides the built-in clients,
+// such as `private_key_jwt` clients with the public `jwks` of keys a test generated). With
+// TLS_CERT, TLS_KEY and TLS_CA (PEM file paths) it serves https instead, asks for client
+// certificates (RFC 8705: `tls_client_auth` against TLS_CA, `self_signed_tls_client_auth`,
+// certificate-bound tokens) and publishes `/mtls/token` as the token endpoint's mTLS alias.
+import { readFileSync } from 'node:fs';
 import http from 'node:http';
+import https from 'node:https';
 import { URL } from 'node:url';
 
 import Provider, { errors } from 'oidc-provider';
@@ -66,6 +73,9 @@ const clients = [
     redirect_uris: ['http://127.0.0.1/callback'],
   },
 ];
+if (process.env.EXTRA_CLIENTS) {
+  clients.push(...JSON.parse(readFileSync(process.env.EXTRA_CLIENTS, 'utf8')));
+}
 
 const configuration = {
   clients,
@@ -127,6 +137,36 @@ const configuration = {
   },
 };
 
+const TLS = process.env.TLS_CERT
+  ? {
+    cert: readFileSync(process.env.TLS_CERT),
+    key: readFileSync(process.env.TLS_KEY),
+    ca: readFileSync(process.env.TLS_CA),
+  }
+  : undefined;
+if (TLS) {
+  const peer = (ctx) => ctx.req.socket.getPeerX509Certificate?.();
+  configuration.features.mTLS = {
+    enabled: true,
+    certificateBoundAccessTokens: true,
+    tlsClientAuth: true,
+    selfSignedTlsClientAuth: true,
+    getCertificate: peer,
+    certificateAuthorized: (ctx) => ctx.req.socket.authorized === true,
+    certificateSubjectMatches(ctx, property, expected) {
+      const cert = peer(ctx);
+      if (property === 'tls_client_auth_san_dns') {
+        return (cert?.subjectAltName ?? '').split(', ').includes(`DNS:${expected}`);
+      }
+      return false;
+    },
+  };
+  configuration.clientAuthMethods = [
+    'client_secret_basic', 'client_secret_post', 'client_secret_jwt', 'private_key_jwt', 'none',
+    'tls_client_auth', 'self_signed_tls_client_auth',
+  ];
+}
+
 let server;
 let provider;
 
@@ -172,14 +212,22 @@ function shutdown(reason) {
 async function main() {
   // Bind first so the issuer can carry the real port.
   const handler = { fn: undefined };
-  server = http.createServer((req, res) => handler.fn(req, res));
+  server = TLS
+    // Client certificates are asked for, not required: the provider decides per client, and a
+    // self-signed one must get through the handshake.
+    ? https.createServer({ ...TLS, requestCert: true, rejectUnauthorized: false }, (req, res) => handler.fn(req, res))
+    : http.createServer((req, res) => handler.fn(req, res));
   await new Promise((resolve, reject) => {
     server.once('error', reject);
     server.listen(REQUESTED_PORT, HOST, resolve);
   });
   const { port } = server.address();
 
-  provider = new Provider(`http://${HOST}:${port}`, configuration);
+  const issuer = `${TLS ? 'https' : 'http'}://${HOST}:${port}`;
+  if (TLS) {
+    configuration.discovery = { mtls_endpoint_aliases: { token_endpoint: `${issuer}/mtls/token` } };
+  }
+  provider = new Provider(issuer, configuration);
   provider.on('server_error', (_ctx, err) => process.stderr.write(`server_error: ${err?.stack ?? err}\n`));
   for (const event of ['grant.error', 'authorization.error', 'introspection.error', 'revocation.error',
     'userinfo.error', 'backchannel.error', 'check_session.error', 'discovery.error',
@@ -193,6 +241,15 @@ async function main() {
 
   handler.fn = (req, res) => {
     process.stderr.write(`${req.method} ${req.url}\n`);
+    if (TLS && req.url.startsWith('/mtls/token')) {
+      if (!req.socket.getPeerX509Certificate?.()) {
+        res.statusCode = 400;
+        res.setHeader('Content-Type', 'application/json');
+        res.end(JSON.stringify({ error: 'invalid_request', error_description: 'the mTLS alias needs a client certificate' }));
+        return;
+      }
+      req.url = req.url.slice('/mtls'.length);
+    }
     const { pathname } = new URL(req.url, `http://${HOST}`);
     const m = /^\/interaction\/([^/]+)$/.exec(pathname);
     if (req.method === 'GET' && m) {
