@@ -93,6 +93,8 @@
 pub mod auth;
 pub mod cache;
 pub mod challenge;
+#[cfg(feature = "jose")]
+pub mod dpop;
 mod error;
 pub mod grpc;
 #[cfg(feature = "jose")]

@@ -205,6 +205,7 @@ where
                 (local, &*config)
             }
         };
+        let nonce_origin = config.placement.nonce_origin(&req);
         let (mut req, kept) = self.policy.keep(req);
         let stamped = local.with_current(|entry| {
             config
@@ -216,7 +217,14 @@ where
             Some(Some(id)) => {
                 let replay = kept.map(|kept| (kept, spare(&mut self.spare, &self.inner)));
                 let future = self.inner.call(req);
-                ResponseFuture::sent(future, id, replay, config.clone(), self.policy.clone())
+                ResponseFuture::sent(
+                    future,
+                    id,
+                    replay,
+                    config.clone(),
+                    self.policy.clone(),
+                    nonce_origin,
+                )
             }
             Some(None) => {
                 let error = Error::new(ErrorKind::InvalidToken, None);
@@ -228,7 +236,14 @@ where
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
                 let kept = kept.map(|kept| (kept, spare(&mut self.spare, &self.inner)));
-                ResponseFuture::waiting(inner, req, kept, config.clone(), self.policy.clone())
+                ResponseFuture::waiting(
+                    inner,
+                    req,
+                    kept,
+                    config.clone(),
+                    self.policy.clone(),
+                    nonce_origin,
+                )
             }
         }
     }

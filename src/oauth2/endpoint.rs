@@ -21,6 +21,7 @@ use zeroize::Zeroizing;
 use super::error::Error;
 use super::redact::{Redactions, SECRET_PARAMS};
 use super::response::{parse_token_response, TokenResponse, MAX_BODY};
+use crate::dpop::DpopKey;
 use crate::token::secret_bytes;
 use crate::token::{Secret, SecretKind};
 use crate::BoxError;
@@ -116,6 +117,9 @@ struct Inner {
     auth: ClientAuth,
     timeout: Duration,
     transport: Transport,
+    dpop: Option<DpopKey>,
+    // The token URL as a DPoP proof's `htu`.
+    htu: String,
 }
 
 /// Builds a [`TokenEndpoint`]. Made by [`TokenEndpoint::builder`].
@@ -127,6 +131,7 @@ pub struct TokenEndpointBuilder {
     timeout: Duration,
     allow_insecure_http: bool,
     transport: Option<Transport>,
+    dpop: Option<DpopKey>,
 }
 
 impl TokenEndpoint {
@@ -144,6 +149,7 @@ impl TokenEndpoint {
             timeout: Duration::from_secs(20),
             allow_insecure_http: false,
             transport: None,
+            dpop: None,
         }
     }
 
@@ -166,25 +172,53 @@ impl TokenEndpoint {
         params: &[(&str, &str)],
     ) -> Result<TokenResponse, Error> {
         let inner = &self.inner;
-        let (request, sent) = self.build_request(params);
-        // The lifetime of the token counts from here: before the request, so that network delay
-        // can only make a token look shorter-lived than it is.
-        let requested_at = Instant::now();
-        let send = inner.transport.clone().oneshot(request);
-        let answer = match tokio::time::timeout(inner.timeout, send).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(error)) => return Err(Error::transport(error)),
-            Err(_) => return Err(Error::timeout(inner.timeout)),
-        };
-        let body = answer.body?;
-        parse_token_response(
-            answer.status,
-            &answer.headers,
-            &body,
-            &sent,
-            Some(requested_at),
-        )
+        // A server that wants a DPoP nonce answers 400 `use_dpop_nonce` with the nonce: the
+        // request is sent once more, with a fresh proof carrying it (RFC 9449 §8).
+        let mut nonce_retry = inner.dpop.is_some();
+        loop {
+            let (mut request, sent) = self.build_request(params);
+            if let Some(key) = &inner.dpop {
+                let proof = key
+                    .proof(&Method::POST, &inner.htu, None)
+                    .map_err(|e| Error::config(e.to_string()))?;
+                let proof = HeaderValue::try_from(proof)
+                    .map_err(|_| Error::config("the DPoP proof is not a header value"))?;
+                request.headers_mut().insert(crate::dpop::DPOP, proof);
+            }
+            // The lifetime of the token counts from here: before the request, so that network
+            // delay can only make a token look shorter-lived than it is.
+            let requested_at = Instant::now();
+            let send = inner.transport.clone().oneshot(request);
+            let answer = match tokio::time::timeout(inner.timeout, send).await {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(error)) => return Err(Error::transport(error)),
+                Err(_) => return Err(Error::timeout(inner.timeout)),
+            };
+            let new_nonce = match &inner.dpop {
+                Some(key) => key.observe(crate::dpop::origin_of(&inner.htu), &answer.headers),
+                None => false,
+            };
+            let body = answer.body?;
+            let parsed = parse_token_response(
+                answer.status,
+                &answer.headers,
+                &body,
+                &sent,
+                Some(requested_at),
+            );
+            match parsed {
+                Err(e) if nonce_retry && new_nonce && asks_nonce(&e) => nonce_retry = false,
+                parsed => return parsed,
+            }
+        }
     }
+}
+
+/// Whether a token endpoint's error asks for a DPoP proof with its nonce.
+fn asks_nonce(error: &Error) -> bool {
+    error
+        .code()
+        .is_some_and(|code| code.as_str() == "use_dpop_nonce")
 }
 
 impl TokenEndpoint {
@@ -255,6 +289,7 @@ impl fmt::Debug for TokenEndpoint {
             .field("client_secret", &inner.secret)
             .field("auth", &inner.auth)
             .field("timeout", &inner.timeout)
+            .field("dpop", &inner.dpop)
             .finish_non_exhaustive()
     }
 }
@@ -314,6 +349,17 @@ impl TokenEndpointBuilder {
         self
     }
 
+    /// Binds the tokens to a DPoP key (RFC 9449): each token request carries a proof of
+    /// possession of `key`, and a `use_dpop_nonce` error is answered once with the server's
+    /// nonce. Tokens then come back with `token_type` `DPoP`; send them with
+    /// [`Placement::dpop`](crate::Placement::dpop) and a clone of the same key.
+    ///
+    /// Default: none (bearer tokens).
+    pub fn dpop(mut self, key: DpopKey) -> Self {
+        self.dpop = Some(key);
+        self
+    }
+
     /// Checks the configuration and builds the token endpoint.
     ///
     /// # Errors
@@ -323,6 +369,8 @@ impl TokenEndpointBuilder {
     /// `default-client` feature is off.
     pub fn build(self) -> Result<TokenEndpoint, Error> {
         let token_url = check_url("token URL", &self.token_url, self.allow_insecure_http)?;
+        let htu = crate::dpop::htu_of(&token_url, &HeaderMap::new())
+            .ok_or_else(|| Error::config("the token URL has no host"))?;
         let transport = match self.transport {
             Some(transport) => transport,
             None => default_transport()?,
@@ -335,6 +383,8 @@ impl TokenEndpointBuilder {
                 auth: self.auth,
                 timeout: self.timeout,
                 transport,
+                dpop: self.dpop,
+                htu,
             }),
         })
     }
