@@ -4,6 +4,7 @@
 //
 // Env: PORT (default 0 = any free port), TOKEN_TTL (access/client-credentials token TTL in
 // seconds, default 60), OIDC_IGNORE_STDIN=1 (do not exit when stdin closes).
+import crypto from 'node:crypto';
 import http from 'node:http';
 import { URL } from 'node:url';
 
@@ -86,6 +87,9 @@ const configuration = {
     clientCredentials: { enabled: true },
     revocation: { enabled: true },
     introspection: { enabled: true },
+    // DPoP (RFC 9449) with server nonces demanded of every proof, at /token and at /me.
+    // Requests without a proof are unaffected.
+    dPoP: { enabled: true, nonceSecret: crypto.randomBytes(32), requireNonce: () => true },
     resourceIndicators: {
       enabled: true,
       defaultResource: async () => undefined,
