@@ -29,8 +29,6 @@ pin_project! {
         state: State<S, P, B>,
         config: Arc<Config>,
         policy: P,
-        // With DPoP: the origin whose `DPoP-Nonce` the responses carry.
-        nonce_origin: Option<Box<str>>,
     }
 }
 
@@ -101,13 +99,11 @@ where
         replay: Option<(P::Kept, Spare<S>)>,
         config: Arc<Config>,
         policy: P,
-        nonce_origin: Option<Box<str>>,
     ) -> Self {
         Self {
             state: State::Sent { future, id, replay },
             config,
             policy,
-            nonce_origin,
         }
     }
 
@@ -117,7 +113,6 @@ where
         replay: Option<(P::Kept, Spare<S>)>,
         config: Arc<Config>,
         policy: P,
-        nonce_origin: Option<Box<str>>,
     ) -> Self {
         let cache = config.cache.clone();
         Self {
@@ -127,7 +122,6 @@ where
             },
             config,
             policy,
-            nonce_origin,
         }
     }
 
@@ -136,7 +130,6 @@ where
             state: State::Passed { future },
             config,
             policy,
-            nonce_origin: None,
         }
     }
 
@@ -145,7 +138,6 @@ where
             state: State::Failed { error: Some(error) },
             config,
             policy,
-            nonce_origin: None,
         }
     }
 }
@@ -193,7 +185,7 @@ where
                     // released with the response even if the caller keeps this future around.
                     let replay = replay.take();
                     let response = result.map_err(Into::into)?;
-                    let asks_nonce = match this.nonce_origin {
+                    let asks_nonce = match &this.config.nonce_origin {
                         Some(origin) => observe_nonce(this.config, origin, &response),
                         None => false,
                     };
@@ -269,7 +261,7 @@ where
                 }
                 StateProj::Replaying { future, id } => {
                     let response = ready!(future.poll(cx)).map_err(Into::into)?;
-                    let asks_nonce = match this.nonce_origin {
+                    let asks_nonce = match &this.config.nonce_origin {
                         Some(origin) => observe_nonce(this.config, origin, &response),
                         None => false,
                     };

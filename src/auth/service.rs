@@ -205,7 +205,13 @@ where
                 (local, &*config)
             }
         };
-        let nonce_origin = config.placement.nonce_origin(&req);
+        // With DPoP, the response future learns the request's origin through a configuration
+        // of its own, so that the bearer path's future stays as small as it was.
+        let dpop_config = config
+            .placement
+            .nonce_origin(&req)
+            .map(|origin| Arc::new(config.with_nonce_origin(origin)));
+        let config = dpop_config.as_ref().unwrap_or(config);
         let (mut req, kept) = self.policy.keep(req);
         let stamped = local.with_current(|entry| {
             config
@@ -217,14 +223,7 @@ where
             Some(Some(id)) => {
                 let replay = kept.map(|kept| (kept, spare(&mut self.spare, &self.inner)));
                 let future = self.inner.call(req);
-                ResponseFuture::sent(
-                    future,
-                    id,
-                    replay,
-                    config.clone(),
-                    self.policy.clone(),
-                    nonce_origin,
-                )
+                ResponseFuture::sent(future, id, replay, config.clone(), self.policy.clone())
             }
             Some(None) => {
                 let error = Error::new(ErrorKind::InvalidToken, None);
@@ -236,14 +235,7 @@ where
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
                 let kept = kept.map(|kept| (kept, spare(&mut self.spare, &self.inner)));
-                ResponseFuture::waiting(
-                    inner,
-                    req,
-                    kept,
-                    config.clone(),
-                    self.policy.clone(),
-                    nonce_origin,
-                )
+                ResponseFuture::waiting(inner, req, kept, config.clone(), self.policy.clone())
             }
         }
     }
