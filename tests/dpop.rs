@@ -439,3 +439,85 @@ async fn userinfo_accepts_a_dpop_bound_token_after_its_nonce_dance() {
         .unwrap();
     assert_eq!(bearer.status(), StatusCode::UNAUTHORIZED);
 }
+
+/// An API that answers each request with the next of `answers` (status, `WWW-Authenticate`,
+/// `DPoP-Nonce`), then 200; and a layer with DPoP over a source that counts its fetches.
+async fn scripted(
+    answers: Vec<(StatusCode, &'static str, Option<&'static str>)>,
+) -> (usize, usize, Vec<Option<String>>) {
+    let answers = Arc::new(Mutex::new(answers.into_iter()));
+    let nonces = Arc::new(Mutex::new(Vec::new()));
+    let api = {
+        let nonces = nonces.clone();
+        service_fn(move |req: Request<Full<Bytes>>| {
+            let proof = req.headers()["dpop"].to_str().unwrap().to_owned();
+            nonces
+                .lock()
+                .unwrap()
+                .push(claims(&proof)["nonce"].as_str().map(str::to_owned));
+            let mut response = Response::new(Full::<Bytes>::default());
+            if let Some((status, challenge, nonce)) = answers.lock().unwrap().next() {
+                *response.status_mut() = status;
+                response
+                    .headers_mut()
+                    .insert("www-authenticate", challenge.parse().unwrap());
+                if let Some(nonce) = nonce {
+                    response
+                        .headers_mut()
+                        .insert("dpop-nonce", nonce.parse().unwrap());
+                }
+            }
+            async move { Ok::<_, std::convert::Infallible>(response) }
+        })
+    };
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let source = {
+        let fetches = fetches.clone();
+        source_fn(move |_: TokenRequest| {
+            let n = fetches.fetch_add(1, Ordering::SeqCst);
+            async move { Ok::<_, std::io::Error>(Token::new(format!("t{n}"))) }
+        })
+    };
+    let key = DpopKey::generate().unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(BearerAuthLayer::new(source).placement(Placement::dpop(key)))
+        .service(api);
+    let response = svc.oneshot(get("https://api.example.com/x")).await.unwrap();
+    let seen = nonces.lock().unwrap().clone();
+    (
+        response.status().as_u16() as usize,
+        fetches.load(Ordering::SeqCst),
+        seen,
+    )
+}
+
+#[tokio::test]
+async fn only_a_nonce_challenge_with_a_nonce_keeps_the_token() {
+    let nonce = r#"DPoP error="use_dpop_nonce""#;
+    // The nonce challenge: replayed with the nonce and the same token.
+    let (status, fetches, nonces) =
+        scripted(vec![(StatusCode::UNAUTHORIZED, nonce, Some("n1"))]).await;
+    assert_eq!((status, fetches), (200, 1));
+    assert_eq!(nonces, [None, Some("n1".to_owned())]);
+    // Without a nonce to use, the same challenge is a rejection like any other: a new token.
+    let (status, fetches, _) = scripted(vec![(StatusCode::UNAUTHORIZED, nonce, None)]).await;
+    assert_eq!((status, fetches), (200, 2));
+    // Another DPoP error: a new token, and the nonce that came with it is used.
+    let invalid = r#"DPoP error="invalid_token""#;
+    let (status, fetches, nonces) =
+        scripted(vec![(StatusCode::UNAUTHORIZED, invalid, Some("n2"))]).await;
+    assert_eq!((status, fetches), (200, 2));
+    assert_eq!(nonces, [None, Some("n2".to_owned())]);
+    // `insufficient_scope` is returned as it is.
+    let scope = r#"DPoP error="insufficient_scope""#;
+    let (status, fetches, _) = scripted(vec![(StatusCode::UNAUTHORIZED, scope, None)]).await;
+    assert_eq!((status, fetches), (401, 1));
+    // A second nonce challenge after the replay is returned, the token still kept.
+    let (status, fetches, nonces) = scripted(vec![
+        (StatusCode::UNAUTHORIZED, nonce, Some("n1")),
+        (StatusCode::UNAUTHORIZED, nonce, Some("n2")),
+    ])
+    .await;
+    assert_eq!((status, fetches), (401, 1));
+    assert_eq!(nonces.len(), 2);
+}
