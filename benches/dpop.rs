@@ -207,6 +207,13 @@ fn dpop(c: &mut Criterion) {
             parallel(&rt, no_replay.layer(Api), TASKS),
             parallel(&rt, no_replay.layer(Api), 1),
         );
+        // For information: how far the bare signing scales on this machine.
+        checks.check(
+            "dpop/floor_tasks_256:floor_one_task",
+            None,
+            parallel(&rt, floor(Api, &key), TASKS),
+            parallel(&rt, floor(Api, &key), 1),
+        );
         // The same service on both sides: how far from 1 the paired check strays by itself.
         checks.check(
             "dpop/floor:floor",
