@@ -143,7 +143,13 @@ pub fn from_headers(headers: &HeaderMap) -> Vec<Challenge> {
 /// Agrees with [`from_headers`] followed by [`Challenge::param`], but does not
 /// allocate: it runs on every 401 a client receives.
 pub(crate) fn has_bearer_error(headers: &HeaderMap, code: &str) -> bool {
-    header_values(headers).any(|value| says_bearer_error(value, code))
+    has_scheme_error(headers, "Bearer", code)
+}
+
+/// Whether some challenge of `scheme` (such as `DPoP`) in `headers` has an `error` parameter
+/// equal to `code`; [`has_bearer_error`] for any scheme.
+pub(crate) fn has_scheme_error(headers: &HeaderMap, scheme: &str, code: &str) -> bool {
+    header_values(headers).any(|value| says_scheme_error(value, scheme, code))
 }
 
 fn header_values(headers: &HeaderMap) -> impl Iterator<Item = &str> {
@@ -155,7 +161,7 @@ fn header_values(headers: &HeaderMap) -> impl Iterator<Item = &str> {
         .filter_map(|value| std::str::from_utf8(value.as_bytes()).ok())
 }
 
-fn says_bearer_error(value: &str, code: &str) -> bool {
+fn says_scheme_error(value: &str, wanted: &str, code: &str) -> bool {
     // Must match what `from_headers` + `param("error")` would report: a value
     // that fails anywhere is dropped whole, and only the first `error` of a
     // challenge counts.
@@ -166,7 +172,7 @@ fn says_bearer_error(value: &str, code: &str) -> bool {
         match event {
             Err(_) => return false,
             Ok(Event::Scheme(scheme)) => {
-                in_bearer = scheme.eq_ignore_ascii_case("Bearer");
+                in_bearer = scheme.eq_ignore_ascii_case(wanted);
                 error_seen = false;
             }
             Ok(Event::Token68(_)) => {}

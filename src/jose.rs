@@ -76,7 +76,7 @@ pub struct KeyError {
 }
 
 impl KeyError {
-    fn new(what: impl Into<String>) -> Self {
+    pub(crate) fn new(what: impl Into<String>) -> Self {
         Self { what: what.into() }
     }
 }

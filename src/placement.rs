@@ -41,6 +41,8 @@ enum Kind {
         scheme: Option<Box<str>>,
     },
     Query,
+    #[cfg(feature = "jose")]
+    Dpop(crate::dpop::DpopKey),
 }
 
 /// The error for a scheme that is not an HTTP token (RFC 9110 §5.6.2).
@@ -110,6 +112,42 @@ impl Placement {
         Self { kind: Kind::Query }
     }
 
+    /// `Authorization: DPoP <token>` and a fresh `DPoP` proof of possession of `key` (RFC 9449)
+    /// on every request: `htm`, `htu` (see [`htu`](crate::dpop::htu)), `iat`, a random `jti`,
+    /// `ath`, and the nonce the request's origin last gave. Nonces are taken from every
+    /// response's `DPoP-Nonce`; a 401 whose challenge is `DPoP error="use_dpop_nonce"` is
+    /// replayed once with a new proof and the same token, which is not dropped. Give the token
+    /// endpoint the same key (`TokenEndpointBuilder::dpop`) so that tokens are bound to it.
+    #[cfg(feature = "jose")]
+    pub fn dpop(key: crate::dpop::DpopKey) -> Self {
+        Self {
+            kind: Kind::Dpop(key),
+        }
+    }
+
+    /// The DPoP key, if requests get proofs.
+    #[cfg(feature = "jose")]
+    pub(crate) fn dpop_key(&self) -> Option<&crate::dpop::DpopKey> {
+        match &self.kind {
+            Kind::Dpop(key) => Some(key),
+            _ => None,
+        }
+    }
+
+    /// The origin whose nonces a request's responses carry, when requests get DPoP proofs.
+    #[inline]
+    #[cfg_attr(not(feature = "jose"), allow(unused_variables))]
+    pub(crate) fn nonce_origin<B>(&self, req: &Request<B>) -> Option<Box<str>> {
+        match &self.kind {
+            #[cfg(feature = "jose")]
+            Kind::Dpop(_) => {
+                let htu = crate::dpop::htu(req)?;
+                Some(crate::dpop::origin_of(&htu).into())
+            }
+            _ => None,
+        }
+    }
+
     /// Puts the token whose header values are `stamp` on `req`, using the copies of `stripe`.
     /// Returns `false`, leaving `req` without a token, in the unlikely case that the token
     /// cannot be placed.
@@ -146,8 +184,39 @@ impl Placement {
                 Ok(token) => stamp_query(req, token),
                 Err(_) => false,
             },
+            #[cfg(feature = "jose")]
+            Kind::Dpop(key) => stamp_dpop(req, stamp.raw(stripe), key),
         }
     }
+}
+
+/// `Authorization: DPoP <token>` and a new proof. Signs with no lock held: the key is shared
+/// read-only and the nonce is one atomic load.
+#[cfg(feature = "jose")]
+fn stamp_dpop<B>(req: &mut Request<B>, raw: &HeaderValue, key: &crate::dpop::DpopKey) -> bool {
+    let Ok(token) = std::str::from_utf8(raw.as_bytes()) else {
+        return false;
+    };
+    let Some(htu) = crate::dpop::htu(req) else {
+        return false;
+    };
+    let nonce = key.nonce(crate::dpop::origin_of(&htu));
+    let Ok(proof) = key.sign(req.method(), &htu, Some(token), nonce.as_deref()) else {
+        return false;
+    };
+    let Ok(proof) = HeaderValue::try_from(proof) else {
+        return false;
+    };
+    let mut value = Vec::with_capacity(5 + raw.len());
+    value.extend_from_slice(b"DPoP ");
+    value.extend_from_slice(raw.as_bytes());
+    let Ok(mut value) = HeaderValue::from_maybe_shared(secret_bytes(value)) else {
+        return false;
+    };
+    value.set_sensitive(true);
+    req.headers_mut().insert(header::AUTHORIZATION, value);
+    req.headers_mut().insert(crate::dpop::DPOP, proof);
+    true
 }
 
 impl Placement {
@@ -157,6 +226,8 @@ impl Placement {
             Kind::Bearer => &header::AUTHORIZATION,
             Kind::Header { name, .. } => name,
             Kind::Query => return None,
+            #[cfg(feature = "jose")]
+            Kind::Dpop(_) => &header::AUTHORIZATION,
         };
         req.headers().get(name).cloned()
     }

@@ -19,6 +19,7 @@ const LEVELS: &[(&str, u8)] = &[
     ("source", 1),
     ("stamp", 1),
     ("cache", 2),
+    ("dpop", 2),
     ("challenge", 3),
     ("origin", 3),
     ("placement", 3),

@@ -3,7 +3,7 @@
 use http::header::HeaderMap;
 use http::{HeaderName, Response, StatusCode, Version};
 
-use crate::challenge::has_bearer_error;
+use crate::challenge::{has_bearer_error, has_scheme_error};
 
 /// Whether a response says that the token it was sent with was rejected, so that a new token
 /// may help: status 401, unless a Bearer challenge says `insufficient_scope` (a new token with
@@ -12,13 +12,24 @@ use crate::challenge::has_bearer_error;
 #[inline]
 pub(crate) fn rejects_token<B>(response: &Response<B>) -> bool {
     match response.status() {
-        StatusCode::UNAUTHORIZED => !has_bearer_error(response.headers(), "insufficient_scope"),
+        StatusCode::UNAUTHORIZED => {
+            !has_bearer_error(response.headers(), "insufficient_scope")
+                && !has_scheme_error(response.headers(), "DPoP", "insufficient_scope")
+        }
         // gRPC runs over HTTP/2 only: other responses skip the header lookup.
         StatusCode::OK if response.version() == Version::HTTP_2 => {
             grpc_unauthenticated(response.headers())
         }
         _ => false,
     }
+}
+
+/// Whether a response to a DPoP request asks for a nonce (RFC 9449 §9): a 401 whose `DPoP`
+/// challenge says `use_dpop_nonce`. Its token was not rejected.
+#[cfg(feature = "jose")]
+pub(crate) fn asks_dpop_nonce<B>(response: &Response<B>) -> bool {
+    response.status() == StatusCode::UNAUTHORIZED
+        && has_scheme_error(response.headers(), "DPoP", "use_dpop_nonce")
 }
 
 /// Whether `headers` (a gRPC response's headers, or its trailers) carry `grpc-status: 16`.

@@ -185,13 +185,23 @@ where
                     // released with the response even if the caller keeps this future around.
                     let replay = replay.take();
                     let response = result.map_err(Into::into)?;
+                    let asks_nonce = match &this.config.nonce_origin {
+                        Some(origin) => observe_nonce(this.config, origin, &response),
+                        None => false,
+                    };
                     if !rejects_token(&response) {
                         return Poll::Ready(Ok(response));
                     }
                     let cache = &this.config.cache;
                     let id = *id;
-                    let rejection = cache.reject(id);
-                    cache.count_rejection(rejection);
+                    // A nonce challenge is answered with a new proof and the same token.
+                    let rejection = if asks_nonce {
+                        Rejection::Kept
+                    } else {
+                        let rejection = cache.reject(id);
+                        cache.count_rejection(rejection);
+                        rejection
+                    };
                     let replay = replay.and_then(|(kept, spare)| {
                         let req = this.policy.replay(kept)?;
                         let inner = spare.lock().unwrap_or_else(PoisonError::into_inner).clone();
@@ -251,7 +261,11 @@ where
                 }
                 StateProj::Replaying { future, id } => {
                     let response = ready!(future.poll(cx)).map_err(Into::into)?;
-                    if rejects_token(&response) {
+                    let asks_nonce = match &this.config.nonce_origin {
+                        Some(origin) => observe_nonce(this.config, origin, &response),
+                        None => false,
+                    };
+                    if rejects_token(&response) && !asks_nonce {
                         // Not replayed again. The token is dropped like any rejected one, unless
                         // a rejection dropped one moments ago (usually the one this replay
                         // replaced): then the server refuses fresh tokens, and it is kept.
@@ -277,6 +291,18 @@ where
             }
         }
     }
+}
+
+/// Keeps the `DPoP-Nonce` of a response to a DPoP request; returns whether the response asks
+/// for a proof with that nonce (so that the token was not rejected).
+fn observe_nonce<B>(config: &Config, origin: &str, response: &Response<B>) -> bool {
+    #[cfg(feature = "jose")]
+    if let Some(key) = config.placement.dpop_key() {
+        let fresh = key.observe(origin, response.headers());
+        return fresh && super::classify::asks_dpop_nonce(response);
+    }
+    let _ = (config, origin, response);
+    false
 }
 
 impl<S, P, B> fmt::Debug for ResponseFuture<S, P, B>

@@ -57,6 +57,9 @@ pub(crate) struct Config {
     pub(crate) destinations: Option<Destinations>,
     /// Whose copy this is: the header values stamped with it are this stripe's.
     pub(crate) stripe: Stripe,
+    /// With DPoP, in the copy made for one request: the origin whose `DPoP-Nonce` its
+    /// responses carry.
+    pub(crate) nonce_origin: Option<Box<str>>,
 }
 
 /// Whether a request may carry the token.
@@ -77,6 +80,15 @@ impl Config {
             origins: None,
             destinations: None,
             stripe: Stripe::FIRST,
+            nonce_origin: None,
+        }
+    }
+
+    /// A copy for one DPoP request to `origin`.
+    pub(crate) fn with_nonce_origin(&self, origin: Box<str>) -> Self {
+        Self {
+            nonce_origin: Some(origin),
+            ..self.clone()
         }
     }
 

@@ -205,6 +205,13 @@ where
                 (local, &*config)
             }
         };
+        // With DPoP, the response future learns the request's origin through a configuration
+        // of its own, so that the bearer path's future stays as small as it was.
+        let dpop_config = config
+            .placement
+            .nonce_origin(&req)
+            .map(|origin| Arc::new(config.with_nonce_origin(origin)));
+        let config = dpop_config.as_ref().unwrap_or(config);
         let (mut req, kept) = self.policy.keep(req);
         let stamped = local.with_current(|entry| {
             config

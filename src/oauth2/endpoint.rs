@@ -21,6 +21,7 @@ use super::error::Error;
 use super::redact::{Redactions, SECRET_PARAMS};
 use super::response::{parse_token_response, TokenResponse};
 use super::transport::Transport;
+use crate::dpop::DpopKey;
 use crate::token::secret_bytes;
 use crate::token::{Secret, SecretKind};
 
@@ -154,6 +155,9 @@ struct Inner {
     assertion_lifetime: Duration,
     timeout: Duration,
     transport: Transport,
+    dpop: Option<DpopKey>,
+    // The token URL as a DPoP proof's `htu`.
+    htu: String,
 }
 
 impl TokenEndpoint {
@@ -208,24 +212,46 @@ impl TokenEndpoint {
         params: &[(&str, &str)],
     ) -> Result<TokenResponse, Error> {
         let inner = &self.inner;
-        let (request, sent) = self.prepare(params).await?;
-        // The lifetime of the token counts from here: before the request, so that network delay
-        // can only make a token look shorter-lived than it is.
-        let requested_at = Instant::now();
-        let send = inner.transport.clone().oneshot(request);
-        let answer = match tokio::time::timeout(inner.timeout, send).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(error)) => return Err(Error::transport(error)),
-            Err(_) => return Err(Error::timeout(inner.timeout)),
-        };
-        let body = answer.body?;
-        parse_token_response(
-            answer.status,
-            &answer.headers,
-            &body,
-            &sent,
-            Some(requested_at),
-        )
+        // A server that wants a DPoP nonce answers 400 `use_dpop_nonce` with the nonce: the
+        // request is prepared once more (a fresh client assertion too) with a fresh proof
+        // carrying it (RFC 9449 §8).
+        let mut nonce_retry = inner.dpop.is_some();
+        loop {
+            let (mut request, sent) = self.prepare(params).await?;
+            if let Some(key) = &inner.dpop {
+                let proof = key
+                    .proof(&Method::POST, &inner.htu, None)
+                    .map_err(|e| Error::config(e.to_string()))?;
+                let proof = HeaderValue::try_from(proof)
+                    .map_err(|_| Error::config("the DPoP proof is not a header value"))?;
+                request.headers_mut().insert(crate::dpop::DPOP, proof);
+            }
+            // The lifetime of the token counts from here: before the request, so that network
+            // delay can only make a token look shorter-lived than it is.
+            let requested_at = Instant::now();
+            let send = inner.transport.clone().oneshot(request);
+            let answer = match tokio::time::timeout(inner.timeout, send).await {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(error)) => return Err(Error::transport(error)),
+                Err(_) => return Err(Error::timeout(inner.timeout)),
+            };
+            let new_nonce = match &inner.dpop {
+                Some(key) => key.observe(crate::dpop::origin_of(&inner.htu), &answer.headers),
+                None => false,
+            };
+            let body = answer.body?;
+            let parsed = parse_token_response(
+                answer.status,
+                &answer.headers,
+                &body,
+                &sent,
+                Some(requested_at),
+            );
+            match parsed {
+                Err(e) if nonce_retry && new_nonce && asks_nonce(&e) => nonce_retry = false,
+                parsed => return parsed,
+            }
+        }
     }
 
     /// The token request, ready to send, and the credentials it carries. A client assertion
@@ -337,6 +363,7 @@ impl fmt::Debug for TokenEndpoint {
             .field("assertions", &inner.assertions)
             .field("assertion_audience", &inner.audience)
             .field("timeout", &inner.timeout)
+            .field("dpop", &inner.dpop)
             .finish_non_exhaustive()
     }
 }
@@ -396,6 +423,13 @@ pub(crate) fn is_loopback(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost")
         || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Whether a token endpoint's error asks for a DPoP proof with its nonce.
+fn asks_nonce(error: &Error) -> bool {
+    error
+        .code()
+        .is_some_and(|code| code.as_str() == "use_dpop_nonce")
 }
 
 #[cfg(test)]

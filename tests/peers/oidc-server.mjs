@@ -10,6 +10,7 @@
 // certificates (RFC 8705: `tls_client_auth` against TLS_CA, `self_signed_tls_client_auth`,
 // certificate-bound tokens) and publishes `/mtls/token` as the token endpoint's mTLS alias.
 import { readFileSync } from 'node:fs';
+import crypto from 'node:crypto';
 import http from 'node:http';
 import https from 'node:https';
 import { URL } from 'node:url';
@@ -96,6 +97,9 @@ const configuration = {
     clientCredentials: { enabled: true },
     revocation: { enabled: true },
     introspection: { enabled: true },
+    // DPoP (RFC 9449) with server nonces demanded of every proof, at /token and at /me.
+    // Requests without a proof are unaffected.
+    dPoP: { enabled: true, nonceSecret: crypto.randomBytes(32), requireNonce: () => true },
     resourceIndicators: {
       enabled: true,
       defaultResource: async () => undefined,

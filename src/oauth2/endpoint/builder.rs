@@ -11,6 +11,7 @@ use http_body_util::Full;
 use tower_service::Service;
 
 use super::{check_url, ClientAuth, ClientSecret, Inner, TokenEndpoint};
+use crate::dpop::DpopKey;
 use crate::jose::SigningKey;
 use crate::oauth2::assertion::{AssertionAudience, AssertionSource, Assertions};
 use crate::oauth2::discovery::ServerMetadata;
@@ -37,6 +38,7 @@ pub struct TokenEndpointBuilder {
     timeout: Duration,
     allow_insecure_http: bool,
     transport: Option<Transport>,
+    dpop: Option<DpopKey>,
 }
 
 impl TokenEndpointBuilder {
@@ -57,6 +59,7 @@ impl TokenEndpointBuilder {
             assertion_lifetime: Duration::from_secs(60),
             timeout: Duration::from_secs(20),
             allow_insecure_http: false,
+            dpop: None,
             transport: None,
         }
     }
@@ -235,6 +238,17 @@ impl TokenEndpointBuilder {
         }
     }
 
+    /// Binds the tokens to a DPoP key (RFC 9449): each token request carries a proof of
+    /// possession of `key`, and a `use_dpop_nonce` error is answered once with the server's
+    /// nonce (and a fresh client assertion). Tokens then come back with `token_type` `DPoP`;
+    /// send them with [`Placement::dpop`](crate::Placement::dpop) and a clone of the same key.
+    ///
+    /// Default: none (bearer tokens).
+    pub fn dpop(mut self, key: DpopKey) -> Self {
+        self.dpop = Some(key);
+        self
+    }
+
     /// Checks the configuration and builds the token endpoint.
     ///
     /// # Errors
@@ -286,6 +300,8 @@ impl TokenEndpointBuilder {
             #[cfg(not(feature = "default-client"))]
             None => default_transport()?,
         };
+        let htu = crate::dpop::htu_of(&token_url, &http::HeaderMap::new())
+            .ok_or_else(|| Error::config("the token URL has no host"))?;
         Ok(TokenEndpoint {
             inner: Arc::new(Inner {
                 token_url,
@@ -297,6 +313,8 @@ impl TokenEndpointBuilder {
                 assertion_lifetime: self.assertion_lifetime,
                 timeout: self.timeout,
                 transport,
+                dpop: self.dpop,
+                htu,
             }),
         })
     }
