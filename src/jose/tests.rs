@@ -67,18 +67,16 @@ fn sign_and_verify(key: &SigningKey, algorithm: &'static dyn VerificationAlgorit
     );
 }
 
-/// An RSA key made by the `openssl` command, as PKCS#8 PEM (ring cannot generate RSA keys).
-fn openssl_rsa_pem() -> String {
-    let output = std::process::Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-        ])
+/// An RSA key made by Node.js (which the test suite needs anyway, for the real authorization
+/// server), as PKCS#8 PEM: ring cannot generate RSA keys.
+fn node_rsa_pem() -> String {
+    let script = "const { generateKeyPairSync } = require('node:crypto');\
+                  const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });\
+                  process.stdout.write(privateKey.export({ type: 'pkcs8', format: 'pem' }));";
+    let output = std::process::Command::new("node")
+        .args(["-e", script])
         .output()
-        .expect("the RSA tests need the `openssl` command");
+        .expect("the RSA tests need Node.js (`node`)");
     assert!(output.status.success());
     String::from_utf8(output.stdout).unwrap()
 }
@@ -109,7 +107,7 @@ fn ed25519_signs_what_its_public_jwk_verifies() {
 
 #[test]
 fn rsa_keys_sign_rs256_and_ps256_from_pem() {
-    let pem = openssl_rsa_pem();
+    let pem = node_rsa_pem();
     let rs = SigningKey::from_pem(Algorithm::Rs256, &pem).unwrap();
     sign_and_verify(&rs, &RSA_PKCS1_2048_8192_SHA256);
     let ps = SigningKey::from_pem(Algorithm::Ps256, &pem)
