@@ -54,7 +54,7 @@ script = os.path.abspath(os.environ["SCRIPT"])
 failures = []
 
 # Time ratios as the benchmarks print them: median, q1, q3, and the interval's low and high.
-# Their throughput (den / num, all but request_path) inverts each value, so the bounds swap.
+# A throughput row (den / num) inverts each value, so the bounds swap.
 DECIDED = {
     # 1.05 in 1.03–1.07, all ≤ 1.10: met, although criterion's ratio (1.20) is over.
     "request_path/bearer_no_replay:add_authorization": (1.05, 1.04, 1.06, 1.03, 1.07),
@@ -88,6 +88,14 @@ DECIDED = {
     "shared/bearer_shared_no_replay:add_authorization": (1.04, 1.03, 1.05, 1.02, 1.06),
     "shared/bearer_no_replay:add_authorization": (1.03, 1.02, 1.04, 1.01, 1.05),
     "shared/add_authorization:add_authorization": (1.0, 0.99, 1.01, 0.98, 1.02),
+    # 1.08 in 1.06–1.10, all ≤ 1.15: met; criterion's ratio (1.20) would say missed.
+    "dpop/dpop_no_replay:floor": (1.08, 1.07, 1.09, 1.06, 1.10),
+    "dpop/dpop_replay:floor": (1.12, 1.11, 1.13, 1.10, 1.14),
+    # Throughput 2.000 (IQR 1.961–2.041) in 1.887–2.083, all ≥ 1.8: met. Not inverted, the
+    # time ratios (all under 1.8) would say missed.
+    "dpop/tasks_256:one_task": (0.50, 0.49, 0.51, 0.48, 0.53),
+    "dpop/floor_tasks_256:floor_one_task": (0.52, 0.51, 0.53, 0.50, 0.54),
+    "dpop/floor:floor": (1.0, 0.998, 1.002, 0.996, 1.004),
 }
 # The same with neither miss: 1.08–1.12 straddles 1.10, throughput 0.962–1.000 straddles 0.97.
 UNDECIDED = dict(DECIDED)
@@ -108,6 +116,7 @@ CRITERION = {  # ns
     "refresh_ahead": {"adaptive_10ms_5s": 2e6},
     "shared": {"bearer_shared_no_replay": 520, "bearer_no_replay": 510, "add_authorization": 500,
                "cold_start_64_replicas": 99e6},
+    "dpop": {"floor": 50e3, "dpop_no_replay": 60e3},
 }
 # The lines refresh_ahead and shared print besides PAIRED: two pairs miss (one used 0.84 of a
 # token's life, one request waited), the pair out of reach with the default skew (used 0.35)
@@ -230,11 +239,26 @@ for prefix, column, want in [
     ("8. cold start, 64 replicas: slowest", "verdict", "met"),
     ("8. cold start, 64 replicas: slowest", "target", "≤ 100.9 ms"),
     ("8. cold start, 64 replicas: slowest", "criterion", "97.3 ms"),
+    ("9. DPoP, replay off", "verdict", "met"),
+    ("9. DPoP, replay off", "target", "≤ 1.15"),
+    ("9. DPoP, replay off", "criterion", "1.200"),
+    ("9. DPoP, replay on", "verdict", "-"),
+    ("9. DPoP, replay on", "criterion", "-"),
+    ("9. DPoP, 256 tasks", "verdict", "met"),
+    ("9. DPoP, 256 tasks", "target", "≥ 1.80"),
+    ("9. DPoP, 256 tasks", "paired", "2.000"),
+    ("9. DPoP, 256 tasks", "paired IQR", "1.961–2.041"),
+    ("9. DPoP, 256 tasks", "paired CI", "1.887–2.083"),
+    ("9. DPoP, 256 tasks", "criterion", "-"),
+    ("9. bare signing floor, 256 tasks", "verdict", "-"),
+    ("9. bare signing floor, 256 tasks", "paired", "1.923"),
+    ("9. A/A", "verdict", "1 inside CI"),
 ]:
     row = [r for name, r in rows.items() if name.startswith(prefix)]
     expect("%s, %s" % (prefix, column), row[0].get(column) if row else None, want)
 expect("rows of 7.", len([n for n in rows if n.startswith("7. ")]), 10)
-expect("summary", "targets: 19 met, 4 missed, 2 inconclusive, 0 without a paired check" in out, True)
+expect("rows of 9.", len([n for n in rows if n.startswith("9. ")]), 5)
+expect("summary", "targets: 21 met, 4 missed, 2 inconclusive, 0 without a paired check" in out, True)
 expect("A/A warning", 'warning: the interval of "4. HTTP/2, A/A' in out, True)
 expect("exit code of --strict with a miss", table(DECIDED, "--strict")[0], 1)
 
@@ -245,7 +269,7 @@ for prefix in ("1. cached path, replay on", "4. loopback HTTP/2: throughput"):
     row = [r for name, r in rows.items() if name.startswith(prefix)]
     expect("%s, undecided" % prefix, row[0].get("verdict") if row else None, "inconclusive")
 expect("rows of the files not run",
-       [n for n in rows if n[:2] in ("2.", "3.", "5.", "6.", "7.", "8.")], [])
+       [n for n in rows if n[:2] in ("2.", "3.", "5.", "6.", "7.", "8.", "9.")], [])
 expect("summary of request_path and loopback",
        "targets: 1 met, 0 missed, 3 inconclusive, 0 without a paired check" in out, True)
 
@@ -268,6 +292,28 @@ for shared, want in [
            "missed")
     expect("exit code of --strict with a missed cold start", status, 1)
 
+# dpop alone, its two targets missed or inconclusive. 1.11–1.17 straddles 1.15, 1.17–1.23 is all
+# over it; throughput 1.613–1.724 is all under 1.8, and 1.754–1.852 straddles it (inverted
+# without swapping the bounds, 1.852 as the low bound would say met).
+for no_replay, tasks, want in [
+    ((1.13, 1.12, 1.14, 1.11, 1.17), (0.60, 0.59, 0.61, 0.58, 0.62), ("inconclusive", "missed")),
+    ((1.20, 1.19, 1.21, 1.17, 1.23), (0.555, 0.55, 0.56, 0.54, 0.57), ("missed", "inconclusive")),
+]:
+    checks = dict(DECIDED)
+    checks["dpop/dpop_no_replay:floor"] = no_replay
+    checks["dpop/tasks_256:one_task"] = tasks
+    status, out = table(checks, "--strict", ran=["dpop"])
+    rows = cells(out)
+    got = []
+    for prefix in ("9. DPoP, replay off", "9. DPoP, 256 tasks"):
+        row = [r for name, r in rows.items() if name.startswith(prefix)]
+        got.append(row[0].get("verdict") if row else None)
+    expect("dpop verdicts from %r, %r" % (no_replay, tasks), tuple(got), want)
+    expect("rows of dpop alone", [n[:2] for n in rows if n[:2] != "9."], [])
+    expect("summary of dpop alone",
+           "targets: 0 met, 1 missed, 1 inconclusive, 0 without a paired check" in out, True)
+    expect("exit code of --strict with a dpop miss", status, 1)
+
 if failures:
     print(out)
     print("self-test of %s failed:" % script)
@@ -278,7 +324,8 @@ EOF
     exit
 fi
 ((${#benches[@]})) ||
-    benches=(request_path contention storms loopback acquisition destinations refresh_ahead shared)
+    benches=(request_path contention storms loopback acquisition destinations refresh_ahead shared
+             dpop)
 
 target_dir=${CARGO_TARGET_DIR:-$(cargo metadata --format-version 1 --no-deps 2>/dev/null |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')}
@@ -415,25 +462,28 @@ def row(group, name, target, result, p, crit_ratio, detail):
         detail = (detail + "; " if detail else "") + "%d blocks, %d rounds" % (p["blocks"], p["rounds"])
     rows.append((name, target, result) + spread + (crit_ratio, detail))
 
-def compare(label, group, ours, base, limit, throughput):
+def compare(label, group, ours, base, limit, throughput, criterion):
     a, b = median(group, ours), median(group, base)
     p = paired(group, ours, base, throughput)
     sign = "≥" if throughput else "≤"
     target = "%s %.2f" % (sign, limit) if limit else "(info)"
     result = verdict(p, limit, not throughput) if limit else "-"
-    if a is None or b is None:
+    if not criterion:
+        row(group, label, target, result, p, "-", "paired check only")
+    elif a is None or b is None:
         row(group, label, target, result, p, "missing", "")
     else:
         r = b / a if throughput else a / b
         row(group, label, target, result, p, "%.3f" % r, "%s vs %s" % (ns(a), ns(b)))
 
-def time_ratio(label, group, num, den, limit):
-    """num/den of times; the target is met if the ratio is <= limit (None: for information)."""
-    compare(label, group, num, den, limit, False)
+def time_ratio(label, group, num, den, limit, criterion=True):
+    """num/den of times; the target is met if the ratio is <= limit (None: for information).
+    criterion=False: the file has no criterion benchmark of these sides, only the paired check."""
+    compare(label, group, num, den, limit, False, criterion)
 
-def throughput_ratio(label, group, ours, base, limit):
+def throughput_ratio(label, group, ours, base, limit, criterion=True):
     """Throughput of `ours` relative to `base` (base time / our time); met if >= limit."""
-    compare(label, group, ours, base, limit, True)
+    compare(label, group, ours, base, limit, True, criterion)
 
 def same(label, group, bench, throughput):
     """An A/A check: the same service on both sides, so 1 should lie inside its interval."""
@@ -611,6 +661,16 @@ time_ratio("8. shared level off (same run), cached path, replay off / AddAuthori
 same("8. A/A: AddAuthorization / itself (the check's own noise)", "shared",
      "add_authorization", False)
 cold_start()
+time_ratio("9. DPoP, replay off / bare signing floor", "dpop", "dpop_no_replay", "floor", 1.15)
+time_ratio("9. DPoP, replay on / bare signing floor", "dpop", "dpop_replay", "floor", None,
+           criterion=False)
+# Its paired check times the same requests spread over 256 tasks and sent by one task: the
+# time ratio's target 1 / 1.8 is a throughput of at least 1.8 times one task's.
+throughput_ratio("9. DPoP, 256 tasks on 2 workers: throughput / one task", "dpop",
+                 "tasks_256", "one_task", 1.8, criterion=False)
+throughput_ratio("9. bare signing floor, 256 tasks: throughput / one task", "dpop",
+                 "floor_tasks_256", "floor_one_task", None, criterion=False)
+same("9. A/A: bare signing floor / itself (the check's own noise)", "dpop", "floor", False)
 
 head = ("benchmark", "target", "verdict", "paired", "paired IQR", "paired CI", "criterion",
         "medians (ours vs reference)")
@@ -621,9 +681,10 @@ try:
     mode = open(os.path.join(logs, "mode")).read().strip()
 except OSError:
     mode = "unknown"
-print("mode: %s%s. Rows are time ratios (1.) or throughput ratios (the rest). paired: the "
-      "median of the paired check's block medians (the same work run alternately in one "
-      "process), their interquartile range, and a 97.5%% confidence interval of that median. "
+print("mode: %s%s. Rows are time ratios, lower is better (1., the cached paths of 6. and 8., "
+      "9. on one thread), or throughput ratios, higher is better (2., 4., 5., 6.'s and 9.'s "
+      "tasks). paired: the median of the paired check's block medians (the same work run "
+      "alternately in one process), their interquartile range, and a 97.5%% confidence interval of that median. "
       "verdict: met or missed when the whole interval is on one side of the target, "
       "inconclusive when it straddles it. criterion: the ratio of criterion's median estimates, "
       "for information. Rows of 7. and 8.'s cold start are judged on what the benchmark counted "
