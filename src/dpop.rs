@@ -45,6 +45,12 @@ pub const DPOP_NONCE: HeaderName = HeaderName::from_static("dpop-nonce");
 /// fewer origins than this, so only a hostile or unusual client ever reaches it).
 const MAX_ORIGINS: usize = 1024;
 
+/// The longest nonce kept: longer ones are ignored.
+const MAX_NONCE: usize = 512;
+
+/// The latest nonce of one origin.
+type NonceSlot = ArcSwap<Arc<str>>;
+
 /// A DPoP proof key and the nonces origins asked for. Cheap to clone; clones share the nonces.
 ///
 /// `Debug` shows the algorithm and the key's thumbprint (`jkt`), never the private key.
@@ -57,7 +63,9 @@ struct Inner {
     key: SigningKey,
     // `{"typ":"dpop+jwt","alg":…,"jwk":…}`, base64url-encoded once.
     header: String,
-    nonces: ArcSwap<HashMap<Box<str>, Arc<str>>>,
+    /// A slot per origin: a new nonce of a known origin is one store in its slot; only a new
+    /// origin copies the map.
+    nonces: ArcSwap<HashMap<Box<str>, Arc<NonceSlot>>>,
 }
 
 impl fmt::Debug for DpopKey {
@@ -163,7 +171,10 @@ impl DpopKey {
 
     /// The nonce `origin` (`scheme://authority`) last gave, if any.
     pub fn nonce(&self, origin: &str) -> Option<Arc<str>> {
-        self.inner.nonces.load().get(origin).cloned()
+        let nonces = self.inner.nonces.load();
+        let slot = nonces.get(origin)?;
+        let nonce = slot.load();
+        Some(Arc::clone(&**nonce))
     }
 
     /// Keeps the `DPoP-Nonce` of a response from `origin`, if it has one. Returns whether it had.
@@ -175,7 +186,14 @@ impl DpopKey {
         let Ok(nonce) = nonce.to_str() else {
             return false;
         };
-        if nonce.is_empty() {
+        // NQCHAR (RFC 9449 §8.1: `%x21 / %x23-5B / %x5D-7E`) and a bound on its length, so that
+        // a server cannot make every later proof carry kilobytes.
+        let nqchar = |byte: u8| matches!(byte, 0x21 | 0x23..=0x5b | 0x5d..=0x7e);
+        if nonce.is_empty() || nonce.len() > MAX_NONCE || !nonce.bytes().all(nqchar) {
+            tracing::debug!(
+                len = nonce.len(),
+                "a DPoP-Nonce that is not a nonce was ignored"
+            );
             return false;
         }
         self.store_nonce(origin, nonce);
@@ -184,17 +202,24 @@ impl DpopKey {
 
     /// Sets the nonce `origin` wants in its next proofs.
     pub fn store_nonce(&self, origin: &str, nonce: &str) {
-        if self.nonce(origin).as_deref() == Some(nonce) {
+        let nonce: Arc<str> = nonce.into();
+        if let Some(slot) = self.inner.nonces.load().get(origin) {
+            if **slot.load() != nonce {
+                slot.store(Arc::new(nonce));
+            }
             return;
         }
-        let nonce: Arc<str> = nonce.into();
+        let slot = Arc::new(NonceSlot::from_pointee(nonce));
         self.inner.nonces.rcu(|map| {
-            let mut map = if map.len() >= MAX_ORIGINS {
-                HashMap::new()
-            } else {
-                HashMap::clone(map)
-            };
-            map.insert(origin.into(), nonce.clone());
+            let mut map = HashMap::clone(map);
+            if !map.contains_key(origin) && map.len() >= MAX_ORIGINS {
+                // Full: one origin (whichever the map yields) forgets its nonce and gets it
+                // again with its next `use_dpop_nonce`; the others keep theirs.
+                if let Some(evicted) = map.keys().next().cloned() {
+                    map.remove(&evicted);
+                }
+            }
+            map.entry(origin.into()).or_insert_with(|| slot.clone());
             map
         });
     }

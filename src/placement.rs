@@ -204,9 +204,11 @@ fn stamp_dpop<B>(req: &mut Request<B>, raw: &HeaderValue, key: &crate::dpop::Dpo
     let Ok(proof) = key.sign(req.method(), &htu, Some(token), nonce.as_deref()) else {
         return false;
     };
-    let Ok(proof) = HeaderValue::try_from(proof) else {
+    let Ok(mut proof) = HeaderValue::try_from(proof) else {
         return false;
     };
+    // A proof is bound to its token (`ath`): kept out of HPACK tables and header logs alike.
+    proof.set_sensitive(true);
     let mut value = Vec::with_capacity(5 + raw.len());
     value.extend_from_slice(b"DPoP ");
     value.extend_from_slice(raw.as_bytes());

@@ -218,7 +218,8 @@ impl Shared {
             Error::new(kind, Some(Box::new(refused)))
         })?;
         if let Some(kind) = token.token_type() {
-            if !kind.eq_ignore_ascii_case("bearer") {
+            // DPoP-bound tokens are sent by `Placement::dpop`.
+            if !kind.eq_ignore_ascii_case("bearer") && !kind.eq_ignore_ascii_case("dpop") {
                 tracing::warn!(
                     token_type = %shown(kind, 64),
                     "the token source returned a token that is not a bearer token; it is sent as \

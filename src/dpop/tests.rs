@@ -1,3 +1,4 @@
+use http::HeaderValue;
 use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_FIXED, ED25519};
 
 use super::*;
@@ -73,14 +74,14 @@ fn nonces_are_kept_per_origin_and_sent_to_that_origin_only() {
     let key = DpopKey::new(SigningKey::generate_ed25519().unwrap());
     let mut headers = HeaderMap::new();
     assert!(!key.observe("https://api.example.com", &headers));
-    headers.insert(DPOP_NONCE, "n-1\"x".parse().unwrap());
+    headers.insert(DPOP_NONCE, "n-1~x".parse().unwrap());
     assert!(key.observe("https://api.example.com", &headers));
     let (header, claims) = verify(
         &key.proof(&Method::PUT, "https://api.example.com/a", None)
             .unwrap(),
     );
     assert_eq!(header["alg"], "EdDSA");
-    assert_eq!(claims["nonce"], "n-1\"x");
+    assert_eq!(claims["nonce"], "n-1~x");
     let (_, claims) = verify(
         &key.proof(&Method::PUT, "https://other.example.com/a", None)
             .unwrap(),
@@ -142,4 +143,55 @@ fn debug_shows_the_thumbprint_not_the_key() {
     let shown = format!("{key:?}");
     assert!(shown.contains(key.thumbprint()), "{shown}");
     assert!(!shown.contains("jwk"), "{shown}");
+}
+
+#[test]
+fn a_nonce_is_nqchar_and_bounded_or_ignored() {
+    let key = DpopKey::generate().unwrap();
+    let offer = |nonce: &str| {
+        let mut headers = HeaderMap::new();
+        headers.insert(DPOP_NONCE, HeaderValue::from_str(nonce).unwrap());
+        key.observe("https://rs.example", &headers)
+    };
+    assert!(offer("eyJ7S_zG.9-nonce~"));
+    assert_eq!(
+        key.nonce("https://rs.example").as_deref(),
+        Some("eyJ7S_zG.9-nonce~")
+    );
+    for refused in [
+        "a \"b\" c",
+        "with space",
+        "back\\slash",
+        &"n".repeat(MAX_NONCE + 1),
+    ] {
+        assert!(!offer(refused), "{refused:?} was kept");
+    }
+    assert_eq!(
+        key.nonce("https://rs.example").as_deref(),
+        Some("eyJ7S_zG.9-nonce~"),
+        "the last good nonce stays"
+    );
+}
+
+#[test]
+fn a_full_nonce_table_updates_in_place_and_evicts_one_origin_for_a_new_one() {
+    let key = DpopKey::generate().unwrap();
+    let origin = |i: usize| format!("https://rs-{i}.example");
+    for i in 0..MAX_ORIGINS {
+        key.store_nonce(&origin(i), "first");
+    }
+    // A new nonce of a known origin: no origin loses its nonce.
+    key.store_nonce(&origin(7), "second");
+    assert_eq!(key.nonce(&origin(7)).as_deref(), Some("second"));
+    let kept = (0..MAX_ORIGINS)
+        .filter(|&i| key.nonce(&origin(i)).is_some())
+        .count();
+    assert_eq!(kept, MAX_ORIGINS);
+    // A new origin when full: it is kept, and exactly one other origin forgets its nonce.
+    key.store_nonce(&origin(MAX_ORIGINS), "new");
+    assert_eq!(key.nonce(&origin(MAX_ORIGINS)).as_deref(), Some("new"));
+    let kept = (0..=MAX_ORIGINS)
+        .filter(|&i| key.nonce(&origin(i)).is_some())
+        .count();
+    assert_eq!(kept, MAX_ORIGINS);
 }

@@ -222,8 +222,9 @@ impl TokenEndpoint {
                 let proof = key
                     .proof(&Method::POST, &inner.htu, None)
                     .map_err(|e| Error::config(e.to_string()))?;
-                let proof = HeaderValue::try_from(proof)
+                let mut proof = HeaderValue::try_from(proof)
                     .map_err(|_| Error::config("the DPoP proof is not a header value"))?;
+                proof.set_sensitive(true);
                 request.headers_mut().insert(crate::dpop::DPOP, proof);
             }
             // The lifetime of the token counts from here: before the request, so that network
