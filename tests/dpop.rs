@@ -5,9 +5,7 @@
 #[allow(dead_code)]
 mod support;
 
-use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,11 +13,8 @@ use std::time::Duration;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use bytes::Bytes;
-use http::header::{COOKIE, LOCATION, SET_COOKIE};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::rt::TokioExecutor;
 use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_FIXED};
 use tower::{service_fn, ServiceBuilder, ServiceExt};
 use tower_bearer::dpop::DpopKey;
@@ -30,70 +25,13 @@ use tower_bearer::oauth2::{
 use tower_bearer::{source_fn, BearerAuthLayer, Placement, Token, TokenRequest};
 
 use support::get;
+use support::oidc_peer::{http, sign_in, OidcPeer};
 
 const API_RESOURCE: &str = "urn:tower-bearer:api";
 
-/// A running `oidc-provider`, killed on drop.
-struct Peer {
-    child: Child,
-    _stdin: ChildStdin,
-    issuer: String,
-}
-
-impl Peer {
-    fn start() -> Self {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers");
-        assert!(
-            std::path::Path::new(dir)
-                .join("node_modules/oidc-provider")
-                .exists(),
-            "oidc-provider is not installed: run scripts/test.sh (it runs `npm ci` in tests/peers)"
-        );
-        let mut child = Command::new("node")
-            .arg("oidc-server.mjs")
-            .current_dir(dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("cannot start node: Node.js 20+ must be installed");
-        let stdin = child.stdin.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port: u16 = line
-            .strip_prefix("LISTENING ")
-            .and_then(|p| p.trim().parse().ok())
-            .unwrap_or_else(|| panic!("oidc-provider did not start: {line:?}"));
-        Self {
-            child,
-            _stdin: stdin,
-            issuer: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.issuer)
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-type Http = HyperClient<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
-
-fn http() -> Http {
-    HyperClient::builder(TokioExecutor::new()).build_http()
-}
-
 /// A token endpoint for `client` whose requests are counted, with DPoP proofs of `key`.
 fn endpoint(
-    peer: &Peer,
+    peer: &OidcPeer,
     client: &str,
     secret: Option<&str>,
     key: &DpopKey,
@@ -121,53 +59,6 @@ fn endpoint(
     (builder.build().unwrap(), sent)
 }
 
-/// A browser with a cookie jar that follows the authorization server's redirects until it
-/// reaches the loopback redirect URI, which it requests too (that is what delivers the code).
-async fn sign_in(http: &Http, url: &str, redirect_uri: &str) {
-    let mut jar: BTreeMap<String, String> = BTreeMap::new();
-    let mut url: Uri = url.parse().unwrap();
-    for _ in 0..10 {
-        let cookie = jar
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join("; ");
-        let mut req = Request::get(url.clone()).body(Full::default()).unwrap();
-        if !cookie.is_empty() {
-            req.headers_mut().insert(COOKIE, cookie.parse().unwrap());
-        }
-        let response = http.request(req).await.unwrap();
-        for value in response.headers().get_all(SET_COOKIE) {
-            let pair = value.to_str().unwrap().split(';').next().unwrap();
-            if let Some((k, v)) = pair.split_once('=') {
-                jar.insert(k.trim().to_owned(), v.trim().to_owned());
-            }
-        }
-        if url.to_string().starts_with(redirect_uri) {
-            assert_eq!(response.status(), StatusCode::OK, "the loopback page");
-            return;
-        }
-        assert!(
-            response.status().is_redirection(),
-            "{} at {url}",
-            response.status()
-        );
-        let location = response.headers()[LOCATION].to_str().unwrap();
-        url = if location.starts_with('/') {
-            format!(
-                "{}://{}{location}",
-                url.scheme_str().unwrap(),
-                url.authority().unwrap()
-            )
-            .parse()
-            .unwrap()
-        } else {
-            location.parse().unwrap()
-        };
-    }
-    panic!("too many redirects");
-}
-
 fn claims(jwt: &str) -> serde_json::Value {
     let payload = jwt.split('.').nth(1).expect("a JWT");
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
@@ -175,7 +66,7 @@ fn claims(jwt: &str) -> serde_json::Value {
 
 #[tokio::test]
 async fn client_credentials_tokens_are_bound_after_the_token_endpoint_nonce_dance() {
-    let peer = Peer::start();
+    let peer = OidcPeer::start(&serde_json::json!([]));
     let key = DpopKey::generate().unwrap();
     let (endpoint, sent) = endpoint(&peer, "cc-client", Some("cc-secret"), &key);
     let source = ClientCredentials::new(endpoint).resource(API_RESOURCE);
@@ -331,7 +222,7 @@ fn check(
 
 #[tokio::test]
 async fn api_requests_carry_proofs_a_resource_server_accepts() {
-    let peer = Peer::start();
+    let peer = OidcPeer::start(&serde_json::json!([]));
     let (api, seen) = resource_server().await;
     let key = DpopKey::generate().unwrap();
     let (endpoint, _) = endpoint(&peer, "cc-client", Some("cc-secret"), &key);
@@ -373,7 +264,7 @@ async fn api_requests_carry_proofs_a_resource_server_accepts() {
 
 #[tokio::test]
 async fn userinfo_accepts_a_dpop_bound_token_after_its_nonce_dance() {
-    let peer = Peer::start();
+    let peer = OidcPeer::start(&serde_json::json!([]));
     let key = DpopKey::new(SigningKey::generate_es256().unwrap());
     let (client, _) = endpoint(&peer, "public-native", None, &key);
     let grant = AuthorizationCode::new(client, peer.url("/auth"))

@@ -4,7 +4,6 @@
 #[allow(dead_code)]
 mod support;
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,12 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{COOKIE, LOCATION, SET_COOKIE};
-use http::{Request, StatusCode, Uri};
+use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::rt::TokioExecutor;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_bearer::auth::Destinations;
 use tower_bearer::oauth2::{
@@ -27,8 +22,7 @@ use tower_bearer::oauth2::{
 use tower_bearer::{source_fn, BearerAuthLayer, RefreshToken, TokenCache, TokenKey, TokenRequest};
 
 use support::get;
-
-type Http = HyperClient<HttpConnector, Full<Bytes>>;
+use support::oidc_peer::{http, sign_in};
 
 /// A running `oidc-provider`; killed on drop (and it exits by itself when its stdin closes).
 struct Peer {
@@ -93,10 +87,6 @@ impl Drop for Peer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn http() -> Http {
-    HyperClient::builder(TokioExecutor::new()).build_http()
 }
 
 async fn cc(
@@ -232,53 +222,6 @@ async fn the_layer_gets_tokens_from_the_server_through_the_default_client() {
         .iter()
         .all(|s| s == &seen[0] && s.starts_with("Bearer ey")));
     assert_eq!(layer.cache().stats().fetches, 1);
-}
-
-/// A browser with a cookie jar that follows the authorization server's redirects until it
-/// reaches the loopback redirect URI, which it requests too (that is what delivers the code).
-async fn sign_in(http: &Http, url: &str, redirect_uri: &str) {
-    let mut jar: BTreeMap<String, String> = BTreeMap::new();
-    let mut url: Uri = url.parse().unwrap();
-    for _ in 0..10 {
-        let cookie = jar
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join("; ");
-        let mut req = Request::get(url.clone()).body(Full::default()).unwrap();
-        if !cookie.is_empty() {
-            req.headers_mut().insert(COOKIE, cookie.parse().unwrap());
-        }
-        let response = http.request(req).await.unwrap();
-        for value in response.headers().get_all(SET_COOKIE) {
-            let pair = value.to_str().unwrap().split(';').next().unwrap();
-            if let Some((k, v)) = pair.split_once('=') {
-                jar.insert(k.trim().to_owned(), v.trim().to_owned());
-            }
-        }
-        if url.to_string().starts_with(redirect_uri) {
-            assert_eq!(response.status(), StatusCode::OK, "the loopback page");
-            return;
-        }
-        assert!(
-            response.status().is_redirection(),
-            "{} at {url}",
-            response.status()
-        );
-        let location = response.headers()[LOCATION].to_str().unwrap();
-        url = if location.starts_with('/') {
-            format!(
-                "{}://{}{location}",
-                url.scheme_str().unwrap(),
-                url.authority().unwrap()
-            )
-            .parse()
-            .unwrap()
-        } else {
-            location.parse().unwrap()
-        };
-    }
-    panic!("too many redirects");
 }
 
 /// The whole authorization code flow with PKCE, driven without a person.

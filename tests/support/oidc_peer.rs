@@ -1,10 +1,19 @@
 //! A running `oidc-provider` (tests/peers/oidc-server.mjs) with clients a test registers, such as
 //! `private_key_jwt` clients holding the public keys the test generated.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use http::header::{COOKIE, LOCATION, SET_COOKIE};
+use http::{Request, StatusCode, Uri};
+use http_body_util::Full;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::rt::TokioExecutor;
 
 /// A running `oidc-provider`; killed on drop (and it exits by itself when its stdin closes).
 pub(crate) struct OidcPeer {
@@ -109,4 +118,58 @@ pub(crate) fn cc_client(id: &str, fields: serde_json::Value) -> serde_json::Valu
         .unwrap()
         .extend(fields.as_object().unwrap().clone());
     client
+}
+
+/// A plain-HTTP client for the peer (and the loopback redirect).
+pub(crate) type Http = HyperClient<HttpConnector, Full<Bytes>>;
+
+pub(crate) fn http() -> Http {
+    HyperClient::builder(TokioExecutor::new()).build_http()
+}
+
+/// A browser with a cookie jar that follows the authorization server's redirects until it
+/// reaches the loopback redirect URI, which it requests too (that is what delivers the code).
+pub(crate) async fn sign_in(http: &Http, url: &str, redirect_uri: &str) {
+    let mut jar: BTreeMap<String, String> = BTreeMap::new();
+    let mut url: Uri = url.parse().unwrap();
+    for _ in 0..10 {
+        let cookie = jar
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut req = Request::get(url.clone()).body(Full::default()).unwrap();
+        if !cookie.is_empty() {
+            req.headers_mut().insert(COOKIE, cookie.parse().unwrap());
+        }
+        let response = http.request(req).await.unwrap();
+        for value in response.headers().get_all(SET_COOKIE) {
+            let pair = value.to_str().unwrap().split(';').next().unwrap();
+            if let Some((k, v)) = pair.split_once('=') {
+                jar.insert(k.trim().to_owned(), v.trim().to_owned());
+            }
+        }
+        if url.to_string().starts_with(redirect_uri) {
+            assert_eq!(response.status(), StatusCode::OK, "the loopback page");
+            return;
+        }
+        assert!(
+            response.status().is_redirection(),
+            "{} at {url}",
+            response.status()
+        );
+        let location = response.headers()[LOCATION].to_str().unwrap();
+        url = if location.starts_with('/') {
+            format!(
+                "{}://{}{location}",
+                url.scheme_str().unwrap(),
+                url.authority().unwrap()
+            )
+            .parse()
+            .unwrap()
+        } else {
+            location.parse().unwrap()
+        };
+    }
+    panic!("too many redirects");
 }
