@@ -43,6 +43,19 @@ async fn shared_layer(redis: &RedisServer) -> SharedCacheLayer {
     SharedCacheLayer::new(store, SealingKey::new(KEY), "test-issuer client=fleet")
 }
 
+/// Each cache's first `token()` in a task of its own, all started together.
+fn all_at_once(
+    caches: &[TokenCache],
+) -> Vec<tokio::task::JoinHandle<Result<Token, tower_bearer::Error>>> {
+    caches
+        .iter()
+        .map(|cache| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.token().await })
+        })
+        .collect()
+}
+
 // ---------------------------------------------------------------------------------------------
 // A token endpoint served over HTTP, counting its requests
 // ---------------------------------------------------------------------------------------------
@@ -237,13 +250,7 @@ async fn waiting_replicas_are_woken_by_the_write_not_by_their_poll() {
         .map(|layer| TokenCache::new(layer.layer(source.clone())))
         .collect();
     let started = Instant::now();
-    let tasks: Vec<_> = caches
-        .iter()
-        .map(|cache| {
-            let cache = cache.clone();
-            tokio::spawn(async move { cache.token().await })
-        })
-        .collect();
+    let tasks = all_at_once(&caches);
     for task in tasks {
         let token = within(Duration::from_secs(10), "a replica's token", task).await;
         assert_eq!(token.unwrap().unwrap().access_token().secret(), "tok-1");
@@ -274,13 +281,7 @@ async fn a_fetch_longer_than_the_lease_keeps_the_lease() {
             .lease_ttl(Duration::from_millis(300));
         caches.push(TokenCache::new(layer.layer(source.clone())));
     }
-    let tasks: Vec<_> = caches
-        .iter()
-        .map(|cache| {
-            let cache = cache.clone();
-            tokio::spawn(async move { cache.token().await })
-        })
-        .collect();
+    let tasks = all_at_once(&caches);
     for task in tasks {
         let token = within(Duration::from_secs(10), "a replica's token", task).await;
         assert_eq!(token.unwrap().unwrap().access_token().secret(), "tok-1");
@@ -334,13 +335,7 @@ async fn a_lease_holder_killed_mid_fetch_is_taken_over_after_the_lease_ttl() {
     for _ in 0..4 {
         caches.push(replica(&endpoint.token_url(), &redis.url(), lease_ttl).await);
     }
-    let tasks: Vec<_> = caches
-        .iter()
-        .map(|cache| {
-            let cache = cache.clone();
-            tokio::spawn(async move { cache.token().await })
-        })
-        .collect();
+    let tasks = all_at_once(&caches);
     for task in tasks {
         let token = within(Duration::from_secs(10), "a replica's token", task)
             .await
@@ -926,13 +921,7 @@ async fn a_refusal_is_shared_so_the_fleet_does_not_ask_in_turn() {
         .iter()
         .map(|layer| TokenCache::new(layer.layer(source.clone())))
         .collect();
-    let tasks: Vec<_> = caches
-        .iter()
-        .map(|cache| {
-            let cache = cache.clone();
-            tokio::spawn(async move { cache.token().await })
-        })
-        .collect();
+    let tasks = all_at_once(&caches);
     for task in tasks {
         let result = within(Duration::from_secs(5), "a replica's answer", task).await;
         assert!(result.unwrap().is_err(), "no token to be had");
