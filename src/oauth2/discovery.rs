@@ -149,11 +149,13 @@ impl Discovery {
     /// `http` to loopback), or has a query or fragment.
     pub fn locations(&self) -> Result<Vec<String>, Error> {
         let insecure = self.allow_insecure_http;
+        // Checked with a metadata URL too: the issuer becomes the `aud` of client assertions,
+        // and the document must name it exactly.
+        let issuer = check_url("issuer", &self.issuer, insecure)?;
         if let Some(url) = &self.metadata_url {
             check_url("metadata URL", url, insecure)?;
             return Ok(vec![url.clone()]);
         }
-        let issuer = check_url("issuer", &self.issuer, insecure)?;
         if self.issuer.contains(['?', '#']) {
             return Err(Error::config(format!(
                 "issuer {:?} must have no query or fragment (RFC 8414 §2)",
@@ -490,6 +492,11 @@ mod tests {
             .locations()
             .unwrap();
         assert_eq!(direct, ["https://as.example.com/meta.json"]);
+        // A metadata URL does not excuse a plain-http issuer.
+        assert!(Discovery::new("http://as.example.com")
+            .metadata_url("https://as.example.com/meta.json")
+            .locations()
+            .is_err());
         for bad in [
             "http://as.example.com",
             "https://as.example.com/?tenant=1",
