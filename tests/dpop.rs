@@ -333,6 +333,8 @@ async fn userinfo_accepts_a_dpop_bound_token_after_its_nonce_dance() {
 
 /// An API that answers each request with the next of `answers` (status, `WWW-Authenticate`,
 /// `DPoP-Nonce`), then 200; and a layer with DPoP over a source that counts its fetches.
+/// Returns the first request's status, the fetches after it and a second request (which fetches
+/// only if the first dropped the token), and the nonces of the first request's proofs.
 async fn scripted(
     answers: Vec<(StatusCode, &'static str, Option<&'static str>)>,
 ) -> (usize, usize, Vec<Option<String>>) {
@@ -373,8 +375,15 @@ async fn scripted(
     let svc = ServiceBuilder::new()
         .layer(BearerAuthLayer::new(source).placement(Placement::dpop(key)))
         .service(api);
-    let response = svc.oneshot(get("https://api.example.com/x")).await.unwrap();
+    let response = svc
+        .clone()
+        .oneshot(get("https://api.example.com/x"))
+        .await
+        .unwrap();
     let seen = nonces.lock().unwrap().clone();
+    // A second request, answered 200: it fetches only if the first one dropped the token.
+    let next = svc.oneshot(get("https://api.example.com/y")).await.unwrap();
+    assert_eq!(next.status(), StatusCode::OK);
     (
         response.status().as_u16() as usize,
         fetches.load(Ordering::SeqCst),
