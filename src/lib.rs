@@ -72,6 +72,7 @@
 //! | [`placement`], [`challenge`], [`replay`], [`origin`] | where a token goes on a request; `WWW-Authenticate` parsing; how a request is kept for a replay; which origins get the token |
 //! | [`auth`] | the middleware: [`BearerAuthLayer`], [`BearerAuth`], its [`ResponseFuture`](auth::ResponseFuture), [`Destinations`](auth::Destinations), and what a response says about its token |
 //! | [`grpc`], `oauth2` | gRPC trailers; the OAuth 2.0 grants (feature `oauth2`, on by default) |
+//! | `workload` | tokens without stored secrets: Kubernetes token files, token exchange, cloud metadata services, CI OIDC, and a default chain (feature `oauth2`) |
 //! | `jose`, `dpop` | JWS signing keys on ring, and DPoP proofs (RFC 9449) for token requests and, through `Placement::dpop`, every API request (feature `jose`, part of `oauth2`) |
 //!
 //! With the feature `metrics`, the module `metrics` lists the counters and histograms the caches
@@ -117,6 +118,8 @@ mod shown;
 pub mod source;
 mod stamp;
 pub mod token;
+#[cfg(feature = "oauth2")]
+pub mod workload;
 
 pub use auth::{BearerAuth, BearerAuthLayer};
 pub use cache::TokenCache;

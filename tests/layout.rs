@@ -28,6 +28,7 @@ const LEVELS: &[(&str, u8)] = &[
     ("grpc", 5),
     ("oauth2", 5),
     ("shared", 5),
+    ("workload", 6),
 ];
 
 /// The most lines of code (not blank, not comments) a source file may hold, tests aside.

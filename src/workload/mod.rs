@@ -1,0 +1,20 @@
+//! Tokens without stored secrets: token sources for where a platform already proves who a
+//! workload is (Kubernetes, clouds, CI).
+//!
+//! | source | where | follows |
+//! |---|---|---|
+//! | [`TokenFile`] | Kubernetes projected service-account tokens, `AZURE_FEDERATED_TOKEN_FILE`, `AWS_WEB_IDENTITY_TOKEN_FILE` | Kubernetes "Service Account Token Volume Projection" |
+//!
+//! A token file's JWT is also a federated client assertion ([`TokenFile`] is an
+//! [`AssertionSource`](crate::oauth2::AssertionSource)), and a subject token for the token
+//! exchange grant ([`oauth2::TokenExchange`](crate::oauth2)).
+//!
+//! These sources fail with [`Error`], which never holds a token; as token sources they fail
+//! with a [`SourceError`](crate::SourceError) wrapping it, so the cache backs off as the
+//! error says.
+
+mod error;
+#[allow(dead_code)] // used by the sources being added
+mod jwt;
+
+pub use error::{Error, ErrorKind};
