@@ -48,10 +48,12 @@ pub struct AssertionRequest {
 }
 
 impl AssertionRequest {
-    pub(crate) fn new(client_id: Arc<str>, audience: Arc<str>) -> Self {
+    /// A request for an assertion naming `client_id`, for `audience`: what the token endpoint
+    /// asks its [`AssertionSource`] for; made by hand to test a source.
+    pub fn new(client_id: impl Into<Arc<str>>, audience: impl Into<Arc<str>>) -> Self {
         Self {
-            client_id,
-            audience,
+            client_id: client_id.into(),
+            audience: audience.into(),
         }
     }
 

@@ -14,7 +14,8 @@
 //! error says.
 
 mod error;
-#[allow(dead_code)] // used by the sources being added
 mod jwt;
+mod token_file;
 
 pub use error::{Error, ErrorKind};
+pub use token_file::TokenFile;
