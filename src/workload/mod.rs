@@ -13,9 +13,11 @@
 //! with a [`SourceError`](crate::SourceError) wrapping it, so the cache backs off as the
 //! error says.
 
+mod chain;
 mod error;
 mod jwt;
 mod token_file;
 
+pub use chain::{Chosen, DefaultChain};
 pub use error::{Error, ErrorKind};
 pub use token_file::TokenFile;
