@@ -3,7 +3,8 @@
 //!
 //! | source | where | follows |
 //! |---|---|---|
-//! | [`TokenFile`] | Kubernetes projected service-account tokens, `AZURE_FEDERATED_TOKEN_FILE`, `AWS_WEB_IDENTITY_TOKEN_FILE` | Kubernetes "Service Account Token Volume Projection" |
+//! | [`TokenFile`] | Kubernetes projected service-account tokens, `AZURE_FEDERATED_TOKEN_FILE`, `AWS_WEB_IDENTITY_TOKEN_FILE` | Kubernetes, "Configure Service Accounts for Pods: Service account token volume projection" (the kubelet rewrites the token at 80 % of its lifetime) |
+//! | [`DefaultChain`] | the first of: client credentials from the environment, Entra workload identity, a federated token file | Microsoft identity platform, "OAuth 2.0 client credentials flow" (federated credential); `azure-identity`'s environment variables |
 //!
 //! A token file's JWT is also a federated client assertion ([`TokenFile`] is an
 //! [`AssertionSource`](crate::oauth2::AssertionSource)), and a subject token for the token
