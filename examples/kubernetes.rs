@@ -161,7 +161,10 @@ async fn local() -> Result<(), BoxError> {
 /// A projected service-account token: a JWT as the cluster's issuer signs it (not verified
 /// here; the simulated token endpoint compares it with the volume's current token).
 fn projected_token(generation: u32) -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let claims = serde_json::json!({
         "iss": "https://oidc.example-cluster.local",
         "sub": "system:serviceaccount:shop:orders-reader",
@@ -205,7 +208,10 @@ impl Volume {
         std::fs::write(self.dir.join(&data).join("token"), token)?;
         std::os::unix::fs::symlink(&data, self.dir.join("..data_tmp"))?;
         std::fs::rename(self.dir.join("..data_tmp"), self.dir.join("..data"))?;
-        let _ = std::fs::remove_dir_all(self.dir.join(format!("..generation_{}", self.generation - 1)));
+        let _ = std::fs::remove_dir_all(
+            self.dir
+                .join(format!("..generation_{}", self.generation - 1)),
+        );
         *trust.projected.lock().unwrap() = token.to_owned();
         println!("kubelet: wrote projected token #{}", self.generation);
         Ok(())
@@ -220,7 +226,11 @@ impl Drop for Volume {
 
 async fn token_endpoint(State(trust): State<Trust>, body: Bytes) -> (StatusCode, String) {
     let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
-    let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let field = |name: &str| {
+        form.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
     let trusted = *trust.projected.lock().unwrap() == field("client_assertion").unwrap_or("");
     if !trusted
         || field("client_assertion_type")
@@ -233,7 +243,8 @@ async fn token_endpoint(State(trust): State<Trust>, body: Bytes) -> (StatusCode,
     let mut issued = trust.issued.lock().unwrap();
     let token = format!("access-{}", issued.len() + 1);
     issued.push(token.clone());
-    let body = serde_json::json!({ "token_type": "Bearer", "expires_in": 3599, "access_token": token });
+    let body =
+        serde_json::json!({ "token_type": "Bearer", "expires_in": 3599, "access_token": token });
     (StatusCode::OK, body.to_string())
 }
 
