@@ -50,4 +50,9 @@ scripts/bench.sh --self-test
 step "demo"
 cargo run --quiet --example demo
 
+step "the examples that run alone on loopback (workload identity)"
+for example in kubernetes; do
+    cargo run --quiet --example "$example"
+done
+
 printf '\nall checks passed\n'
