@@ -20,6 +20,15 @@ if ! command -v redis-server >/dev/null; then
             && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server; }
 fi
 
+if [[ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]]; then
+    step "installing chromium (tests/browser.rs signs in through headless Chromium, driven by puppeteer-core)"
+    sudo=""
+    if [[ $(id -u) -ne 0 ]]; then sudo="sudo"; fi
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium \
+        || { $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q \
+            && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; }
+fi
+
 step "cargo fmt --check"
 cargo fmt --all --check
 

@@ -109,8 +109,9 @@ impl LoopbackRedirect {
         self.local_addr
     }
 
-    /// Waits for the browser's redirect, answers it with a small HTML page ("Signed in. You
-    /// can close this window.", or the error), and returns the checked response (see
+    /// Waits for the browser's redirect, answers it with a small HTML page (headed "Signed in"
+    /// and telling the person they can close the window, or headed "Sign-in failed" with the
+    /// error and how to try again), and returns the checked response (see
     /// [`AuthorizationResponse::from_query`]).
     ///
     /// Only a `GET` of the redirect path (`GET <path>?<query>`, HTTP/1.0 or 1.1) can end the
@@ -265,18 +266,26 @@ fn route(method: &Method, target: &Uri, wait: &Wait<'_>) -> (Reply, Outcome) {
     }
     if method != Method::GET {
         return (
-            Reply::new(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed."),
+            Reply::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Sign-in",
+                "Method not allowed.",
+            ),
             None,
         );
     }
     if target.path() != wait.path {
-        return (Reply::new(StatusCode::NOT_FOUND, "Not found."), None);
+        return (
+            Reply::new(StatusCode::NOT_FOUND, "Sign-in", "Not found."),
+            None,
+        );
     }
     let query = target.query().unwrap_or_default();
     if !carries_state(query, wait.request) {
         return (
             Reply::new(
                 StatusCode::BAD_REQUEST,
+                "Unexpected sign-in",
                 "This redirect does not belong to the sign-in in progress. Return to the \
                  application and sign in again from there.",
             ),
@@ -285,42 +294,56 @@ fn route(method: &Method, target: &Uri, wait: &Wait<'_>) -> (Reply, Outcome) {
     }
     match AuthorizationResponse::from_query(query, wait.request, wait.expected_issuer) {
         Ok(response) => (
-            Reply::new(StatusCode::OK, "Signed in. You can close this window."),
+            Reply::new(
+                StatusCode::OK,
+                "Signed in",
+                "You are signed in. You can close this window and return to the application.",
+            ),
             Some(Ok(response)),
         ),
         Err(error) => (
             Reply::new(
                 StatusCode::BAD_REQUEST,
-                &format!("Sign-in failed: {error}."),
+                "Sign-in failed",
+                &format!(
+                    "The application could not sign you in: {}. Close this window and return \
+                     to the application to try again.",
+                    error.to_string().trim_end_matches('.')
+                ),
             ),
             Some(Err(error)),
         ),
     }
 }
 
-/// A small HTML answer.
+/// A small HTML answer: a heading (also the window's title) and a sentence, unstyled (the
+/// content security policy allows no style), so that it reads the same in any browser.
 struct Reply {
     status: StatusCode,
+    heading: &'static str,
     message: String,
 }
 
 impl Reply {
-    fn new(status: StatusCode, message: &str) -> Self {
+    fn new(status: StatusCode, heading: &'static str, message: &str) -> Self {
         Self {
             status,
+            heading,
             message: message.to_owned(),
         }
     }
 
     fn bad_request() -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "Bad request.")
+        Self::new(StatusCode::BAD_REQUEST, "Sign-in", "Bad request.")
     }
 
     fn into_response(self) -> Response<Full<Bytes>> {
-        let message = escape_html(&self.message);
+        let (heading, message) = (escape_html(self.heading), escape_html(&self.message));
         let body = format!(
-            "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Sign-in</title>\
-             </head><body><p>{message}</p></body></html>\n"
+            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+             <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+             <title>{heading}</title></head>\
+             <body><h1>{heading}</h1><p>{message}</p></body></html>\n"
         );
         let mut response = Response::new(Full::new(Bytes::from(body)));
         *response.status_mut() = self.status;

@@ -6,6 +6,7 @@
 // seconds, default 60), OIDC_IGNORE_STDIN=1 (do not exit when stdin closes), EXTRA_CLIENTS (path
 // of a JSON file holding an array of client metadata registered besides the built-in clients,
 // such as `private_key_jwt` clients with the public `jwks` of keys a test generated). With
+// DEV_INTERACTIONS=1 a person signs in on the provider's own pages (see BROWSER LOGIN MODE). With
 // TLS_CERT, TLS_KEY and TLS_CA (PEM file paths) it serves https instead, asks for client
 // certificates (RFC 8705: `tls_client_auth` against TLS_CA, `self_signed_tls_client_auth`,
 // certificate-bound tokens) and publishes `/mtls/token` as the token endpoint's mTLS alias.
@@ -141,6 +142,29 @@ const configuration = {
   },
 };
 
+// ---- BROWSER LOGIN MODE (DEV_INTERACTIONS=1, for tests/browser.rs) --------------------------
+// A person signs in: instead of the automatic login of `finishInteraction` below, the provider
+// renders its own development login and consent pages (`devInteractions`), which a real browser
+// fills in (tests/peers/browser.mjs). Those pages accept any login and password; findAccount
+// knows only `test-user`, so that is the login to type. The public native client `public-native`
+// above serves the loopback redirect. The device flow (RFC 8628) is enabled too, with the public
+// client `browser-device`, so the browser can fill in its verification page (`/device`).
+const DEV_INTERACTIONS = process.env.DEV_INTERACTIONS === '1';
+if (DEV_INTERACTIONS) {
+  configuration.features.devInteractions = { enabled: true };
+  // devInteractions serves `/interaction/:uid` itself, at its own URL.
+  delete configuration.interactions;
+  configuration.features.deviceFlow = { enabled: true };
+  clients.push({
+    client_id: 'browser-device',
+    token_endpoint_auth_method: 'none',
+    grant_types: ['urn:ietf:params:oauth:grant-type:device_code'],
+    response_types: [],
+    redirect_uris: [],
+  });
+}
+// ---- end of BROWSER LOGIN MODE ----------------------------------------------------------------
+
 const TLS = process.env.TLS_CERT
   ? {
     cert: readFileSync(process.env.TLS_CERT),
@@ -256,7 +280,8 @@ async function main() {
     }
     const { pathname } = new URL(req.url, `http://${HOST}`);
     const m = /^\/interaction\/([^/]+)$/.exec(pathname);
-    if (req.method === 'GET' && m) {
+    // In the browser login mode the provider's own pages answer (see BROWSER LOGIN MODE).
+    if (req.method === 'GET' && m && !DEV_INTERACTIONS) {
       finishInteraction(req, res, m[1]).catch((err) => {
         process.stderr.write(`interaction error: ${err?.stack ?? err}\n`);
         if (!res.headersSent) {

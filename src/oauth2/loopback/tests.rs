@@ -93,7 +93,10 @@ async fn loopback_receives_the_redirect_and_ignores_the_rest() {
         "{right}"
     );
     assert!(
-        right.contains("Signed in. You can close this window."),
+        right.contains(
+            "<h1>Signed in</h1><p>You are signed in. You can close this window and return to \
+             the application.</p>"
+        ),
         "{right}"
     );
     let (head, body) = right.split_once("\r\n\r\n").unwrap();
