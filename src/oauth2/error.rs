@@ -505,8 +505,8 @@ impl StdError for Error {
 
 /// For the token sources' `Service` impls: the cache backs off as the error says. An error that
 /// [`is_retryable`](Error::is_retryable) carries its [`retry_after`](Error::retry_after), if
-/// any ([`RetryHint::After`](crate::source::RetryHint::After)); one that is not is
-/// [`RetryHint::NotSoon`](crate::source::RetryHint::NotSoon).
+/// any ([`RetryHint::After`]); one that is not is
+/// [`RetryHint::NotSoon`].
 impl From<Error> for SourceError {
     fn from(error: Error) -> Self {
         let retryable = error.is_retryable();

@@ -471,7 +471,7 @@ async fn each_token_carries_the_digest_of_its_subject_and_a_new_subject_is_used_
             .await
             .unwrap();
         let subject = format!("file-{n}");
-        assert_eq!(seen.values(n - 1, "subject_token"), [subject.clone()]);
+        assert_eq!(seen.values(n - 1, "subject_token"), [subject.as_str()]);
         assert_eq!(
             token.extensions().get::<SubjectDigest>(),
             Some(&SubjectDigest::of(&subject))
