@@ -1,6 +1,7 @@
 //! Token exchange (RFC 8693) against a real authorization server: `oidc-provider`, with the
 //! extension grant its test configuration registers (tests/peers/oidc-server.mjs), and an API
-//! that checks every token at the provider's introspection endpoint.
+//! that checks every token at the provider's introspection endpoint; with the feature `redis`,
+//! replicas sharing tokens through a real `redis-server`.
 
 #[allow(dead_code)]
 mod support;
@@ -263,4 +264,54 @@ async fn a_subject_source_that_fails_is_named_and_no_exchange_is_sent() {
         !error.is_retryable(),
         "invalid_client will not go away soon"
     );
+}
+
+/// A replica exchanging `subject` behind a shared level on `redis`, keyed with the exchange's
+/// identity.
+#[cfg(feature = "redis")]
+async fn replica(
+    peer: &OidcPeer,
+    redis: &support::redis_server::RedisServer,
+    subject: &str,
+) -> TokenCache {
+    use tower::Layer;
+    use tower_bearer::shared::{RedisStore, SealingKey, SharedCacheLayer};
+
+    let exchange =
+        TokenExchange::from_subject_token(endpoint(peer, "exchanger", "exchanger-secret"), subject)
+            .audience(BILLING);
+    let identity = exchange.identity().await.unwrap();
+    assert!(!identity.contains(subject));
+    let store = RedisStore::connect(&redis.url()).await.unwrap();
+    let shared = SharedCacheLayer::new(store, SealingKey::new([0x17; 32]), identity);
+    TokenCache::new(shared.layer(exchange))
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn replicas_share_an_exchanged_token_only_when_their_subjects_are_the_same() {
+    let peer = peer();
+    let redis = support::redis_server::RedisServer::start();
+    let subject_of = |client: &'static str, secret: &'static str| {
+        let source = ClientCredentials::new(endpoint(&peer, client, secret));
+        async move {
+            let response = source.request_token().await.unwrap();
+            response.access_token().secret().to_owned()
+        }
+    };
+    let ours = subject_of("cc-client", "cc-secret").await;
+    let theirs = subject_of("actor", "actor-secret").await;
+
+    let first = replica(&peer, &redis, &ours).await.token().await.unwrap();
+    // The same subject: the token in the store is used, not exchanged again.
+    let same = replica(&peer, &redis, &ours).await.token().await.unwrap();
+    assert_eq!(same.access_token(), first.access_token());
+    // Another subject: a token of its own, made on its behalf.
+    let other = replica(&peer, &redis, &theirs).await.token().await.unwrap();
+    assert_ne!(other.access_token(), first.access_token());
+    let introspection = peer.url("/token/introspection");
+    let claims = introspect(&http(), &introspection, other.access_token().secret()).await;
+    assert_eq!(claims["sub"], "actor");
+    let claims = introspect(&http(), &introspection, first.access_token().secret()).await;
+    assert_eq!(claims["sub"], "cc-client");
 }
