@@ -160,7 +160,8 @@ impl TokenExchange {
     /// The `token_type` of an issued token that is not an access token (RFC 8693 §2.2.1).
     pub const NOT_APPLICABLE: &'static str = "N_A";
 
-    /// A source exchanging at `endpoint` the subject token that `subject` gives, sent as an
+    /// A source exchanging at `endpoint` the subject token that `subject` gives (asked for on
+    /// each exchange, with the exchange's [reason](TokenRequest::reason)), sent as an
     /// [access token](Self::ACCESS_TOKEN) unless [`subject_token_type`](Self::subject_token_type)
     /// says otherwise; no actor, audience, resource, scope or requested token type.
     pub fn new(endpoint: TokenEndpoint, subject: impl TokenSource) -> Self {
@@ -320,8 +321,11 @@ impl TokenExchange {
     }
 
     /// [`identity_for`](Self::identity_for) the subject (and actor) token their sources give
-    /// now. A shared cache level keyed with it at startup keeps that key when the subject token
-    /// rotates: sources that start with different subject tokens still never share a token.
+    /// now, for a shared cache level built at startup. Its key stays fixed while the subject
+    /// token rotates: replicas that started with different subject tokens never share a token;
+    /// replicas that started with the same one (a token file they all read, a fixed token) keep
+    /// sharing after it rotates, and a token stored under that key may then have been made from
+    /// a later subject token of that same origin.
     ///
     /// # Errors
     ///

@@ -456,20 +456,19 @@ async fn subject_tokens_stay_out_of_debug_and_of_echoed_errors() {
 #[tokio::test(start_paused = true)]
 async fn each_token_carries_the_digest_of_its_subject_and_a_new_subject_is_used_at_once() {
     let (endpoint, seen) = issuing(TokenExchange::JWT);
-    let asked = Arc::new(AtomicUsize::new(0));
+    let reasons: Arc<Mutex<Vec<Reason>>> = Arc::default();
     let subject = {
-        let asked = asked.clone();
-        source_fn(move |_: TokenRequest| {
-            let n = asked.fetch_add(1, Ordering::SeqCst) + 1;
-            async move { Ok::<_, io::Error>(Token::new(format!("file-{n}"))) }
+        let reasons = reasons.clone();
+        source_fn(move |req: TokenRequest| {
+            let mut reasons = reasons.lock().unwrap();
+            reasons.push(req.reason());
+            let token = Token::new(format!("file-{}", reasons.len()));
+            async move { Ok::<_, io::Error>(token) }
         })
     };
     let mut exchange = TokenExchange::new(endpoint, subject).subject_token_type(TokenExchange::JWT);
-    for n in 1..=2 {
-        let token = exchange
-            .call(TokenRequest::new(Reason::Initial))
-            .await
-            .unwrap();
+    for (n, reason) in [(1, Reason::Initial), (2, Reason::Forced)] {
+        let token = exchange.call(TokenRequest::new(reason)).await.unwrap();
         let subject = format!("file-{n}");
         assert_eq!(seen.values(n - 1, "subject_token"), [subject.as_str()]);
         assert_eq!(
@@ -477,6 +476,8 @@ async fn each_token_carries_the_digest_of_its_subject_and_a_new_subject_is_used_
             Some(&SubjectDigest::of(&subject))
         );
     }
+    // The subject source is told why: a forced refresh may want a fresh subject too.
+    assert_eq!(*reasons.lock().unwrap(), [Reason::Initial, Reason::Forced]);
 }
 
 #[tokio::test(start_paused = true)]
