@@ -1,6 +1,6 @@
 //! No secret in `Debug`, `Display` or logs: one full flow with distinctive secrets (every one
 //! contains `SECRET`), through client credentials, a refresh token source with rotation, the
-//! authorization code grant with PKCE, the layer with a replay after a 401, and failures, with
+//! authorization code grant with PKCE, token exchange, the layer with a replay after a 401, and failures, with
 //! all `tracing` output at TRACE captured; then `Debug` of every public type and `Display` of
 //! every error. None of it may contain a token, a refresh token, a code, a verifier or a client
 //! secret.
@@ -29,8 +29,8 @@ use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
 use tower_bearer::grpc::RejectOnTrailersLayer;
 use tower_bearer::oauth2::{
     self, AuthorizationCode, AuthorizationResponse, ClientAuth, ClientCredentials, ClientSecret,
-    ErrorCode, FileStore, LoopbackRedirect, MemoryStore, Pkce, RefreshTokenSource, TokenEndpoint,
-    TokenResponse,
+    ErrorCode, FileStore, LoopbackRedirect, MemoryStore, Pkce, RefreshTokenSource, SubjectDigest,
+    TokenEndpoint, TokenExchange, TokenResponse,
 };
 use tower_bearer::replay::{NoReplay, Replay, ReplayPolicy, ReplayWrapped};
 use tower_bearer::{
@@ -213,6 +213,27 @@ fn token_endpoint(auth: &Auth, head: &str, body: &[u8]) -> (u16, String) {
             )
         }
         Some("authorization_code") => invalid_grant,
+        // RFC 8693: a subject this server issued (a client-credentials token); a server that
+        // refuses another one and repeats the subject and actor tokens in its description.
+        Some("urn:ietf:params:oauth:grant-type:token-exchange") => {
+            let subject = field("subject_token").unwrap_or_default();
+            let actor = field("actor_token").unwrap_or_default();
+            if subject.starts_with("at-SECRET-cc-") {
+                return (
+                    200,
+                    format!(
+                        r#"{{"access_token":"at-SECRET-xt-{n}","token_type":"Bearer","expires_in":60,
+                            "issued_token_type":"urn:ietf:params:oauth:token-type:access_token"}}"#
+                    ),
+                );
+            }
+            (
+                400,
+                format!(
+                    r#"{{"error":"invalid_grant","error_description":"unknown subject_token {subject} (actor {actor})"}}"#
+                ),
+            )
+        }
         _ => (400, r#"{"error":"unsupported_grant_type"}"#.to_owned()),
     }
 }
@@ -362,6 +383,7 @@ fn no_secret_in_debug_display_or_trace_logs() {
         "refresh token refused",
         "token_fetch",
         "reason=Forced",
+        "unknown subject_token <redacted> (actor <redacted>)",
     ] {
         assert!(log.contains(expected), "the log lacks {expected:?}:\n{log}");
     }
@@ -478,6 +500,64 @@ async fn flow() -> (Rendered, Vec<String>) {
     let trailers = RejectOnTrailersLayer::new(&streaming);
     out.debug("RejectOnTrailersLayer", &trailers);
     out.debug("RejectOnTrailers", &trailers.layer(api.service()));
+
+    // --- Token exchange (RFC 8693): subject and actor tokens are credentials too --------------
+    let exchange = TokenExchange::new(client.clone(), cache.clone())
+        .actor(
+            StaticToken::new("act-SECRET-1"),
+            TokenExchange::ACCESS_TOKEN,
+        )
+        .audience("https://billing.test");
+    out.debug("TokenExchange", &exchange);
+    let exchanged = TokenCache::new(exchange.clone());
+    let response = BearerAuthLayer::from_cache(exchanged.clone())
+        .layer(api.service())
+        .oneshot(get())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        api.last().starts_with("Bearer at-SECRET-xt-"),
+        "{}",
+        api.last()
+    );
+    assert!(server.saw("subject_token=at-SECRET-cc-"));
+    assert!(server.saw("actor_token=act-SECRET-1"));
+    let token = exchanged.token().await.unwrap();
+    out.debug("Token (exchanged)", &token);
+    out.debug(
+        "SubjectDigest",
+        token.extensions().get::<SubjectDigest>().unwrap(),
+    );
+    out.0.push((
+        "TokenExchange::identity".into(),
+        exchange.identity().await.unwrap(),
+    ));
+    out.debug("TokenCache (exchanged)", &exchanged);
+    // Refused, with both tokens repeated in the server's description.
+    let refused = TokenExchange::from_subject_token(client.clone(), "st-SECRET-unknown")
+        .actor(StaticToken::new("act-SECRET-2"), TokenExchange::JWT);
+    out.debug("TokenExchange (fixed subject)", &refused);
+    let error = refused.request_token().await.unwrap_err();
+    assert_eq!(error.code(), Some(&ErrorCode::InvalidGrant));
+    assert!(server.saw("subject_token=st-SECRET-unknown"));
+    out.error("oauth2::Error (token exchange)", &error);
+    let error = BearerAuthLayer::new(refused)
+        .layer(api.service())
+        .oneshot(get())
+        .await
+        .unwrap_err();
+    out.boxed("Error (token exchange refused)", &error);
+    let failing_subject = TokenExchange::new(
+        client.clone(),
+        source_fn(|_: TokenRequest| async {
+            Err::<Token, _>(io::Error::other("no token file at /var/run/tokens/sts"))
+        }),
+    );
+    out.error(
+        "oauth2::Error (subject source)",
+        &failing_subject.request_token().await.unwrap_err(),
+    );
 
     // --- Failures -----------------------------------------------------------------------------
     // The token endpoint refuses the client: 401 invalid_client.

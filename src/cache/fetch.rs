@@ -218,8 +218,11 @@ impl Shared {
             Error::new(kind, Some(Box::new(refused)))
         })?;
         if let Some(kind) = token.token_type() {
-            // DPoP-bound tokens are sent by `Placement::dpop`.
-            if !kind.eq_ignore_ascii_case("bearer") && !kind.eq_ignore_ascii_case("dpop") {
+            // DPoP-bound tokens are sent by `Placement::dpop`; `N_A` is what a token exchange
+            // (RFC 8693 §2.2.1) says of a token that is not an access token, which the
+            // application chose to ask for.
+            let known = ["bearer", "dpop", "n_a"];
+            if !known.iter().any(|known| kind.eq_ignore_ascii_case(known)) {
                 tracing::warn!(
                     token_type = %shown(kind, 64),
                     "the token source returned a token that is not a bearer token; it is sent as \

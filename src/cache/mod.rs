@@ -220,12 +220,17 @@ impl TokenCache {
     /// When no valid token is cached and the fetch fails, or when a recent failure is still
     /// being backed off from; see [`ErrorKind`](crate::ErrorKind).
     pub async fn token(&self) -> Result<Token, Error> {
+        Ok(self.entry().await?.token.clone())
+    }
+
+    /// The entry of a valid token, as [`token`](Self::token) finds it.
+    async fn entry(&self) -> Result<Arc<Entry>, Error> {
         let cached = self.shared.current.load_full();
         if let Some(entry) = cached.filter(|entry| self.shared.check(entry)) {
             self.shared.hits.add(1);
-            return Ok(entry.token.clone());
+            return Ok(entry);
         }
-        Ok(self.shared.acquire(None).await?.token.clone())
+        self.shared.acquire(None).await
     }
 
     /// Drops the cached token, so that the next request waits for a new one.
@@ -348,6 +353,34 @@ impl fmt::Debug for TokenCache {
             .field("config", &self.shared.config)
             .field("stats", &self.stats())
             .finish()
+    }
+}
+
+/// A cache is a token source too, for sources that build on another one's tokens (such as the
+/// subject token of an OAuth 2.0 token exchange, `oauth2::TokenExchange`): each request is
+/// answered as [`token`](TokenCache::token) answers, from the cache while its token is valid,
+/// with its expiry set to when this cache stops using it ([`Expiry::At`](crate::Expiry::At)),
+/// since a lifetime stated as `expires_in` counts from a fetch the asker did not see. The
+/// request's reason and key are not read: the cache refreshes by its own rules, for the key it
+/// was built for.
+impl tower_service::Service<crate::TokenRequest> for TokenCache {
+    type Response = Token;
+    type Error = Error;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Token, Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _req: crate::TokenRequest) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let entry = this.entry().await?;
+            Ok(entry.token.clone().with_expires_at(entry.expires_at))
+        })
     }
 }
 

@@ -127,33 +127,14 @@ impl ClientCredentials {
     /// # }
     /// ```
     pub fn identity(&self) -> String {
-        // Parameters that carry credentials (RFC 7523 assertions, RFC 8693 subject and actor
-        // tokens, a password) are left out with the `client_*` ones: the identity may be seen.
-        const SECRET_PARAMS: [&str; 5] = [
-            "assertion",
-            "subject_token",
-            "actor_token",
-            "password",
-            "refresh_token",
-        ];
-        let uri = self.endpoint.token_url();
-        // Without userinfo, should a URL carry any.
-        let authority = uri.authority().map_or("", |authority| {
-            authority.as_str().rsplit('@').next().unwrap_or_default()
-        });
-        let path = uri.path_and_query().map_or("/", |path| path.as_str());
-        let url = format!(
-            "{}://{authority}{path}",
-            uri.scheme_str().unwrap_or("https")
-        );
         let mut identity = form_urlencoded::Serializer::new(String::new());
         identity
-            .append_pair("token_url", &url)
+            .append_pair("token_url", &url_text(&self.endpoint))
             .append_pair("client_id", self.endpoint.client_id())
             .append_pair("grant_type", &self.grant_type)
             .append_pair("scope", &self.scopes.join(" "));
         for (name, value) in self.params.iter() {
-            if !name.starts_with("client_") && !SECRET_PARAMS.contains(&name.as_ref()) {
+            if !is_credential(name) {
                 identity.append_pair(name, value);
             }
         }
@@ -203,6 +184,33 @@ impl ClientCredentials {
         params.extend(key.params());
         self.endpoint.token_request(&params).await
     }
+}
+
+/// Whether the form parameter `name` carries a credential, which a source's identity leaves
+/// out (it may be seen): the `client_*` ones, RFC 7523 assertions, RFC 8693 subject and actor
+/// tokens, a password, a refresh token.
+pub(super) fn is_credential(name: &str) -> bool {
+    const SECRET_PARAMS: [&str; 5] = [
+        "assertion",
+        "subject_token",
+        "actor_token",
+        "password",
+        "refresh_token",
+    ];
+    name.starts_with("client_") || SECRET_PARAMS.contains(&name)
+}
+
+/// The token endpoint's URL as an identity names it: without userinfo, should it carry any.
+pub(super) fn url_text(endpoint: &TokenEndpoint) -> String {
+    let uri = endpoint.token_url();
+    let authority = uri.authority().map_or("", |authority| {
+        authority.as_str().rsplit('@').next().unwrap_or_default()
+    });
+    let path = uri.path_and_query().map_or("/", |path| path.as_str());
+    format!(
+        "{}://{authority}{path}",
+        uri.scheme_str().unwrap_or("https")
+    )
 }
 
 /// A token source: fails with a [`SourceError`] wrapping the [`Error`], whose retry hint

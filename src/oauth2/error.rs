@@ -8,6 +8,7 @@ use std::time::Duration;
 use http::StatusCode;
 
 use crate::shown::{shown, Shown, MAX_SHOWN};
+use crate::source::RetryHint;
 use crate::{BoxError, SourceError};
 
 /// An error of an OAuth 2.0 token source: the token endpoint refused, could not be reached, or
@@ -43,6 +44,8 @@ struct Inner {
     /// Whether this error arose while fetching the server's metadata rather than at its token
     /// endpoint: only changes the wording of `Display`.
     metadata: bool,
+    /// For a [`ErrorKind::SubjectToken`]: whether its source said that trying again can help.
+    retryable: bool,
 }
 
 /// The category of an [`Error`].
@@ -84,6 +87,10 @@ pub enum ErrorKind {
     /// A client assertion (RFC 7523) could not be made: the key failed to sign, or the
     /// assertion source given to the token endpoint failed.
     ClientAssertion,
+    /// A token exchange (RFC 8693) could not get its subject token or its actor token: the
+    /// token's source failed (its error is the [`source`](StdError::source) of this one) or
+    /// gave an empty token. No request was sent to the token endpoint.
+    SubjectToken,
 }
 
 /// An OAuth 2.0 error code (RFC 6749 §5.2 and §4.1.2.1, RFC 8707).
@@ -185,6 +192,7 @@ impl Error {
             retry_after: None,
             source: None,
             metadata: false,
+            retryable: false,
         };
         f(&mut inner);
         Self {
@@ -311,6 +319,23 @@ impl Error {
         })
     }
 
+    /// A subject or actor token of a token exchange that its source did not give. `what` says
+    /// which and how; `retry` is what the source said about trying again.
+    pub(crate) fn exchange_input(
+        what: impl Into<String>,
+        source: Option<BoxError>,
+        retry: RetryHint,
+    ) -> Self {
+        Self::build(ErrorKind::SubjectToken, |e| {
+            e.description = Some(Shown::ours(what.into()));
+            e.source = source;
+            e.retryable = retry != RetryHint::NotSoon;
+            if let RetryHint::After(delay) = retry {
+                e.retry_after = Some(delay);
+            }
+        })
+    }
+
     /// The same error, worded as arising while fetching the server's metadata (a transport
     /// failure, a timeout, a redirect).
     pub(crate) fn at_metadata(mut self) -> Self {
@@ -353,10 +378,13 @@ impl Error {
     /// Whether trying again later can help: server errors (5xx), 429 Too Many Requests,
     /// `temporarily_unavailable`, timeouts and connection failures. Refusals of the client or
     /// its grant (`invalid_client`, `invalid_grant`, `invalid_scope`, `unauthorized_client`,
-    /// `unsupported_grant_type`, ...) are not.
+    /// `unsupported_grant_type`, ...) are not. A token exchange's failing subject or actor
+    /// source ([`ErrorKind::SubjectToken`]) is, unless it said that trying again soon cannot
+    /// help.
     pub fn is_retryable(&self) -> bool {
         match self.inner.kind {
             ErrorKind::Transport | ErrorKind::Timeout => true,
+            ErrorKind::SubjectToken => self.inner.retryable,
             ErrorKind::Metadata => self
                 .inner
                 .status
@@ -448,6 +476,7 @@ impl fmt::Display for Error {
                 "authorization server metadata is unusable"
             }
             ErrorKind::ClientAssertion => "client assertion could not be made",
+            ErrorKind::SubjectToken => "token exchange could not get its input token",
         })?;
         match (i.status, &i.code) {
             (Some(status), Some(code)) => write!(f, " (HTTP {}, {code})", status.as_u16())?,
@@ -476,8 +505,8 @@ impl StdError for Error {
 
 /// For the token sources' `Service` impls: the cache backs off as the error says. An error that
 /// [`is_retryable`](Error::is_retryable) carries its [`retry_after`](Error::retry_after), if
-/// any ([`RetryHint::After`](crate::source::RetryHint::After)); one that is not is
-/// [`RetryHint::NotSoon`](crate::source::RetryHint::NotSoon).
+/// any ([`RetryHint::After`]); one that is not is
+/// [`RetryHint::NotSoon`].
 impl From<Error> for SourceError {
     fn from(error: Error) -> Self {
         let retryable = error.is_retryable();

@@ -1,5 +1,6 @@
-//! OAuth 2.0 token sources (RFC 6749): client credentials, refresh token with rotation, and
-//! authorization code with PKCE, tolerant of the quirks real authorization servers have.
+//! OAuth 2.0 token sources (RFC 6749): client credentials, refresh token with rotation,
+//! authorization code with PKCE, and token exchange (RFC 8693), tolerant of the quirks real
+//! authorization servers have.
 //!
 //! Every grant talks to its token endpoint through a [`TokenEndpoint`]: the endpoint URL
 //! (`https` required unless loopback), the client id, its authentication ([`ClientAuth`]) and
@@ -10,6 +11,7 @@
 //! | client credentials (§4.4) | [`ClientCredentials`] | a service acting as itself |
 //! | refresh token (§6) | [`RefreshTokenSource`] | rotation, a [`RefreshTokenStore`] hook, one refresh at a time |
 //! | authorization code + PKCE (§4.1, RFC 7636) | [`AuthorizationCode`], [`LoopbackRedirect`] | a user signs in; then a `RefreshTokenSource` |
+//! | token exchange (RFC 8693) | [`TokenExchange`] | a subject token from any source (a token file, another layer's cache) traded for a token for an audience or resource |
 //!
 //! Token responses are parsed leniently ([`TokenResponse`]): `expires_in` as a number or a
 //! string, missing (the cache's default lifetime applies), zero, negative or huge; `token_type` in
@@ -31,6 +33,7 @@ mod client_credentials;
 mod discovery;
 mod endpoint;
 mod error;
+mod exchange;
 mod loopback;
 mod pkce;
 mod redact;
@@ -45,6 +48,7 @@ pub use client_credentials::ClientCredentials;
 pub use discovery::{Discovery, ServerMetadata, WellKnown};
 pub use endpoint::{ClientAuth, ClientSecret, Confidential, TokenEndpoint, TokenEndpointBuilder};
 pub use error::{Error, ErrorCode, ErrorKind};
+pub use exchange::{SubjectDigest, TokenExchange};
 pub use loopback::LoopbackRedirect;
 pub use pkce::Pkce;
 pub use refresh::{FileStore, MemoryStore, RefreshTokenSource, RefreshTokenStore};

@@ -195,6 +195,66 @@ if (TLS) {
   ];
 }
 
+// ---------------------------------------------------------------------------------------------
+// Token exchange (RFC 8693), for tests/exchange.rs. Registered with `provider.registerGrantType`
+// as oidc-provider documents for extension grants; a client uses it when its `grant_types`
+// list TOKEN_EXCHANGE (tests register such clients through EXTRA_CLIENTS). The subject token
+// (and the actor token, if any) must be an access token or a client-credentials token this
+// provider issued and that is still valid, else `invalid_grant`. The issued token is an opaque
+// client-credentials token of the exchanging client, for the audiences and resources asked
+// (`aud`, all of them) and the scope asked; its introspection names the subject (`sub`: the
+// subject token's account, or its client) and the actor (`act.sub`).
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const ACCESS_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:access_token';
+// The claims of each exchanged token: the provider computes a token's `extra` when it saves it,
+// through `extraTokenClaims`, and introspection shows them.
+const exchangeClaims = new WeakMap();
+configuration.extraTokenClaims = async (_ctx, token) => exchangeClaims.get(token);
+
+function registerTokenExchange(provider) {
+  const issuedBy = async (value) => {
+    const token = await provider.AccessToken.find(value) ?? await provider.ClientCredentials.find(value);
+    return token?.isValid ? token : undefined;
+  };
+  const principal = (token) => token.accountId ?? token.clientId;
+  async function tokenExchange(ctx) {
+    const { params, client } = ctx.oidc;
+    for (const name of ['subject_token', 'subject_token_type']) {
+      if (!params[name]) throw new errors.InvalidRequest(`missing required parameter '${name}'`);
+    }
+    if (params.actor_token && !params.actor_token_type) {
+      throw new errors.InvalidRequest('actor_token_type is required with actor_token');
+    }
+    for (const name of ['subject_token_type', 'actor_token_type', 'requested_token_type']) {
+      if (params[name] && params[name] !== ACCESS_TOKEN_TYPE) {
+        throw new errors.InvalidRequest(`unsupported ${name}`);
+      }
+    }
+    const subject = await issuedBy(params.subject_token);
+    if (!subject) throw new errors.InvalidGrant('subject_token is invalid or expired');
+    const actor = params.actor_token ? await issuedBy(params.actor_token) : undefined;
+    if (params.actor_token && !actor) throw new errors.InvalidGrant('actor_token is invalid or expired');
+
+    const token = new provider.ClientCredentials({ client, scope: params.scope || undefined });
+    exchangeClaims.set(token, { sub: principal(subject), ...(actor ? { act: { sub: principal(actor) } } : {}) });
+    const audiences = [...[].concat(params.audience ?? []), ...[].concat(params.resource ?? [])];
+    if (audiences.length) token.aud = audiences;
+    const value = await token.save();
+    ctx.body = {
+      access_token: value,
+      issued_token_type: ACCESS_TOKEN_TYPE,
+      token_type: 'Bearer',
+      expires_in: token.expiration,
+      scope: token.scope || undefined,
+    };
+  }
+  provider.registerGrantType(TOKEN_EXCHANGE, tokenExchange, [
+    'subject_token', 'subject_token_type', 'actor_token', 'actor_token_type',
+    'requested_token_type', 'audience', 'resource', 'scope',
+  ], ['audience', 'resource']);
+}
+// --------------------------------------------------------------------------- end token exchange
+
 let server;
 let provider;
 
@@ -256,6 +316,7 @@ async function main() {
     configuration.discovery = { mtls_endpoint_aliases: { token_endpoint: `${issuer}/mtls/token` } };
   }
   provider = new Provider(issuer, configuration);
+  registerTokenExchange(provider); // RFC 8693: the block above
   provider.on('server_error', (_ctx, err) => process.stderr.write(`server_error: ${err?.stack ?? err}\n`));
   for (const event of ['grant.error', 'authorization.error', 'introspection.error', 'revocation.error',
     'userinfo.error', 'backchannel.error', 'check_session.error', 'discovery.error',
