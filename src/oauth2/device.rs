@@ -12,7 +12,9 @@ use tokio::time::Instant;
 use super::endpoint::check_url;
 use super::redact::Redactions;
 use super::response::{parse_fields, seconds_field, Fields};
-use super::{Error, ErrorCode, RefreshTokenSource, ServerMetadata, TokenEndpoint, TokenResponse};
+use super::{
+    ClientAuth, Error, ErrorCode, RefreshTokenSource, ServerMetadata, TokenEndpoint, TokenResponse,
+};
 use crate::token::{sealed, Secret, SecretKind};
 
 /// The `grant_type` of the token requests (RFC 8628 §3.4).
@@ -62,11 +64,9 @@ const MAX_URL: usize = 2048;
 /// let grant = DeviceAuthorization::new(endpoint, "https://auth.example.com/device/code")
 ///     .scope("openid")
 ///     .scope("offline_access");
-/// let tokens = grant
-///     .authorize(|prompt| {
-///         eprintln!("To sign in, open {} and enter the code {}", prompt.verification_uri(), prompt.user_code());
-///     })
-///     .await?;
+/// // "Open https://auth.example.com/device and enter the code WDJB-MJHT"; or show the user
+/// // `prompt.verification_uri_complete()` as a link or QR code.
+/// let tokens = grant.authorize(|prompt| eprintln!("{prompt}")).await?;
 /// let layer = BearerAuthLayer::new(grant.into_refresh_source(tokens)?);
 /// # drop(layer);
 /// # Ok(())
@@ -114,7 +114,7 @@ impl DeviceAuthorization {
         const NAME: &str = "device_authorization_endpoint";
         let certificate = matches!(
             token_endpoint.auth(),
-            super::ClientAuth::TlsClientAuth | super::ClientAuth::SelfSignedTlsClientAuth
+            ClientAuth::TlsClientAuth | ClientAuth::SelfSignedTlsClientAuth
         );
         let alias = metadata.mtls_endpoint_alias(NAME).filter(|_| certificate);
         let url = alias
@@ -191,6 +191,15 @@ impl DeviceAuthorization {
             params.push(("scope", scope.as_str()));
         }
         params.extend(self.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        // With HTTP Basic and nothing else to send, the body would be empty, which servers
+        // (oidc-provider) refuse as not being a form; `client_id` may go along (RFC 8628 §3.1).
+        let basic = matches!(
+            self.token_endpoint.auth(),
+            ClientAuth::Basic | ClientAuth::BasicRaw
+        );
+        if basic {
+            params.push(("client_id", self.token_endpoint.client_id()));
+        }
         let (request, sent) = self.token_endpoint.prepare(&url, &params).await?;
         // The device code's lifetime counts from before the request, like a token's.
         let issued_at = Instant::now();

@@ -430,7 +430,8 @@ async fn the_client_authenticates_at_the_device_endpoint_as_at_the_token_endpoin
             seen[1].authorization, basic,
             "the same client authentication"
         );
-        assert_eq!(seen[0].form, "", "no client_id in the form with Basic");
+        // Never an empty form: `client_id` goes along with Basic.
+        assert_eq!(seen[0].form, "client_id=cli");
     }
 
     // A refusal there is worded as the device authorization endpoint's.
