@@ -1,6 +1,7 @@
 //! No secret in `Debug`, `Display` or logs: one full flow with distinctive secrets (every one
 //! contains `SECRET`), through client credentials, a refresh token source with rotation, the
-//! authorization code grant with PKCE, token exchange, the layer with a replay after a 401, and failures, with
+//! authorization code grant with PKCE, the device authorization grant (whose device code is a
+//! credential), token exchange, the layer with a replay after a 401, and failures, with
 //! all `tracing` output at TRACE captured; then `Debug` of every public type and `Display` of
 //! every error. None of it may contain a token, a refresh token, a code, a verifier or a client
 //! secret.
@@ -29,8 +30,8 @@ use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
 use tower_bearer::grpc::RejectOnTrailersLayer;
 use tower_bearer::oauth2::{
     self, AuthorizationCode, AuthorizationResponse, ClientAuth, ClientCredentials, ClientSecret,
-    ErrorCode, FileStore, LoopbackRedirect, MemoryStore, Pkce, RefreshTokenSource, SubjectDigest,
-    TokenEndpoint, TokenExchange, TokenResponse,
+    DeviceAuthorization, ErrorCode, FileStore, LoopbackRedirect, MemoryStore, Pkce,
+    RefreshTokenSource, SubjectDigest, TokenEndpoint, TokenExchange, TokenResponse,
 };
 use tower_bearer::replay::{NoReplay, Replay, ReplayPolicy, ReplayWrapped};
 use tower_bearer::{
@@ -56,6 +57,8 @@ struct Auth {
     issued: AtomicU64,
     /// Whether the authorization code was exchanged already (codes are single-use).
     code_used: AtomicBool,
+    /// Polls of the token endpoint with the device code `dc-SECRET-ok`.
+    device_polls: AtomicU64,
     /// Every request received, head and body, to check that the secrets were really used.
     requests: Mutex<Vec<String>>,
 }
@@ -131,6 +134,9 @@ async fn serve(mut stream: TcpStream, auth: Arc<Auth>) {
 }
 
 fn token_endpoint(auth: &Auth, head: &str, body: &[u8]) -> (u16, String) {
+    if head.starts_with("POST /device ") {
+        return device_endpoint(body);
+    }
     let form: HashMap<String, String> = form_urlencoded::parse(body).into_owned().collect();
     let field = |name: &str| form.get(name).map(String::as_str);
     // client_secret_basic (id and secret form-urlencoded, RFC 6749 §2.3.1) or client_secret_post.
@@ -234,8 +240,48 @@ fn token_endpoint(auth: &Auth, head: &str, body: &[u8]) -> (u16, String) {
                 ),
             )
         }
+        // The device code grant: a failure whose page echoes the device code, a pending
+        // poll, then tokens; or, for the denied one, a refusal echoing it.
+        Some("urn:ietf:params:oauth:grant-type:device_code") => match field("device_code") {
+            Some(code @ "dc-SECRET-ok") => match auth.device_polls.fetch_add(1, Ordering::SeqCst) {
+                0 => (503, format!("busy; retry device_code={code}")),
+                1 => (400, r#"{"error":"authorization_pending"}"#.to_owned()),
+                _ => (
+                    200,
+                    r#"{"access_token":"at-SECRET-device","token_type":"Bearer","expires_in":60,
+                        "refresh_token":"rt-SECRET-device"}"#
+                        .to_owned(),
+                ),
+            },
+            Some(code) => (
+                400,
+                format!(r#"{{"error":"access_denied","error_description":"{code} was denied"}}"#),
+            ),
+            None => invalid_grant,
+        },
         _ => (400, r#"{"error":"unsupported_grant_type"}"#.to_owned()),
     }
+}
+
+/// RFC 8628's device authorization endpoint: a device code per request, `dc-SECRET-ok`, or
+/// `dc-SECRET-deny` when the scope is `deny`.
+fn device_endpoint(body: &[u8]) -> (u16, String) {
+    let form: HashMap<String, String> = form_urlencoded::parse(body).into_owned().collect();
+    if form.get("client_id").map(String::as_str) != Some("ac-client") {
+        return (401, r#"{"error":"invalid_client"}"#.to_owned());
+    }
+    let code = match form.get("scope").map(String::as_str) {
+        Some("deny") => "dc-SECRET-deny",
+        _ => "dc-SECRET-ok",
+    };
+    (
+        200,
+        format!(
+            r#"{{"device_code":"{code}","user_code":"WDJB-MJHT","expires_in":"60","interval":1,
+                "verification_uri":"http://127.0.0.1:9/device",
+                "verification_uri_complete":"http://127.0.0.1:9/device?user_code=WDJB-MJHT"}}"#
+        ),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -384,6 +430,8 @@ fn no_secret_in_debug_display_or_trace_logs() {
         "token_fetch",
         "reason=Forced",
         "unknown subject_token <redacted> (actor <redacted>)",
+        "polling the token endpoint failed; backing off",
+        "busy; retry device_code=<redacted>",
     ] {
         assert!(log.contains(expected), "the log lacks {expected:?}:\n{log}");
     }
@@ -759,6 +807,40 @@ async fn flow() -> (Rendered, Vec<String>) {
     secrets.push(pkce.verifier().to_owned());
     out.debug("Pkce (new)", &pkce);
     drop(redirect);
+
+    // --- The device authorization grant ------------------------------------------------------
+    let grant =
+        DeviceAuthorization::new(public.clone(), format!("{}/device", server.url)).scope("openid");
+    out.debug("DeviceAuthorization", &grant);
+    let mut shown = None;
+    let tokens = grant
+        .authorize(|prompt| shown = Some(prompt.clone()))
+        .await
+        .unwrap();
+    let prompt = shown.unwrap();
+    out.debug("DevicePrompt", &prompt);
+    out.0
+        .push(("DevicePrompt (display)".into(), prompt.to_string()));
+    assert!(
+        format!("{prompt:?}").contains("WDJB-MJHT"),
+        "the user code is shown"
+    );
+    assert!(server.saw("device_code=dc-SECRET-ok"));
+    assert_eq!(tokens.access_token().secret(), "at-SECRET-device");
+    out.debug("TokenResponse (device)", &tokens);
+    let device_source = grant.into_refresh_source(tokens).unwrap();
+    out.debug("RefreshTokenSource (device)", &device_source);
+    let denied =
+        DeviceAuthorization::new(public.clone(), format!("{}/device", server.url)).scope("deny");
+    let error = denied.authorize(|_| {}).await.unwrap_err();
+    assert_eq!(error.code(), Some(&ErrorCode::AccessDenied));
+    assert!(
+        error.to_string().contains("<redacted> was denied"),
+        "{error}"
+    );
+    out.error("oauth2::Error (device access_denied)", &error);
+    let prompt = denied.start().await.unwrap();
+    out.debug("DevicePrompt (denied)", &prompt);
 
     // --- Token responses parsed directly -----------------------------------------------------
     let mut headers = HeaderMap::new();

@@ -310,6 +310,12 @@ impl ServerMetadata {
         self.endpoint("authorization_endpoint")
     }
 
+    /// The device authorization endpoint's URL (RFC 8628 §4), for
+    /// [`DeviceAuthorization`](super::DeviceAuthorization).
+    pub fn device_authorization_endpoint(&self) -> Option<&str> {
+        self.endpoint("device_authorization_endpoint")
+    }
+
     /// The URL of the server's JSON Web Key Set.
     pub fn jwks_uri(&self) -> Option<&str> {
         self.endpoint("jwks_uri")

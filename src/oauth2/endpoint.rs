@@ -20,7 +20,7 @@ use super::discovery::ServerMetadata;
 use super::error::Error;
 use super::redact::{Redactions, SECRET_PARAMS};
 use super::response::{parse_token_response, TokenResponse};
-use super::transport::Transport;
+use super::transport::{Answer, Transport};
 use crate::dpop::DpopKey;
 use crate::token::secret_bytes;
 use crate::token::{Secret, SecretKind};
@@ -217,7 +217,7 @@ impl TokenEndpoint {
         // carrying it (RFC 9449 §8).
         let mut nonce_retry = inner.dpop.is_some();
         loop {
-            let (mut request, sent) = self.prepare(params).await?;
+            let (mut request, sent) = self.prepare(&inner.token_url, params).await?;
             if let Some(key) = &inner.dpop {
                 let proof = key
                     .proof(&Method::POST, &inner.htu, None)
@@ -230,12 +230,7 @@ impl TokenEndpoint {
             // The lifetime of the token counts from here: before the request, so that network
             // delay can only make a token look shorter-lived than it is.
             let requested_at = Instant::now();
-            let send = inner.transport.clone().oneshot(request);
-            let answer = match tokio::time::timeout(inner.timeout, send).await {
-                Ok(Ok(answer)) => answer,
-                Ok(Err(error)) => return Err(Error::transport(error)),
-                Err(_) => return Err(Error::timeout(inner.timeout)),
-            };
+            let answer = self.send(request).await?;
             let new_nonce = match &inner.dpop {
                 Some(key) => key.observe(crate::dpop::origin_of(&inner.htu), &answer.headers),
                 None => false,
@@ -255,11 +250,26 @@ impl TokenEndpoint {
         }
     }
 
-    /// The token request, ready to send, and the credentials it carries. A client assertion
-    /// is made here, so every request, and every retry that prepares its request again, has a
-    /// fresh one (servers refuse a `jti` they saw before).
+    /// Sends a request prepared by [`prepare`](Self::prepare) with this endpoint's HTTP client,
+    /// within its timeout, and reads the answer.
+    pub(crate) async fn send(&self, request: Request<Full<Bytes>>) -> Result<Answer, Error> {
+        let inner = &self.inner;
+        let send = inner.transport.clone().oneshot(request);
+        match tokio::time::timeout(inner.timeout, send).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(error)) => Err(Error::transport(error)),
+            Err(_) => Err(Error::timeout(inner.timeout)),
+        }
+    }
+
+    /// A form POST of `params` to `url` (the token endpoint, or another endpoint of the same
+    /// server where the client authenticates the same way, such as RFC 8628's device
+    /// authorization endpoint), ready to send, and the credentials it carries. A client
+    /// assertion is made here, so every request, and every retry that prepares its request
+    /// again, has a fresh one (servers refuse a `jti` they saw before).
     pub(crate) async fn prepare(
         &self,
+        url: &Uri,
         params: &[(&str, &str)],
     ) -> Result<(Request<Full<Bytes>>, Redactions), Error> {
         let inner = &self.inner;
@@ -276,13 +286,14 @@ impl TokenEndpoint {
             ),
             None => None,
         };
-        Ok(self.build_request(params, assertion.as_deref().map(String::as_str)))
+        Ok(self.build_request(url, params, assertion.as_deref().map(String::as_str)))
     }
 
     /// The token request: a form POST, with the client authenticated as configured; and the
     /// credentials it carries, to redact from the answer.
     fn build_request(
         &self,
+        url: &Uri,
         params: &[(&str, &str)],
         assertion: Option<&str>,
     ) -> (Request<Full<Bytes>>, Redactions) {
@@ -341,7 +352,7 @@ impl TokenEndpoint {
         let body = secret_bytes(form.into_bytes());
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = Method::POST;
-        *request.uri_mut() = inner.token_url.clone();
+        *request.uri_mut() = url.clone();
         headers.insert(
             CONTENT_TYPE,
             HeaderValue::from_static("application/x-www-form-urlencoded"),

@@ -41,11 +41,20 @@ struct Inner {
     uri: Option<Shown>,
     retry_after: Option<Duration>,
     source: Option<BoxError>,
-    /// Whether this error arose while fetching the server's metadata rather than at its token
-    /// endpoint: only changes the wording of `Display`.
-    metadata: bool,
+    /// Where the error arose: only changes the wording of `Display`.
+    at: At,
     /// For a [`ErrorKind::SubjectToken`]: whether its source said that trying again can help.
     retryable: bool,
+}
+
+/// The endpoint an [`Error`] arose at, for the wording of `Display`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum At {
+    TokenEndpoint,
+    /// The server's metadata document.
+    Metadata,
+    /// RFC 8628's device authorization endpoint.
+    DeviceEndpoint,
 }
 
 /// The category of an [`Error`].
@@ -70,7 +79,9 @@ pub enum ErrorKind {
     BodyTooLarge,
     /// The source is misconfigured (an invalid URL, a plain `http` URL to a remote host, ...).
     Config,
-    /// The authorization server redirected back with an error (for example `access_denied`).
+    /// The authorization server redirected back with an error (for example `access_denied`),
+    /// or the device code of the device authorization grant expired before the user approved
+    /// (code [`ExpiredToken`](ErrorCode::ExpiredToken)).
     Authorization,
     /// The redirect back from the authorization server was wrong (a `state` or `iss` that does
     /// not match, no `code`), or did not come in time.
@@ -117,6 +128,12 @@ pub enum ErrorCode {
     TemporarilyUnavailable,
     /// `server_error`
     ServerError,
+    /// `authorization_pending` (RFC 8628 §3.5): the user has not finished yet; keep polling.
+    AuthorizationPending,
+    /// `slow_down` (RFC 8628 §3.5): keep polling, 5 seconds more apart.
+    SlowDown,
+    /// `expired_token` (RFC 8628 §3.5): the device code expired; start again.
+    ExpiredToken,
     /// Any other code, as the server sent it (escaped and bounded like every text from a server:
     /// see [`Error`]).
     Other(String),
@@ -129,6 +146,7 @@ pub enum ErrorCode {
 /// use tower_bearer::oauth2::ErrorCode;
 ///
 /// assert_eq!(ErrorCode::from("invalid_grant"), ErrorCode::InvalidGrant);
+/// assert_eq!(ErrorCode::from("slow_down"), ErrorCode::SlowDown);
 /// assert_eq!(ErrorCode::from("slow_down\n"), ErrorCode::Other("slow_down\\n".into()));
 /// ```
 impl From<&str> for ErrorCode {
@@ -144,6 +162,9 @@ impl From<&str> for ErrorCode {
             "access_denied" => Self::AccessDenied,
             "temporarily_unavailable" => Self::TemporarilyUnavailable,
             "server_error" => Self::ServerError,
+            "authorization_pending" => Self::AuthorizationPending,
+            "slow_down" => Self::SlowDown,
+            "expired_token" => Self::ExpiredToken,
             other => Self::Other(shown(other, MAX_SHOWN).into_string()),
         }
     }
@@ -170,6 +191,9 @@ impl ErrorCode {
             Self::AccessDenied => "access_denied",
             Self::TemporarilyUnavailable => "temporarily_unavailable",
             Self::ServerError => "server_error",
+            Self::AuthorizationPending => "authorization_pending",
+            Self::SlowDown => "slow_down",
+            Self::ExpiredToken => "expired_token",
             Self::Other(other) => other,
         }
     }
@@ -191,7 +215,7 @@ impl Error {
             uri: None,
             retry_after: None,
             source: None,
-            metadata: false,
+            at: At::TokenEndpoint,
             retryable: false,
         };
         f(&mut inner);
@@ -297,7 +321,7 @@ impl Error {
         Self::build(ErrorKind::Metadata, |e| {
             e.status = status;
             e.description = Some(Shown::ours(what.into()));
-            e.metadata = true;
+            e.at = At::Metadata;
         })
     }
 
@@ -308,7 +332,7 @@ impl Error {
                 shown(expected, MAX_SHOWN).as_str(),
                 shown(got, MAX_SHOWN).as_str()
             )));
-            e.metadata = true;
+            e.at = At::Metadata;
         })
     }
 
@@ -336,11 +360,32 @@ impl Error {
         })
     }
 
+    /// The device code expired `after` it was issued, before the user approved (RFC 8628
+    /// §3.5): as the server's `expired_token`, so that one check finds both.
+    pub(crate) fn device_code_expired(after: Duration) -> Self {
+        Self::build(ErrorKind::Authorization, |e| {
+            e.code = Some(ErrorCode::ExpiredToken);
+            e.description = Some(Shown::ours(format!(
+                "the device code expired {after:?} after it was issued, before the user \
+                 approved; start again"
+            )));
+        })
+    }
+
     /// The same error, worded as arising while fetching the server's metadata (a transport
     /// failure, a timeout, a redirect).
-    pub(crate) fn at_metadata(mut self) -> Self {
+    pub(crate) fn at_metadata(self) -> Self {
+        self.at(At::Metadata)
+    }
+
+    /// The same error, worded as arising at the device authorization endpoint (RFC 8628).
+    pub(crate) fn at_device_endpoint(self) -> Self {
+        self.at(At::DeviceEndpoint)
+    }
+
+    fn at(mut self, at: At) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
-            inner.metadata = true;
+            inner.at = at;
         }
         self
     }
@@ -376,7 +421,8 @@ impl Error {
     }
 
     /// Whether trying again later can help: server errors (5xx), 429 Too Many Requests,
-    /// `temporarily_unavailable`, timeouts and connection failures. Refusals of the client or
+    /// `temporarily_unavailable`, timeouts and connection failures, and RFC 8628's
+    /// `authorization_pending` and `slow_down`. Refusals of the client or
     /// its grant (`invalid_client`, `invalid_grant`, `invalid_scope`, `unauthorized_client`,
     /// `unsupported_grant_type`, ...) are not. A token exchange's failing subject or actor
     /// source ([`ErrorKind::SubjectToken`]) is, unless it said that trying again soon cannot
@@ -395,7 +441,12 @@ impl Error {
                     .status
                     .is_some_and(|s| s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS);
                 match &self.inner.code {
-                    Some(ErrorCode::TemporarilyUnavailable | ErrorCode::ServerError) => true,
+                    Some(
+                        ErrorCode::TemporarilyUnavailable
+                        | ErrorCode::ServerError
+                        | ErrorCode::AuthorizationPending
+                        | ErrorCode::SlowDown,
+                    ) => true,
                     Some(ErrorCode::Other(_)) | None => status_says,
                     Some(_) => false,
                 }
@@ -441,7 +492,7 @@ impl fmt::Debug for Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let i = &self.inner;
-        if i.metadata {
+        if i.at == At::Metadata {
             f.write_str(match i.kind {
                 ErrorKind::IssuerMismatch => "authorization server metadata names another issuer",
                 ErrorKind::Redirect => {
@@ -460,24 +511,44 @@ impl fmt::Display for Error {
             }
             return Ok(());
         }
-        f.write_str(match i.kind {
-            ErrorKind::OAuth => "token endpoint refused the request",
-            ErrorKind::Http => "token endpoint answered an HTTP error",
-            ErrorKind::Redirect => "token endpoint answered a redirect, which is not followed",
-            ErrorKind::Transport => "token endpoint could not be reached",
-            ErrorKind::Timeout => "token endpoint timed out",
-            ErrorKind::InvalidResponse => "token endpoint answered something unusable",
-            ErrorKind::BodyTooLarge => "token endpoint answered a body that is too large",
-            ErrorKind::Config => "invalid OAuth 2.0 configuration",
-            ErrorKind::Authorization => "authorization was refused",
-            ErrorKind::Callback => "authorization redirect failed",
-            ErrorKind::Store => "refresh token store failed",
-            ErrorKind::Metadata | ErrorKind::IssuerMismatch => {
-                "authorization server metadata is unusable"
+        let endpoint = match i.at {
+            At::DeviceEndpoint => "device authorization endpoint",
+            _ => "token endpoint",
+        };
+        let answered = match i.kind {
+            ErrorKind::OAuth => "refused the request",
+            ErrorKind::Http => "answered an HTTP error",
+            ErrorKind::Redirect => "answered a redirect, which is not followed",
+            ErrorKind::Transport => "could not be reached",
+            ErrorKind::Timeout => "timed out",
+            ErrorKind::InvalidResponse => "answered something unusable",
+            ErrorKind::BodyTooLarge => "answered a body that is too large",
+            ErrorKind::Config => return self.write_rest(f, "invalid OAuth 2.0 configuration"),
+            ErrorKind::Authorization if i.code == Some(ErrorCode::ExpiredToken) => {
+                return self.write_rest(f, "authorization was not given in time")
             }
-            ErrorKind::ClientAssertion => "client assertion could not be made",
-            ErrorKind::SubjectToken => "token exchange could not get its input token",
-        })?;
+            ErrorKind::Authorization => return self.write_rest(f, "authorization was refused"),
+            ErrorKind::Callback => return self.write_rest(f, "authorization redirect failed"),
+            ErrorKind::Store => return self.write_rest(f, "refresh token store failed"),
+            ErrorKind::Metadata | ErrorKind::IssuerMismatch => {
+                return self.write_rest(f, "authorization server metadata is unusable")
+            }
+            ErrorKind::ClientAssertion => {
+                return self.write_rest(f, "client assertion could not be made")
+            }
+            ErrorKind::SubjectToken => {
+                return self.write_rest(f, "token exchange could not get its input token")
+            }
+        };
+        self.write_rest(f, &format!("{endpoint} {answered}"))
+    }
+}
+
+impl Error {
+    /// `Display` after `what` went wrong: the status and code, the description, and what to do.
+    fn write_rest(&self, f: &mut fmt::Formatter<'_>, what: &str) -> fmt::Result {
+        let i = &self.inner;
+        f.write_str(what)?;
         match (i.status, &i.code) {
             (Some(status), Some(code)) => write!(f, " (HTTP {}, {code})", status.as_u16())?,
             (Some(status), None) => write!(f, " (HTTP {})", status.as_u16())?,

@@ -1,6 +1,6 @@
 //! OAuth 2.0 token sources (RFC 6749): client credentials, refresh token with rotation,
-//! authorization code with PKCE, and token exchange (RFC 8693), tolerant of the quirks real
-//! authorization servers have.
+//! authorization code with PKCE, the device authorization grant, and token exchange (RFC 8693),
+//! tolerant of the quirks real authorization servers have.
 //!
 //! Every grant talks to its token endpoint through a [`TokenEndpoint`]: the endpoint URL
 //! (`https` required unless loopback), the client id, its authentication ([`ClientAuth`]) and
@@ -11,6 +11,7 @@
 //! | client credentials (§4.4) | [`ClientCredentials`] | a service acting as itself |
 //! | refresh token (§6) | [`RefreshTokenSource`] | rotation, a [`RefreshTokenStore`] hook, one refresh at a time |
 //! | authorization code + PKCE (§4.1, RFC 7636) | [`AuthorizationCode`], [`LoopbackRedirect`] | a user signs in; then a `RefreshTokenSource` |
+//! | device authorization (RFC 8628) | [`DeviceAuthorization`], [`DevicePrompt`] | a command-line tool: the user enters a code on another device; then a `RefreshTokenSource` |
 //! | token exchange (RFC 8693) | [`TokenExchange`] | a subject token from any source (a token file, another layer's cache) traded for a token for an audience or resource |
 //!
 //! Token responses are parsed leniently ([`TokenResponse`]): `expires_in` as a number or a
@@ -30,6 +31,7 @@ mod assertion;
 mod authorization_code;
 mod authorize;
 mod client_credentials;
+mod device;
 mod discovery;
 mod endpoint;
 mod error;
@@ -45,6 +47,7 @@ pub use assertion::{AssertionAudience, AssertionFuture, AssertionRequest, Assert
 pub use authorization_code::AuthorizationCode;
 pub use authorize::{AuthorizationRequest, AuthorizationResponse};
 pub use client_credentials::ClientCredentials;
+pub use device::{DeviceAuthorization, DevicePrompt};
 pub use discovery::{Discovery, ServerMetadata, WellKnown};
 pub use endpoint::{ClientAuth, ClientSecret, Confidential, TokenEndpoint, TokenEndpointBuilder};
 pub use error::{Error, ErrorCode, ErrorKind};

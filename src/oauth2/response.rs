@@ -215,6 +215,77 @@ pub(crate) fn parse_token_response(
     sent: &Redactions,
     requested_at: Option<Instant>,
 ) -> Result<TokenResponse, Error> {
+    let Fields {
+        mut values,
+        unreadable,
+    } = parse_fields(status, headers, body, sent)?;
+    let unreadable = |name: &str| unreadable.iter().any(|n| n == name);
+
+    // Only a JSON string (or a form value) is an access token. The cache refuses tokens that
+    // cannot be a header value itself, with a better message than this layer could give.
+    let access_token = match values.remove("access_token") {
+        None | Some(Value::Null) => {
+            return Err(Error::invalid_response(Some(status), "no access_token"))
+        }
+        Some(Value::String(_)) if unreadable("access_token") => {
+            return Err(Error::invalid_response(
+                Some(status),
+                "access_token is not a readable JSON value (such as a string with an unpaired \
+                 surrogate escape, a number out of range, or nesting too deep)",
+            ))
+        }
+        Some(Value::String(secret)) if secret.is_empty() => {
+            return Err(Error::invalid_response(
+                Some(status),
+                "access_token is empty",
+            ))
+        }
+        Some(Value::String(secret)) => AccessToken::new(secret),
+        Some(other) => {
+            return Err(Error::invalid_response(
+                Some(status),
+                format!("access_token is a JSON {}, not a string", json_type(&other)),
+            ))
+        }
+    };
+    let expires_in = seconds_field(&mut values, "expires_in", status, sent)?;
+
+    // Kept as sent whatever the case: RFC 6749 §5.1 makes it case-insensitive and the
+    // placement writes `Bearer` anyway. The other fields are optional, so a value of the wrong
+    // type, or one serde could not read, is dropped rather than failing a usable token.
+    let mut optional = |name: &str| match values.remove(name) {
+        Some(Value::String(text)) if !unreadable(name) => Some(text),
+        _ => None,
+    };
+    let token_type = optional("token_type");
+    let refresh_token = optional("refresh_token")
+        .filter(|secret| !secret.is_empty())
+        .map(RefreshToken::new);
+    let scope = optional("scope");
+    // Values serde could not read are not kept as extra fields either: their raw text is not
+    // what the server meant.
+    values.retain(|name, _| !unreadable(name));
+
+    Ok(TokenResponse {
+        access_token,
+        token_type,
+        expires_in,
+        refresh_token,
+        scope,
+        extra: ExtraFields(values),
+        requested_at,
+    })
+}
+
+/// Reads an answer as the fields of a JSON object or form, or the typed error it is: a
+/// redirect, an OAuth 2.0 `error` (even with HTTP 200), an HTTP error status, or a body that is
+/// neither. `sent` holds the credentials of the request, redacted from what the error keeps.
+pub(super) fn parse_fields(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+    sent: &Redactions,
+) -> Result<Fields, Error> {
     // A redirect is never followed (the credentials would go elsewhere) and its body, if any,
     // is a page for browsers.
     if status.is_redirection() {
@@ -249,19 +320,14 @@ pub(crate) fn parse_token_response(
         return Err(Error::http(status, hint(body, sent), retry_after(headers)));
     }
 
-    let Fields {
-        mut values,
-        unreadable,
-    } = match parsed {
-        Body::Fields(fields) => fields,
-        Body::NotObject => {
-            return Err(Error::invalid_response(
-                Some(status),
-                "the body is JSON but not an object",
-            ))
-        }
+    match parsed {
+        Body::Fields(fields) => Ok(fields),
+        Body::NotObject => Err(Error::invalid_response(
+            Some(status),
+            "the body is JSON but not an object",
+        )),
         Body::Unreadable if body.trim_ascii().is_empty() => {
-            return Err(Error::invalid_response(Some(status), "the body is empty"))
+            Err(Error::invalid_response(Some(status), "the body is empty"))
         }
         Body::Unreadable => {
             // What came instead, without a word of it: a 2xx body may hold a token.
@@ -272,88 +338,44 @@ pub(crate) fn parse_token_response(
                 ),
                 None => "no Content-Type".to_owned(),
             };
-            return Err(Error::invalid_response(
+            Err(Error::invalid_response(
                 Some(status),
                 format!(
                     "the body is neither a JSON object nor form data ({media_type}, {} bytes)",
                     body.len()
                 ),
-            ));
+            ))
         }
-    };
-    let unreadable = |name: &str| unreadable.iter().any(|n| n == name);
+    }
+}
 
-    // Only a JSON string (or a form value) is an access token. The cache refuses tokens that
-    // cannot be a header value itself, with a better message than this layer could give.
-    let access_token = match values.remove("access_token") {
-        None | Some(Value::Null) => {
-            return Err(Error::invalid_response(Some(status), "no access_token"))
-        }
-        Some(Value::String(_)) if unreadable("access_token") => {
-            return Err(Error::invalid_response(
+/// A field counting seconds (`expires_in`, RFC 8628's `interval`), as a number or a string
+/// (lenient as described at [`TokenResponse::expires_in`]); `None` if absent or `null`.
+pub(super) fn seconds_field(
+    values: &mut Map<String, Value>,
+    name: &str,
+    status: StatusCode,
+    sent: &Redactions,
+) -> Result<Option<Duration>, Error> {
+    let Some(value) = values.remove(name).filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    match lifetime(&value) {
+        Some(lifetime) => Ok(Some(lifetime)),
+        None => {
+            let text = match &value {
+                Value::String(text) => text.clone(),
+                other => other.to_string(),
+            };
+            Err(Error::invalid_response(
                 Some(status),
-                "access_token is not a readable JSON value (such as a string with an unpaired \
-                 surrogate escape, a number out of range, or nesting too deep)",
+                format!(
+                    "{name} is not a number: {}",
+                    shown(&sent.clean(&text), VALUE_BYTES)
+                ),
             ))
         }
-        Some(Value::String(secret)) if secret.is_empty() => {
-            return Err(Error::invalid_response(
-                Some(status),
-                "access_token is empty",
-            ))
-        }
-        Some(Value::String(secret)) => AccessToken::new(secret),
-        Some(other) => {
-            return Err(Error::invalid_response(
-                Some(status),
-                format!("access_token is a JSON {}, not a string", json_type(&other)),
-            ))
-        }
-    };
-    let expires_in = match values.remove("expires_in") {
-        None | Some(Value::Null) => None,
-        Some(value) => match lifetime(&value) {
-            Some(lifetime) => Some(lifetime),
-            None => {
-                let text = match &value {
-                    Value::String(text) => text.clone(),
-                    other => other.to_string(),
-                };
-                return Err(Error::invalid_response(
-                    Some(status),
-                    format!(
-                        "expires_in is not a number: {}",
-                        shown(&sent.clean(&text), VALUE_BYTES)
-                    ),
-                ));
-            }
-        },
-    };
-    // Kept as sent whatever the case: RFC 6749 §5.1 makes it case-insensitive and the
-    // placement writes `Bearer` anyway. The other fields are optional, so a value of the wrong
-    // type, or one serde could not read, is dropped rather than failing a usable token.
-    let mut optional = |name: &str| match values.remove(name) {
-        Some(Value::String(text)) if !unreadable(name) => Some(text),
-        _ => None,
-    };
-    let token_type = optional("token_type");
-    let refresh_token = optional("refresh_token")
-        .filter(|secret| !secret.is_empty())
-        .map(RefreshToken::new);
-    let scope = optional("scope");
-    // Values serde could not read are not kept as extra fields either: their raw text is not
-    // what the server meant.
-    values.retain(|name, _| !unreadable(name));
-
-    Ok(TokenResponse {
-        access_token,
-        token_type,
-        expires_in,
-        refresh_token,
-        scope,
-        extra: ExtraFields(values),
-        requested_at,
-    })
+    }
 }
 
 /// `Retry-After` as delta-seconds (HTTP-dates are ignored: clocks differ), capped at 1 hour.
@@ -379,12 +401,12 @@ enum Body {
 }
 
 /// The fields of a JSON object or of form data.
-struct Fields {
-    values: Map<String, Value>,
+pub(super) struct Fields {
+    pub(super) values: Map<String, Value>,
     /// Names whose JSON values serde could not read (a number beyond `f64` such as `1e400`, a
     /// string with an unpaired surrogate escape, nesting too deep). Their raw JSON text is in
     /// `values`, for `expires_in` and for error messages only: such a value is never a token.
-    unreadable: Vec<String>,
+    pub(super) unreadable: Vec<String>,
 }
 
 impl Fields {
@@ -488,7 +510,10 @@ fn parse_form(body: &[u8]) -> Map<String, Value> {
 }
 
 fn is_meaningful(form: &Map<String, Value>) -> bool {
-    form.contains_key("access_token") || form.contains_key("error")
+    // `device_code`: RFC 8628's device authorization response, read by the same parser.
+    form.contains_key("access_token")
+        || form.contains_key("error")
+        || form.contains_key("device_code")
 }
 
 fn json_type(value: &Value) -> &'static str {

@@ -165,6 +165,31 @@ if (DEV_INTERACTIONS) {
 }
 // ---- end of BROWSER LOGIN MODE ----------------------------------------------------------------
 
+// --- Device authorization grant (RFC 8628), for tests/device.rs ------------------------------
+// `/device/auth` issues user codes; the user enters one at `/device` (a form with an xsrf field,
+// then a confirmation with Continue or Abort), then goes through the same interaction as a
+// login. `device-cli` is a public client of the grant, with refresh tokens. DEVICE_CODE_TTL
+// (seconds, default 600) is the device code's lifetime. The server sends no `interval`, so
+// clients poll every 5 s, and it never answers `slow_down`.
+configuration.features.deviceFlow = { enabled: true };
+configuration.ttl.DeviceCode = intFromEnv('DEVICE_CODE_TTL', 600);
+clients.push({
+  client_id: 'device-cli',
+  token_endpoint_auth_method: 'none',
+  grant_types: ['urn:ietf:params:oauth:grant-type:device_code', 'refresh_token'],
+  response_types: [],
+  redirect_uris: [],
+});
+{
+  const issueRefreshTokenBefore = configuration.issueRefreshToken;
+  configuration.issueRefreshToken = async (ctx, client, code) => (
+    client.grantTypeAllowed('urn:ietf:params:oauth:grant-type:device_code')
+      ? client.grantTypeAllowed('refresh_token')
+      : issueRefreshTokenBefore(ctx, client, code)
+  );
+}
+// --- End of the device authorization grant ---------------------------------------------------
+
 const TLS = process.env.TLS_CERT
   ? {
     cert: readFileSync(process.env.TLS_CERT),

@@ -387,8 +387,8 @@ fn invalid_grant_needs_reauthorization() {
 
 #[test]
 fn unknown_code_is_other() {
-    let error = err(400, r#"{"error":"slow_down"}"#);
-    assert_eq!(error.code(), Some(&ErrorCode::Other("slow_down".into())));
+    let error = err(400, r#"{"error":"try_later"}"#);
+    assert_eq!(error.code(), Some(&ErrorCode::Other("try_later".into())));
     assert!(!error.is_retryable());
     let error = err(503, r#"{"error":"overloaded"}"#);
     assert!(error.is_retryable(), "an unknown code follows the status");
