@@ -535,8 +535,10 @@ async fn an_exchanged_token_is_not_kept_past_its_subject() {
         "{} of {rotations} subjects used",
         used.len()
     );
-    // About one exchange per subject, not one per request.
-    assert!(seen.count() <= rotations + 3, "{} exchanges", seen.count());
+    // About one exchange per subject, not one per request: at most two, when the exchange's
+    // refresh (randomly jittered) comes just before the subject's own and trades the old
+    // subject, whose little remaining life then brings one more exchange.
+    assert!(seen.count() <= 2 * rotations, "{} exchanges", seen.count());
 
     // Unless told otherwise.
     let token = TokenExchange::new(endpoint, subject)
