@@ -14,18 +14,17 @@ use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::StatusCode;
+use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_bearer::oauth2::{
-    AuthorizationCode, ClientAuth, ErrorCode, ErrorKind, LoopbackRedirect, RefreshTokenSource,
-    TokenEndpoint,
+    AuthorizationCode, ClientAuth, DeviceAuthorization, ErrorCode, ErrorKind, LoopbackRedirect,
+    RefreshTokenSource, TokenEndpoint,
 };
 use tower_bearer::{BearerAuthLayer, StaticToken, TokenSource};
 
-use support::oidc_peer::{http, Http, OidcPeer};
+use support::oidc_peer::{http, OidcPeer};
 use support::{get, within};
 
 const PEERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers");
@@ -239,58 +238,34 @@ async fn a_person_who_cancels_consent_sees_why_and_the_login_fails() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The device authorization grant (RFC 8628): its start and its polling are raw HTTP here until
-// the crate's device grant source lands; the browser's part does not change.
-// ---------------------------------------------------------------------------------------------
-
-async fn post_form(http: &Http, url: &str, form: &str) -> (StatusCode, Value) {
-    let request = Request::post(url)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(Full::new(Bytes::from(form.to_owned())))
-        .unwrap();
-    let response = http.request(request).await.unwrap();
-    let status = response.status();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    let json = serde_json::from_slice(&body)
-        .unwrap_or_else(|_| panic!("{status}: {}", String::from_utf8_lossy(&body)));
-    (status, json)
-}
-
-async fn poll_device_token(http: &Http, peer: &OidcPeer, device_code: &str) -> (StatusCode, Value) {
-    post_form(
-        http,
-        &peer.url("/token"),
-        &format!(
-            "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Adevice_code\
-             &client_id=browser-device&device_code={device_code}"
-        ),
-    )
-    .await
-}
+// The device authorization grant (RFC 8628) through the crate's `DeviceAuthorization`: the tool
+// shows the user code and verification URI and polls while the person, in a browser, types the
+// code on the verification page, signs in and consents.
 
 #[tokio::test]
 async fn a_person_approves_a_device_on_the_verification_page() {
     let _turn = one_browser_at_a_time().await;
     let peer = peer();
-    let http = http();
-    let (status, device) = post_form(
-        &http,
-        &peer.url("/device/auth"),
-        "client_id=browser-device&scope=openid",
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{device}");
-    let device_code = device["device_code"].as_str().unwrap();
-    let (status, pending) = poll_device_token(&http, &peer, device_code).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{pending}");
-    assert_eq!(pending["error"], "authorization_pending");
+    let endpoint = TokenEndpoint::builder(peer.url("/token"), "browser-device")
+        .auth(ClientAuth::None)
+        .build()
+        .unwrap();
+    let grant = DeviceAuthorization::new(endpoint, peer.url("/device/auth")).scope("openid");
+    let prompt = grant.start().await.unwrap();
+    assert!(
+        prompt.verification_uri().starts_with(&peer.url("/device")),
+        "{prompt:?}"
+    );
 
     // The person opens the verification URI the tool printed and types the code it showed.
-    let page = browse(
-        "device",
-        json!({ "url": device["verification_uri"], "userCode": device["user_code"] }),
-    )
-    .await;
+    let started = Instant::now();
+    let (tokens, page) = tokio::join!(
+        grant.wait(&prompt),
+        browse(
+            "device",
+            json!({ "url": prompt.verification_uri(), "userCode": prompt.user_code() }),
+        )
+    );
     assert_eq!(
         actions(&page),
         [
@@ -308,10 +283,11 @@ async fn a_person_approves_a_device_on_the_verification_page() {
         "{page:#}"
     );
 
-    let (status, tokens) = poll_device_token(&http, &peer, device_code).await;
-    assert_eq!(status, StatusCode::OK, "{tokens}");
-    let access_token = tokens["access_token"].as_str().unwrap();
-    let (status, body) = me(&peer, StaticToken::new(access_token)).await;
+    // The tool was polling all along (every 5 s: the server sends no `interval`) and has its
+    // tokens one poll after the person approved.
+    let tokens = tokens.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let (status, body) = me(&peer, StaticToken::from_token(tokens.into_token())).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(body.contains("\"sub\":\"test-user\""), "{body}");
 }
