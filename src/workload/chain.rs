@@ -211,8 +211,11 @@ enum Step {
     Skipped(String),
 }
 
+/// One source's look at the environment.
+type Try = fn(&Config) -> Result<Step, Error>;
+
 fn choose(config: &Config) -> Result<(Chosen, BoxSource), Error> {
-    let steps: [(Chosen, fn(&Config) -> Result<Step, Error>); 3] = [
+    let steps: [(Chosen, Try); 3] = [
         (Chosen::ClientCredentials, client_credentials),
         (Chosen::EntraWorkloadIdentity, entra),
         (Chosen::FederatedTokenFile, federated_file),
