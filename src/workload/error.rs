@@ -96,6 +96,7 @@ impl Error {
     }
 
     /// Names the file the error is about.
+    #[allow(dead_code)] // by the token file source
     pub(crate) fn at_path(self, path: &Path) -> Self {
         let path = path.to_path_buf();
         self.with(|inner| inner.path = Some(path))

@@ -32,9 +32,7 @@ impl Times {
     /// The lifetime the issuer gave the token (`exp - iat`), if it stated `iat`.
     pub(crate) fn lifetime(&self) -> Option<Duration> {
         let issued = self.issued?;
-        self.expires
-            .checked_sub(issued)
-            .map(Duration::from_secs)
+        self.expires.checked_sub(issued).map(Duration::from_secs)
     }
 }
 
@@ -63,8 +61,8 @@ pub(crate) fn times(jwt: &str) -> Result<Times, NotAJwt> {
     let payload = URL_SAFE_NO_PAD
         .decode(payload.trim_end_matches('='))
         .map_err(|_| NotAJwt("its payload is not base64url".into()))?;
-    let claims: serde_json::Value = serde_json::from_slice(&payload)
-        .map_err(|_| NotAJwt("its payload is not JSON".into()))?;
+    let claims: serde_json::Value =
+        serde_json::from_slice(&payload).map_err(|_| NotAJwt("its payload is not JSON".into()))?;
     let claims = claims
         .as_object()
         .ok_or_else(|| NotAJwt("its payload is not a JSON object".into()))?;
