@@ -29,17 +29,17 @@ use tokio::time::Instant;
 
 /// A request a fake received.
 #[derive(Clone, Debug)]
-pub struct Seen {
+pub(crate) struct Seen {
     /// When it arrived (Tokio's clock).
-    pub at: Instant,
+    pub(crate) at: Instant,
     /// Its path and query.
-    pub target: String,
-    pub headers: HeaderMap,
+    pub(crate) target: String,
+    pub(crate) headers: HeaderMap,
 }
 
 impl Seen {
     /// The decoded value of the query parameter `name`.
-    pub fn query(&self, name: &str) -> Option<String> {
+    pub(crate) fn query(&self, name: &str) -> Option<String> {
         query(&self.target, name)
     }
 }
@@ -48,7 +48,7 @@ type Handler = dyn Fn(&Parts) -> Response<Full<Bytes>> + Send + Sync;
 
 /// A fake service: its handler, and the requests it received.
 #[derive(Clone)]
-pub struct Fake {
+pub(crate) struct Fake {
     handler: Arc<Handler>,
     seen: Arc<Mutex<Vec<Seen>>>,
 }
@@ -74,12 +74,12 @@ impl Fake {
     }
 
     /// The requests received so far.
-    pub fn requests(&self) -> Vec<Seen> {
+    pub(crate) fn requests(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
 
     /// The fake as an HTTP client for a source's `transport(...)`.
-    pub fn transport(
+    pub(crate) fn transport(
         &self,
     ) -> impl tower::Service<
         Request<Full<Bytes>>,
@@ -98,7 +98,7 @@ impl Fake {
     }
 
     /// Serves the fake on 127.0.0.1, on a port the system picks; returns `http://127.0.0.1:PORT`.
-    pub async fn serve(&self) -> String {
+    pub(crate) async fn serve(&self) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let this = self.clone();
@@ -106,12 +106,11 @@ impl Fake {
             while let Ok((stream, _)) = listener.accept().await {
                 let this = this.clone();
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(
-                        move |req: Request<hyper::body::Incoming>| {
+                    let service =
+                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                             let (parts, _) = req.into_parts();
                             ready(Ok::<_, Infallible>(this.respond(&parts)))
-                        },
-                    );
+                        });
                     let io = hyper_util::rt::TokioIo::new(stream);
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(io, service)
@@ -127,19 +126,24 @@ impl Fake {
 // Pieces
 // ---------------------------------------------------------------------------------------------
 
-fn response(status: u16, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+fn response(
+    status: u16,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = StatusCode::from_u16(status).unwrap();
     for (name, value) in headers {
-        response
-            .headers_mut()
-            .append(*name, value.parse().unwrap());
+        response.headers_mut().append(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
     }
     response
 }
 
 /// The decoded value of the query parameter `name` in `target` (a path and query).
-pub fn query(target: &str, name: &str) -> Option<String> {
+pub(crate) fn query(target: &str, name: &str) -> Option<String> {
     let (_, query) = target.split_once('?')?;
     form_urlencoded::parse(query.as_bytes())
         .find(|(n, _)| n == name)
@@ -158,11 +162,13 @@ fn unix_now() -> u64 {
 }
 
 fn base64url(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
         for i in 0..=chunk.len() {
             out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
         }
@@ -172,7 +178,7 @@ fn base64url(bytes: &[u8]) -> String {
 
 /// An unsigned-looking JWT (the signature is not one: the sources never verify it) with these
 /// claims; `exp` and `iat` are added from `lifetime` on the system clock.
-pub fn jwt(claims: serde_json::Value, lifetime: Duration) -> String {
+pub(crate) fn jwt(claims: serde_json::Value, lifetime: Duration) -> String {
     let mut claims = claims;
     let now = unix_now();
     claims["iat"] = now.into();
@@ -185,7 +191,7 @@ pub fn jwt(claims: serde_json::Value, lifetime: Duration) -> String {
 }
 
 /// The claims of a JWT made by [`jwt`] (or any compact JWT).
-pub fn claims(jwt: &str) -> serde_json::Value {
+pub(crate) fn claims(jwt: &str) -> serde_json::Value {
     let payload = jwt.split('.').nth(1).unwrap();
     let mut bytes = Vec::new();
     let mut acc = 0u32;
@@ -224,8 +230,8 @@ pub fn claims(jwt: &str) -> serde_json::Value {
 
 /// The GCP fake's settings and what it did.
 #[derive(Clone)]
-pub struct Gcp {
-    pub fake: Fake,
+pub(crate) struct Gcp {
+    pub(crate) fake: Fake,
     state: Arc<Mutex<GcpState>>,
 }
 
@@ -240,7 +246,7 @@ struct GcpState {
 impl Gcp {
     /// Access tokens living `lifetime`, handed out again until the last `window` of their life
     /// (Google documents 5 minutes), for the accounts `default` and `sa@p.iam.gserviceaccount.com`.
-    pub fn new(lifetime: Duration, window: Duration) -> Self {
+    pub(crate) fn new(lifetime: Duration, window: Duration) -> Self {
         let state = Arc::new(Mutex::new(GcpState {
             lifetime,
             window,
@@ -253,7 +259,7 @@ impl Gcp {
     }
 
     /// How many distinct access tokens it issued.
-    pub fn issued(&self) -> usize {
+    pub(crate) fn issued(&self) -> usize {
         self.state.lock().unwrap().issued
     }
 }
@@ -306,7 +312,11 @@ fn gcp(state: &Mutex<GcpState>, parts: &Parts) -> Response<Full<Bytes>> {
                 "expires_in": (expires - now).as_secs(),
                 "token_type": "Bearer",
             });
-            response(200, &[FLAVOR, ("content-type", "application/json")], body.to_string())
+            response(
+                200,
+                &[FLAVOR, ("content-type", "application/json")],
+                body.to_string(),
+            )
         }
         "identity" => {
             let Some(audience) = query(target, "audience").filter(|a| !a.is_empty()) else {
@@ -340,18 +350,18 @@ fn gcp(state: &Mutex<GcpState>, parts: &Parts) -> Response<Full<Bytes>> {
 // through updates ("available within 70 seconds"), 429 throttled, 5xx transient.
 
 /// One scripted answer before the tokens: a status and an optional `Retry-After`.
-pub type Scripted = (u16, Option<u64>);
+pub(crate) type Scripted = (u16, Option<u64>);
 
 /// The IMDS fake.
 #[derive(Clone)]
-pub struct Imds {
-    pub fake: Fake,
+pub(crate) struct Imds {
+    pub(crate) fake: Fake,
     script: Arc<Mutex<VecDeque<Scripted>>>,
 }
 
 impl Imds {
     /// Answers the `script`ed errors first, one per request, then tokens living 24 hours.
-    pub fn new(script: impl IntoIterator<Item = Scripted>) -> Self {
+    pub(crate) fn new(script: impl IntoIterator<Item = Scripted>) -> Self {
         let script = Arc::new(Mutex::new(script.into_iter().collect::<VecDeque<_>>()));
         let shared = script.clone();
         let issued = Arc::new(Mutex::new(0usize));
@@ -386,10 +396,18 @@ fn imds(
         );
     }
     if query(target, "api-version").as_deref() != Some("2018-02-01") {
-        return json(400, &[], serde_json::json!({"error": "invalid_request", "error_description": "Invalid api-version"}));
+        return json(
+            400,
+            &[],
+            serde_json::json!({"error": "invalid_request", "error_description": "Invalid api-version"}),
+        );
     }
     let Some(resource) = query(target, "resource").filter(|r| !r.is_empty()) else {
-        return json(400, &[], serde_json::json!({"error": "invalid_request", "error_description": "Required audience parameter not specified"}));
+        return json(
+            400,
+            &[],
+            serde_json::json!({"error": "invalid_request", "error_description": "Required audience parameter not specified"}),
+        );
     };
     if let Some((status, retry_after)) = script.lock().unwrap().pop_front() {
         let after = retry_after.map(|s| s.to_string());
@@ -439,12 +457,16 @@ fn imds(
 // `client_id`.
 
 /// The App Service fake, at path `/msi/token`, expecting `header` as the identity header.
-pub fn app_service(header_value: &'static str) -> Fake {
+pub(crate) fn app_service(header_value: &'static str) -> Fake {
     let issued = Arc::new(Mutex::new(0usize));
     Fake::new(move |parts| {
         let target = parts.uri.path_and_query().map_or("", |p| p.as_str());
         if parts.uri.path() != "/msi/token" {
-            return json(404, &[], serde_json::json!({"statusCode": 404, "message": "Not found"}));
+            return json(
+                404,
+                &[],
+                serde_json::json!({"statusCode": 404, "message": "Not found"}),
+            );
         }
         if header(parts, "x-identity-header") != Some(header_value) {
             return json(
@@ -454,10 +476,18 @@ pub fn app_service(header_value: &'static str) -> Fake {
             );
         }
         if query(target, "api-version").as_deref() != Some("2019-08-01") {
-            return json(400, &[], serde_json::json!({"statusCode": 400, "message": "Invalid api-version"}));
+            return json(
+                400,
+                &[],
+                serde_json::json!({"statusCode": 400, "message": "Invalid api-version"}),
+            );
         }
         let Some(resource) = query(target, "resource").filter(|r| !r.is_empty()) else {
-            return json(400, &[], serde_json::json!({"statusCode": 400, "message": "resource is required"}));
+            return json(
+                400,
+                &[],
+                serde_json::json!({"statusCode": 400, "message": "resource is required"}),
+            );
         };
         let mut issued = issued.lock().unwrap();
         *issued += 1;
@@ -490,18 +520,23 @@ pub fn app_service(header_value: &'static str) -> Fake {
 
 /// The GitHub fake, at `/idtoken?api-version=2.0`, expecting `request_token`; its JWTs live
 /// `lifetime`.
-pub fn github(request_token: &'static str, lifetime: Duration) -> Fake {
+pub(crate) fn github(request_token: &'static str, lifetime: Duration) -> Fake {
     Fake::new(move |parts| {
         let target = parts.uri.path_and_query().map_or("", |p| p.as_str());
         let expected = format!("Bearer {request_token}");
         if header(parts, "authorization") != Some(expected.as_str()) {
             return json(401, &[], serde_json::json!({"message": "Bad credentials"}));
         }
-        if parts.uri.path() != "/idtoken" || query(target, "api-version").as_deref() != Some("2.0") {
+        if parts.uri.path() != "/idtoken" || query(target, "api-version").as_deref() != Some("2.0")
+        {
             return json(404, &[], serde_json::json!({"message": "Not Found"}));
         }
         let Some(audience) = query(target, "audience").filter(|a| !a.is_empty()) else {
-            return json(400, &[], serde_json::json!({"message": "audience is required"}));
+            return json(
+                400,
+                &[],
+                serde_json::json!({"message": "audience is required"}),
+            );
         };
         let claims = serde_json::json!({
             "iss": "https://token.actions.githubusercontent.com",
@@ -510,6 +545,10 @@ pub fn github(request_token: &'static str, lifetime: Duration) -> Fake {
             "repository": "octo-org/octo-repo",
             "job_workflow_ref": "octo-org/octo-repo/.github/workflows/ci.yml@refs/heads/main",
         });
-        json(200, &[], serde_json::json!({"count": 1, "value": jwt(claims, lifetime)}))
+        json(
+            200,
+            &[],
+            serde_json::json!({"count": 1, "value": jwt(claims, lifetime)}),
+        )
     })
 }
