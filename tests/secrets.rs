@@ -823,9 +823,15 @@ fn workload_sources_keep_their_secrets() {
     assert!(secrets.len() >= 6, "{secrets:?}");
     assert!(rendered.0.len() > 20, "{}", rendered.0.len());
     for secret in &secrets {
-        assert!(!log.contains(secret.as_str()), "the log shows a secret:\n{log}");
+        assert!(
+            !log.contains(secret.as_str()),
+            "the log shows a secret:\n{log}"
+        );
         for (label, text) in &rendered.0 {
-            assert!(!text.contains(secret.as_str()), "{label} shows a secret: {text}");
+            assert!(
+                !text.contains(secret.as_str()),
+                "{label} shows a secret: {text}"
+            );
         }
     }
 }
@@ -860,7 +866,7 @@ async fn workload_flow() -> (Rendered, Vec<String>) {
     let token = source.request_token_for(&key).await.unwrap();
     secrets.push(token.access_token().secret().to_owned());
     out.debug("GCP Token", &token);
-    let mut layered = tower_bearer::BearerAuth::new(api.clone(), source);
+    let mut layered = tower_bearer::BearerAuth::new(api, source);
     let response = layered.ready().await.unwrap().call(get()).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let nobody = GcpMetadata::builder()
@@ -868,8 +874,14 @@ async fn workload_flow() -> (Rendered, Vec<String>) {
         .transport(gcp.fake.transport())
         .build()
         .unwrap();
-    let mut failing = tower_bearer::BearerAuth::new(api.clone(), nobody);
-    let error = failing.ready().await.unwrap().call(get()).await.unwrap_err();
+    let mut failing = tower_bearer::BearerAuth::new(api, nobody);
+    let error = failing
+        .ready()
+        .await
+        .unwrap()
+        .call(get())
+        .await
+        .unwrap_err();
     out.boxed("GCP layer error", &error);
 
     // Azure IMDS with a retry, and App Service with its header right, then wrong.
@@ -893,12 +905,15 @@ async fn workload_flow() -> (Rendered, Vec<String>) {
     out.debug("AzureManagedIdentity", &source);
     let token = source.request_token_for(&key).await.unwrap();
     secrets.push(token.access_token().secret().to_owned());
-    let mut layered = tower_bearer::BearerAuth::new(api.clone(), source);
+    let mut layered = tower_bearer::BearerAuth::new(api, source);
     let response = layered.ready().await.unwrap().call(get()).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     // A hostile endpoint echoing the header it got: the error cuts it out.
     let echo = service_fn(|req: Request<Full<Bytes>>| {
-        let header = req.headers()["x-identity-header"].to_str().unwrap().to_owned();
+        let header = req.headers()["x-identity-header"]
+            .to_str()
+            .unwrap()
+            .to_owned();
         let mut response = Response::new(Full::new(Bytes::from(format!(
             r#"{{"statusCode":400,"message":"bad header {header}"}}"#
         ))));
@@ -911,10 +926,20 @@ async fn workload_flow() -> (Rendered, Vec<String>) {
         .transport(echo)
         .build()
         .unwrap();
-    let mut failing = tower_bearer::BearerAuth::new(api.clone(), echoing);
-    let error = failing.ready().await.unwrap().call(get()).await.unwrap_err();
+    let mut failing = tower_bearer::BearerAuth::new(api, echoing);
+    let error = failing
+        .ready()
+        .await
+        .unwrap()
+        .call(get())
+        .await
+        .unwrap_err();
     let error = out.boxed("App Service layer error", &error);
-    assert!(chain(&error).contains("bad header <redacted>"), "{}", chain(&error));
+    assert!(
+        chain(&error).contains("bad header <redacted>"),
+        "{}",
+        chain(&error)
+    );
 
     // GitHub: a JWT, as a token and as a client assertion; a wrong request token.
     let github = metadata::github(REQUEST_SECRET, Duration::from_secs(300));
@@ -929,7 +954,7 @@ async fn workload_flow() -> (Rendered, Vec<String>) {
     let token = source.request_token_for(&key).await.unwrap();
     secrets.push(token.access_token().secret().to_owned());
     out.debug("GitHub Token", &token);
-    let mut layered = tower_bearer::BearerAuth::new(api.clone(), source);
+    let mut layered = tower_bearer::BearerAuth::new(api, source);
     let response = layered.ready().await.unwrap().call(get()).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let wrong = GitHubActionsOidc::builder()

@@ -461,7 +461,7 @@ async fn azure_honours_retry_after_and_leaves_a_long_one_to_the_cache() {
     let (result, at) = retried(vec![(429, Some(5)), (503, Some(1))]).await;
     assert!(result.is_ok());
     // 5 s instead of 0.8 s; then the schedule's 1.6 s, longer than the 1 s asked.
-    assert_eq!(at, [0 * MS, 5000 * MS, 6600 * MS]);
+    assert_eq!(at, [Duration::ZERO, 5000 * MS, 6600 * MS]);
     let (result, at) = retried(vec![(429, Some(120))]).await;
     let err = result.unwrap_err();
     assert_eq!(at, [Duration::ZERO]);

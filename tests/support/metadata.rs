@@ -46,6 +46,9 @@ impl Seen {
 
 type Handler = dyn Fn(&Parts) -> Response<Full<Bytes>> + Send + Sync;
 
+/// A fake's answer, ready at once.
+pub(crate) type Answer = Ready<Result<Response<Full<Bytes>>, Infallible>>;
+
 /// A fake service: its handler, and the requests it received.
 #[derive(Clone)]
 pub(crate) struct Fake {
@@ -85,7 +88,7 @@ impl Fake {
         Request<Full<Bytes>>,
         Response = Response<Full<Bytes>>,
         Error = Infallible,
-        Future = Ready<Result<Response<Full<Bytes>>, Infallible>>,
+        Future = Answer,
     > + Clone
            + Send
            + Sync
