@@ -679,3 +679,55 @@ async fn github_token_as_a_federated_client_assertion() {
         "the JWT was reused for the second request"
     );
 }
+
+/// App Service retries `429` and `5xx` on the same schedule, but a `404` is a refusal there.
+#[tokio::test(start_paused = true)]
+async fn azure_app_service_retries_throttling_and_server_errors_only() {
+    for (first, retried) in [(503, true), (429, true), (404, false)] {
+        let fake = metadata::app_service("h3ad3r");
+        let answers = Arc::new(Mutex::new(0usize));
+        let inner = fake.transport();
+        let counted = answers.clone();
+        // The endpoint answers `first` once, then as the document says.
+        let transport = service_fn(move |req: Request<Full<Bytes>>| {
+            let mut n = counted.lock().unwrap();
+            *n += 1;
+            let scripted = (*n == 1).then(|| {
+                let mut response = Response::new(Full::new(Bytes::from_static(
+                    br#"{"statusCode":503,"message":"try later"}"#,
+                )));
+                *response.status_mut() = StatusCode::from_u16(first).unwrap();
+                response
+            });
+            let inner = inner.clone();
+            async move {
+                match scripted {
+                    Some(response) => Ok::<_, Infallible>(response),
+                    None => inner.oneshot(req).await,
+                }
+            }
+        });
+        let source = AzureManagedIdentity::builder()
+            .app_service("http://127.0.0.1:9/msi/token", "h3ad3r")
+            .resource("https://vault.azure.net")
+            .transport(transport)
+            .build()
+            .unwrap();
+        let start = Instant::now();
+        let result = source.request_token_for(&TokenKey::default()).await;
+        assert_eq!(result.is_ok(), retried, "{first}: {result:?}");
+        let at: Vec<Duration> = fake.requests().iter().map(|s| s.at - start).collect();
+        if retried {
+            assert_eq!(at, [800 * MS], "{first}");
+            assert_eq!(*answers.lock().unwrap(), 2);
+        } else {
+            assert_eq!(*answers.lock().unwrap(), 1, "a 404 is not retried");
+            let err = result.unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with("the Azure App Service identity endpoint answered HTTP 404"),
+                "{err}"
+            );
+        }
+    }
+}
