@@ -147,6 +147,7 @@ pub struct Token {
     expiry: Option<Expiry>,
     refresh_token: Option<RefreshToken>,
     scope: Option<Box<str>>,
+    renewal_window: Option<Duration>,
     extensions: http::Extensions,
 }
 
@@ -160,6 +161,7 @@ impl Token {
             expiry: None,
             refresh_token: None,
             scope: None,
+            renewal_window: None,
             extensions: http::Extensions::new(),
         }
     }
@@ -193,6 +195,36 @@ impl Token {
     pub fn with_scope(mut self, scope: impl Into<String>) -> Self {
         self.scope = Some(scope.into().into_boxed_str());
         self
+    }
+
+    /// Says that the issuer hands out a new token only in the last `window` of this one's
+    /// life: asked earlier, it answers with this same token. A token cache then does not
+    /// refresh this token before its stated expiry minus `window`, but still before its usable
+    /// end, early enough for the slowest recent fetch, so that requests never wait for it.
+    ///
+    /// The GCP metadata server is such an issuer: it keeps serving a cached access token until
+    /// its last minutes (`workload::GcpMetadata` states this window on its tokens).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_bearer::Token;
+    ///
+    /// let token = Token::new("t0k3n")
+    ///     .with_expires_in(Duration::from_secs(3600))
+    ///     .with_renewal_window(Duration::from_secs(240));
+    /// assert_eq!(token.renewal_window(), Some(Duration::from_secs(240)));
+    /// ```
+    ///
+    /// Default: none; the cache plans the refresh from the lifetime alone.
+    pub fn with_renewal_window(mut self, window: Duration) -> Self {
+        self.renewal_window = Some(window);
+        self
+    }
+
+    /// The window at the end of this token's life in which its issuer hands out a new one, if
+    /// the source stated it ([`with_renewal_window`](Self::with_renewal_window)).
+    pub fn renewal_window(&self) -> Option<Duration> {
+        self.renewal_window
     }
 
     /// Attaches a value of any type, such as fields of the token response that this crate does
@@ -241,6 +273,7 @@ impl fmt::Debug for Token {
             .field("expiry", &self.expiry)
             .field("refresh_token", &self.refresh_token)
             .field("scope", &self.scope)
+            .field("renewal_window", &self.renewal_window)
             .finish()
     }
 }

@@ -242,3 +242,38 @@ async fn sparse_traffic_never_waits_for_a_refresh() {
         endpoint.fetched().len()
     );
 }
+
+/// An issuer that hands out a new token only in the last 4 minutes of the current one's life
+/// (`Token::with_renewal_window`): the refresh waits for that window, however early the
+/// configured refresh-ahead would start it, and still no request waits.
+#[tokio::test(start_paused = true)]
+async fn a_renewal_window_holds_the_refresh_until_the_issuer_renews() {
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let kept = sent.clone();
+    let start = Instant::now();
+    let source = source_fn(move |_: TokenRequest| {
+        let kept = kept.clone();
+        async move {
+            kept.lock().unwrap().push(Instant::now() - start);
+            tokio::time::sleep(2 * SECOND).await;
+            let n = kept.lock().unwrap().len();
+            Ok::<_, Infallible>(
+                Token::new(format!("tok-{n}"))
+                    .with_expires_in(3600 * SECOND)
+                    .with_renewal_window(240 * SECOND),
+            )
+        }
+    });
+    // Without the window, a fixed 600 s window would refresh at 2970 s.
+    let cache = TokenCache::builder(source)
+        .refresh_ahead(600 * SECOND)
+        .jitter(0.0)
+        .build();
+    let waits = steady(&cache, 5 * SECOND, 2 * 3600 / 5).await;
+    assert_eq!(waits, 0);
+    // One fetch per token, each 240 s before the stated expiry of the one before.
+    assert_eq!(
+        *sent.lock().unwrap(),
+        [Duration::ZERO, 3360 * SECOND, 6720 * SECOND]
+    );
+}

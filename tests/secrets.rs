@@ -953,3 +953,181 @@ async fn flow() -> (Rendered, Vec<String>) {
     }
     (out, secrets)
 }
+
+// ---------------------------------------------------------------------------------------------
+// Workload identity sources: the App Service identity header, the GitHub Actions request token
+// and the tokens the services hand out
+// ---------------------------------------------------------------------------------------------
+
+const IDENTITY_SECRET: &str = "idh-SECRET-7";
+const REQUEST_SECRET: &str = "rqt-SECRET-8";
+
+#[test]
+fn workload_sources_keep_their_secrets() {
+    let log = Log::default();
+    let subscriber = log.subscriber(tracing::Level::TRACE, FmtSpan::FULL);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let guard = tracing::subscriber::set_default(subscriber);
+    let (rendered, secrets) = runtime.block_on(within(
+        Duration::from_secs(30),
+        "the workload flow",
+        workload_flow(),
+    ));
+    drop(runtime);
+    drop(guard);
+    let log = log.text();
+    for expected in ["fetching a token", "token fetched", "token fetch failed"] {
+        assert!(log.contains(expected), "the log lacks {expected:?}:\n{log}");
+    }
+    assert!(secrets.len() >= 6, "{secrets:?}");
+    assert!(rendered.0.len() > 20, "{}", rendered.0.len());
+    for secret in &secrets {
+        assert!(
+            !log.contains(secret.as_str()),
+            "the log shows a secret:\n{log}"
+        );
+        for (label, text) in &rendered.0 {
+            assert!(
+                !text.contains(secret.as_str()),
+                "{label} shows a secret: {text}"
+            );
+        }
+    }
+}
+
+/// Each source fetches through a layer and fails once; returns what was rendered, and the
+/// secrets: the two configured ones and every token handed out.
+async fn workload_flow() -> (Rendered, Vec<String>) {
+    use support::metadata::{self, Gcp, Imds};
+    use tower_bearer::workload::{AzureManagedIdentity, GcpMetadata, GitHubActionsOidc};
+    use tower_bearer::TokenKey;
+
+    let mut out = Rendered::default();
+    let mut secrets = vec![IDENTITY_SECRET.to_owned(), REQUEST_SECRET.to_owned()];
+    let api = service_fn(|req: Request<Full<Bytes>>| {
+        let ok = req.headers().contains_key(AUTHORIZATION);
+        let mut response = Response::new(Full::<Bytes>::default());
+        if !ok {
+            *response.status_mut() = StatusCode::UNAUTHORIZED;
+        }
+        std::future::ready(Ok::<_, Infallible>(response))
+    });
+    let key = TokenKey::default();
+
+    // GCP: a token through the layer, and a refusal for an unknown account.
+    let gcp = Gcp::new(Duration::from_secs(3600), Duration::from_secs(300));
+    let source = GcpMetadata::builder()
+        .transport(gcp.fake.transport())
+        .build()
+        .unwrap();
+    out.debug("GcpMetadata", &source);
+    out.debug("GcpMetadataBuilder", &GcpMetadata::builder());
+    let token = source.request_token_for(&key).await.unwrap();
+    secrets.push(token.access_token().secret().to_owned());
+    out.debug("GCP Token", &token);
+    let mut layered = tower_bearer::BearerAuth::new(api, source);
+    let response = layered.ready().await.unwrap().call(get()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let nobody = GcpMetadata::builder()
+        .account("nobody")
+        .transport(gcp.fake.transport())
+        .build()
+        .unwrap();
+    let mut failing = tower_bearer::BearerAuth::new(api, nobody);
+    let error = failing
+        .ready()
+        .await
+        .unwrap()
+        .call(get())
+        .await
+        .unwrap_err();
+    out.boxed("GCP layer error", &error);
+
+    // Azure IMDS with a retry, and App Service with its header right, then wrong.
+    let imds = Imds::new([(429, None)]);
+    let source = AzureManagedIdentity::builder()
+        .resource("https://vault.azure.net")
+        .retry_delay(Duration::from_millis(1))
+        .transport(imds.fake.transport())
+        .build()
+        .unwrap();
+    let token = source.request_token_for(&key).await.unwrap();
+    secrets.push(token.access_token().secret().to_owned());
+    out.debug("IMDS Token", &token);
+    let app = metadata::app_service(IDENTITY_SECRET);
+    let builder = AzureManagedIdentity::builder()
+        .app_service("http://127.0.0.1:9/msi/token", IDENTITY_SECRET)
+        .resource("https://vault.azure.net")
+        .transport(app.transport());
+    out.debug("AzureManagedIdentityBuilder", &builder);
+    let source = builder.build().unwrap();
+    out.debug("AzureManagedIdentity", &source);
+    let token = source.request_token_for(&key).await.unwrap();
+    secrets.push(token.access_token().secret().to_owned());
+    let mut layered = tower_bearer::BearerAuth::new(api, source);
+    let response = layered.ready().await.unwrap().call(get()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    // A hostile endpoint echoing the header it got: the error cuts it out.
+    let echo = service_fn(|req: Request<Full<Bytes>>| {
+        let header = req.headers()["x-identity-header"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let mut response = Response::new(Full::new(Bytes::from(format!(
+            r#"{{"statusCode":400,"message":"bad header {header}"}}"#
+        ))));
+        *response.status_mut() = StatusCode::BAD_REQUEST;
+        std::future::ready(Ok::<_, Infallible>(response))
+    });
+    let echoing = AzureManagedIdentity::builder()
+        .app_service("http://127.0.0.1:9/msi/token", IDENTITY_SECRET)
+        .resource("https://vault.azure.net")
+        .transport(echo)
+        .build()
+        .unwrap();
+    let mut failing = tower_bearer::BearerAuth::new(api, echoing);
+    let error = failing
+        .ready()
+        .await
+        .unwrap()
+        .call(get())
+        .await
+        .unwrap_err();
+    let error = out.boxed("App Service layer error", &error);
+    assert!(
+        chain(&error).contains("bad header <redacted>"),
+        "{}",
+        chain(&error)
+    );
+
+    // GitHub: a JWT, as a token and as a client assertion; a wrong request token.
+    let github = metadata::github(REQUEST_SECRET, Duration::from_secs(300));
+    let builder = GitHubActionsOidc::builder()
+        .request_url("http://127.0.0.1:9/idtoken?api-version=2.0")
+        .request_token(REQUEST_SECRET)
+        .audience("api://AzureADTokenExchange")
+        .transport(github.transport());
+    out.debug("GitHubActionsOidcBuilder", &builder);
+    let source = builder.build().unwrap();
+    out.debug("GitHubActionsOidc", &source);
+    let token = source.request_token_for(&key).await.unwrap();
+    secrets.push(token.access_token().secret().to_owned());
+    out.debug("GitHub Token", &token);
+    let mut layered = tower_bearer::BearerAuth::new(api, source);
+    let response = layered.ready().await.unwrap().call(get()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let wrong = GitHubActionsOidc::builder()
+        .request_url("http://127.0.0.1:9/idtoken?api-version=2.0")
+        .request_token("rqt-SECRET-wrong")
+        .audience("a")
+        .transport(github.transport())
+        .build()
+        .unwrap();
+    secrets.push("rqt-SECRET-wrong".to_owned());
+    let error = wrong.request_token_for(&key).await.unwrap_err();
+    out.error("GitHub error", &error);
+    (out, secrets)
+}

@@ -259,7 +259,15 @@ impl Shared {
             usable_for,
             expires_at,
             refresh_at,
-        } = plan(config, lifetime, sent_at, now, latency_high, random_unit());
+        } = plan(
+            config,
+            lifetime,
+            token.renewal_window(),
+            sent_at,
+            now,
+            latency_high,
+            random_unit(),
+        );
 
         let phase = if now >= expires_at {
             EXPIRED

@@ -72,11 +72,14 @@ pub(super) struct Plan {
 }
 
 /// Plans the timeline of a token whose request was sent at `sent_at` and answered at `arrived`,
-/// stating `lifetime` (counted from `sent_at`, already capped). `latency_high` is the slowest
-/// recent fetch, this one included; `random` is in `[0, 1)` and draws the jitter.
+/// stating `lifetime` (counted from `sent_at`, already capped) and, if its issuer hands out a new
+/// token only near the end of this one's life, that `renewal_window`
+/// ([`Token::with_renewal_window`](crate::Token::with_renewal_window)). `latency_high` is the
+/// slowest recent fetch, this one included; `random` is in `[0, 1)` and draws the jitter.
 pub(super) fn plan(
     config: &Config,
     lifetime: Duration,
+    renewal_window: Option<Duration>,
     sent_at: Instant,
     arrived: Instant,
     latency_high: Duration,
@@ -118,10 +121,20 @@ pub(super) fn plan(
     };
     let expires_at = sent_at + usable_for;
     // Not refreshed before the floor either: lifetimes cause one fetch per floor at most.
-    let refresh_at = expires_at
+    let mut refresh_at = expires_at
         .checked_sub(margin)
         .unwrap_or(sent_at)
         .max(sent_at + floor);
+    if let Some(window) = renewal_window {
+        // Asked before the window opens, the issuer answers with this same token: a wasted
+        // fetch, and a copy planned as if it were new. The refresh waits for the window, but
+        // starts early enough that the slowest recent fetch still ends before the usable end.
+        let opens = (sent_at + lifetime).checked_sub(window).unwrap_or(sent_at);
+        let latest = expires_at
+            .checked_sub(latency_high.saturating_mul(LATENCY_MULTIPLE).max(MIN_SKEW))
+            .unwrap_or(sent_at);
+        refresh_at = refresh_at.max(opens.min(latest));
+    }
     Plan {
         usable_for,
         expires_at,
@@ -149,7 +162,7 @@ mod tests {
     fn used(config: &Config, lifetime: Duration, latency: Duration, random: f64) -> f64 {
         let sent = Instant::now();
         let arrived = sent + latency;
-        let plan = plan(config, lifetime, sent, arrived, latency, random);
+        let plan = plan(config, lifetime, None, sent, arrived, latency, random);
         let replaced = plan.refresh_at + latency;
         assert!(
             replaced <= plan.expires_at,
@@ -208,14 +221,14 @@ mod tests {
             (600 * SECOND, 30 * SECOND),
             (3600 * SECOND, 30 * SECOND),
         ] {
-            let plan = plan(&config, lifetime, sent, sent, Duration::ZERO, 0.0);
+            let plan = plan(&config, lifetime, None, sent, sent, Duration::ZERO, 0.0);
             assert_eq!(plan.usable_for, lifetime - skew, "{lifetime:?}");
         }
         let set = Config {
             expiry_skew: Some(2 * SECOND),
             ..adaptive()
         };
-        let plan = plan(&set, 5 * SECOND, sent, sent, Duration::ZERO, 0.0);
+        let plan = plan(&set, 5 * SECOND, None, sent, sent, Duration::ZERO, 0.0);
         assert_eq!(
             plan.usable_for,
             3750 * MS,
@@ -231,10 +244,10 @@ mod tests {
             ..Config::default()
         };
         let sent = Instant::now();
-        let long = plan(&config, 300 * SECOND, sent, sent, Duration::ZERO, 0.0);
+        let long = plan(&config, 300 * SECOND, None, sent, sent, Duration::ZERO, 0.0);
         assert_eq!(long.usable_for, 270 * SECOND);
         assert_eq!(long.refresh_at - sent, 135 * SECOND);
-        let short = plan(&config, 5 * SECOND, sent, sent, Duration::ZERO, 0.0);
+        let short = plan(&config, 5 * SECOND, None, sent, sent, Duration::ZERO, 0.0);
         assert_eq!(
             short.usable_for,
             3750 * MS,
@@ -247,8 +260,16 @@ mod tests {
         let config = adaptive();
         let sent = Instant::now();
         let lifetime = 60 * SECOND;
-        let fast = plan(&config, lifetime, sent, sent + 10 * MS, 10 * MS, 0.0);
-        let slow = plan(&config, lifetime, sent, sent + 10 * MS, 2 * SECOND, 0.0);
+        let fast = plan(&config, lifetime, None, sent, sent + 10 * MS, 10 * MS, 0.0);
+        let slow = plan(
+            &config,
+            lifetime,
+            None,
+            sent,
+            sent + 10 * MS,
+            2 * SECOND,
+            0.0,
+        );
         assert_eq!(fast.expires_at, slow.expires_at);
         assert_eq!(slow.expires_at - slow.refresh_at, 6 * SECOND);
         assert!(fast.expires_at - fast.refresh_at < 3 * SECOND, "{fast:?}");
@@ -259,7 +280,7 @@ mod tests {
         let config = adaptive();
         let sent = Instant::now();
         let arrived = sent + 7 * SECOND;
-        let plan = plan(&config, 10 * SECOND, sent, arrived, 7 * SECOND, 0.0);
+        let plan = plan(&config, 10 * SECOND, None, sent, arrived, 7 * SECOND, 0.0);
         // Usable until 9 s: 2 s of usable life, a fifth of it used before refreshing.
         assert_eq!(plan.refresh_at - arrived, 400 * MS);
     }
@@ -272,9 +293,113 @@ mod tests {
                 ..Config::default()
             };
             let sent = Instant::now();
-            let plan = plan(&config, Duration::ZERO, sent, sent, Duration::ZERO, 0.5);
+            let plan = plan(
+                &config,
+                Duration::ZERO,
+                None,
+                sent,
+                sent,
+                Duration::ZERO,
+                0.5,
+            );
             assert_eq!(plan.usable_for, SECOND);
             assert_eq!(plan.refresh_at, sent + SECOND);
+        }
+    }
+
+    #[test]
+    fn a_renewal_window_holds_the_refresh_back_until_it_opens() {
+        // The 0.x timeline refreshes a one-hour token 300 s before its usable end: 330 s before
+        // its stated expiry, before an issuer with a 240 s window has a new token.
+        let fixed = Config {
+            refresh_ahead: RefreshAhead::Fixed(300 * SECOND),
+            jitter: 0.0,
+            ..Config::default()
+        };
+        let sent = Instant::now();
+        let hour = 3600 * SECOND;
+        let window = Some(240 * SECOND);
+        let plain = plan(&fixed, hour, None, sent, sent, 10 * MS, 0.0);
+        assert_eq!(plain.refresh_at - sent, 3270 * SECOND);
+        let held = plan(&fixed, hour, window, sent, sent, 10 * MS, 0.0);
+        assert_eq!(
+            held.refresh_at - sent,
+            3360 * SECOND,
+            "at expiry minus the window"
+        );
+        assert_eq!(
+            held.expires_at, plain.expires_at,
+            "the usable end does not move"
+        );
+        assert_eq!(held.usable_for, plain.usable_for);
+
+        // The adaptive timeline already refreshes inside the window: nothing moves.
+        let adaptive = adaptive();
+        let plain = plan(&adaptive, hour, None, sent, sent, 10 * MS, 0.0);
+        assert!(plain.refresh_at - sent > 3360 * SECOND, "{plain:?}");
+        assert_eq!(
+            plan(&adaptive, hour, window, sent, sent, 10 * MS, 0.0),
+            plain
+        );
+
+        // A window longer than the token's life holds nothing back.
+        let short = plan(&fixed, 120 * SECOND, None, sent, sent, 10 * MS, 0.0);
+        assert_eq!(
+            plan(&fixed, 120 * SECOND, window, sent, sent, 10 * MS, 0.0),
+            short
+        );
+    }
+
+    #[test]
+    fn a_renewal_window_never_makes_a_request_wait() {
+        let fixed = Config {
+            refresh_ahead: RefreshAhead::Fixed(300 * SECOND),
+            jitter: 0.0,
+            ..Config::default()
+        };
+        let sent = Instant::now();
+        let hour = 3600 * SECOND;
+        // A window of a second opens after the usable end (30 s of skew): the refresh starts
+        // three slowest fetches before that end instead.
+        let tiny = plan(&fixed, hour, Some(SECOND), sent, sent, 2 * SECOND, 0.0);
+        assert_eq!(tiny.expires_at - tiny.refresh_at, 6 * SECOND);
+        // With fetches too fast to measure, a second before it.
+        let instant = plan(&fixed, hour, Some(SECOND), sent, sent, Duration::ZERO, 0.0);
+        assert_eq!(instant.expires_at - instant.refresh_at, SECOND);
+        // A slow endpoint keeps the refresh where the latency puts it, even before the window.
+        let slow = plan(
+            &fixed,
+            hour,
+            Some(240 * SECOND),
+            sent,
+            sent,
+            100 * SECOND,
+            0.0,
+        );
+        assert_eq!(slow.refresh_at - sent, 3270 * SECOND);
+        // In both modes, for any latency and window, a refresh taking the slowest recent fetch
+        // ends by the usable end, and never starts before the plan without a window would.
+        for mode in [RefreshAhead::Adaptive, RefreshAhead::Fixed(300 * SECOND)] {
+            let config = Config {
+                refresh_ahead: mode,
+                ..Config::default()
+            };
+            for latency in [Duration::ZERO, 50 * MS, 2 * SECOND, 20 * SECOND] {
+                for window in [SECOND, 60 * SECOND, 240 * SECOND, 300 * SECOND, hour] {
+                    for random in [0.0, 0.5, 0.999] {
+                        let with = plan(&config, hour, Some(window), sent, sent, latency, random);
+                        let without = plan(&config, hour, None, sent, sent, latency, random);
+                        assert!(with.refresh_at >= without.refresh_at);
+                        assert!(
+                            with.refresh_at + latency <= with.expires_at,
+                            "{mode:?} {latency:?} {window:?}: {with:?}"
+                        );
+                        let opens = sent + hour - window;
+                        let latest = with.expires_at - (latency * 3).max(SECOND);
+                        assert!(with.refresh_at >= opens.min(latest), "{with:?}");
+                    }
+                }
+            }
         }
     }
 }

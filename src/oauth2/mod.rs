@@ -40,8 +40,8 @@ mod loopback;
 mod pkce;
 mod redact;
 mod refresh;
-mod response;
-mod transport;
+pub(crate) mod response;
+pub(crate) mod transport;
 
 pub use assertion::{AssertionAudience, AssertionFuture, AssertionRequest, AssertionSource};
 pub use authorization_code::AuthorizationCode;

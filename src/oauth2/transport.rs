@@ -15,16 +15,16 @@ use super::response::MAX_BODY;
 use crate::BoxError;
 
 /// The HTTP client a token source uses to reach its token endpoint, type-erased.
-pub(super) type Transport = BoxCloneSyncService<Request<Full<Bytes>>, Answer, BoxError>;
+pub(crate) type Transport = BoxCloneSyncService<Request<Full<Bytes>>, Answer, BoxError>;
 
 /// A token endpoint's answer, read in full (up to [`MAX_BODY`]).
 pub(crate) struct Answer {
-    pub(super) status: StatusCode,
-    pub(super) headers: HeaderMap,
-    pub(super) body: Result<Bytes, Error>,
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Result<Bytes, Error>,
 }
 
-pub(super) fn erase<S, B>(transport: S) -> Transport
+pub(crate) fn erase<S, B>(transport: S) -> Transport
 where
     S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + Sync + 'static,
     S::Error: Into<BoxError>,
@@ -72,7 +72,7 @@ where
 }
 
 #[cfg(feature = "default-client")]
-pub(super) fn default_transport(tls: Option<rustls::ClientConfig>) -> Result<Transport, Error> {
+pub(crate) fn default_transport(tls: Option<rustls::ClientConfig>) -> Result<Transport, Error> {
     use hyper_util::client::legacy::Client as HyperClient;
     use hyper_util::rt::TokioExecutor;
 
@@ -111,7 +111,7 @@ pub(super) fn default_transport(tls: Option<rustls::ClientConfig>) -> Result<Tra
 }
 
 #[cfg(not(feature = "default-client"))]
-pub(super) fn default_transport() -> Result<Transport, Error> {
+pub(crate) fn default_transport() -> Result<Transport, Error> {
     Err(Error::config(
         "no HTTP client for the token endpoint: enable the `default-client` feature or call \
          `TokenEndpointBuilder::transport`",

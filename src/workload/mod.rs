@@ -5,20 +5,36 @@
 //! |---|---|---|
 //! | [`TokenFile`] | Kubernetes projected service-account tokens, `AZURE_FEDERATED_TOKEN_FILE`, `AWS_WEB_IDENTITY_TOKEN_FILE` | Kubernetes, "Configure Service Accounts for Pods: Service account token volume projection" (the kubelet rewrites the token at 80 % of its lifetime) |
 //! | [`DefaultChain`] | the first of: client credentials from the environment, Entra workload identity, a federated token file | Microsoft identity platform, "OAuth 2.0 client credentials flow" (federated credential); `azure-identity`'s environment variables |
+//! | [`GcpMetadata`] | GCP VMs, Cloud Run, Cloud Functions, GKE workload identity: access tokens and ID tokens (`GCE_METADATA_HOST`) | Compute Engine "About VM metadata" and "Authenticate workloads to Google Cloud APIs using service accounts"; Cloud Run "Fetching identity and access tokens" |
+//! | [`AzureManagedIdentity`] | Azure VMs, scale sets, AKS nodes (IMDS, `AZURE_POD_IDENTITY_AUTHORITY_HOST`); App Service, Functions, Container Apps (`IDENTITY_ENDPOINT`, `IDENTITY_HEADER`) | Microsoft Entra "How to use managed identities for Azure resources on an Azure VM to acquire an access token" (with its retry guidance); "How to use managed identities for App Service and Azure Functions" |
+//! | [`GitHubActionsOidc`] | GitHub Actions jobs with `id-token: write` (`ACTIONS_ID_TOKEN_REQUEST_URL`, `ACTIONS_ID_TOKEN_REQUEST_TOKEN`) | GitHub "About security hardening with OpenID Connect"; `@actions/core` `getIDToken` |
 //!
-//! A token file's JWT is also a federated client assertion ([`TokenFile`] is an
-//! [`AssertionSource`](crate::oauth2::AssertionSource)), and a subject token for the token
-//! exchange grant ([`oauth2::TokenExchange`](crate::oauth2)).
+//! A token file's JWT is also a federated client assertion ([`TokenFile`] and
+//! [`GitHubActionsOidc`] are [`AssertionSource`](crate::oauth2::AssertionSource)s), and a
+//! subject token for the token exchange grant ([`oauth2::TokenExchange`](crate::oauth2)).
 //!
 //! These sources fail with [`Error`], which never holds a token; as token sources they fail
 //! with a [`SourceError`](crate::SourceError) wrapping it, so the cache backs off as the
 //! error says.
 
+mod azure;
 mod chain;
+mod endpoint;
 mod error;
+mod gcp;
+mod github;
 mod jwt;
 mod token_file;
 
+pub use azure::{
+    AzureManagedIdentity, AzureManagedIdentityBuilder, AZURE_POD_IDENTITY_AUTHORITY_HOST,
+    IDENTITY_ENDPOINT, IDENTITY_HEADER,
+};
 pub use chain::{Chosen, DefaultChain};
 pub use error::{Error, ErrorKind};
+pub use gcp::{GcpMetadata, GcpMetadataBuilder, GCE_METADATA_HOST, RENEWAL_WINDOW};
+pub use github::{
+    GitHubActionsOidc, GitHubActionsOidcBuilder, ACTIONS_ID_TOKEN_REQUEST_TOKEN,
+    ACTIONS_ID_TOKEN_REQUEST_URL,
+};
 pub use token_file::TokenFile;

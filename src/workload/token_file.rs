@@ -199,9 +199,13 @@ impl TokenFile {
 /// renewal window of Kubernetes' rotation when the JWT states when it was issued.
 fn token(jwt: &str, times: Times) -> Token {
     let token = Token::new(jwt).with_expires_in(times.remaining());
-    // TODO(renewal window): lands with the metadata sources.
-    let _ = (ROTATED_AFTER_PERCENT, Duration::ZERO);
-    token
+    match times.lifetime() {
+        Some(lifetime) if !lifetime.is_zero() => {
+            let window = lifetime * (100 - ROTATED_AFTER_PERCENT) / 100;
+            token.with_renewal_window(window.max(Duration::from_secs(1)))
+        }
+        _ => token,
+    }
 }
 
 impl fmt::Debug for TokenFile {

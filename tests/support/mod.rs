@@ -8,6 +8,7 @@
 //! tokio's tests do. A helper belongs here once two files need it; one file's helpers stay in
 //! that file.
 
+pub(crate) mod metadata;
 pub(crate) mod oidc_peer;
 pub(crate) mod redis_server;
 
