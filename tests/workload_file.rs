@@ -371,3 +371,43 @@ async fn the_files_jwt_authenticates_a_client_at_the_real_server() {
     );
     assert_eq!(cache.stats().fetches, 2);
 }
+
+/// With a refresh window wider than Kubernetes' (5 of 10 minutes), the file is still not
+/// re-read before the kubelet rotates it at 80 %: re-reading earlier would bring the same token
+/// back and read the file again and again until the rotation.
+#[tokio::test(start_paused = true)]
+async fn a_wide_refresh_window_waits_for_the_kubelets_rotation() {
+    let first = jwt("system:serviceaccount:apps:reporter", 600 * SECOND);
+    let mut volume = Projected::new(&first);
+    let reads = Arc::new(AtomicUsize::new(0));
+    let file = TokenFile::new(volume.path());
+    let counted = {
+        let reads = reads.clone();
+        tower::ServiceBuilder::new()
+            .map_request(move |req| {
+                reads.fetch_add(1, Ordering::SeqCst);
+                req
+            })
+            .service(file)
+    };
+    let cache = TokenCache::builder(counted)
+        .refresh_ahead(300 * SECOND)
+        .build();
+    assert_eq!(cache.token().await.unwrap().access_token().secret(), first);
+    // Up to the rotation, every request is served from the cache, with no read.
+    for _ in 0..47 {
+        tokio::time::advance(10 * SECOND).await;
+        cache.token().await.unwrap();
+    }
+    assert_eq!(reads.load(Ordering::SeqCst), 1, "no read before the rotation");
+    let second = jwt("system:serviceaccount:apps:reporter", 600 * SECOND);
+    volume.rotate(&second);
+    tokio::time::advance(10 * SECOND).await;
+    cache.token().await.unwrap();
+    tokio::task::yield_now().await;
+    for _ in 0..5 {
+        tokio::time::advance(SECOND).await;
+    }
+    assert_eq!(cache.token().await.unwrap().access_token().secret(), second);
+    assert_eq!(reads.load(Ordering::SeqCst), 2);
+}
