@@ -19,10 +19,21 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tower_bearer::jose::SigningKey;
+use tower_bearer::workload::GCE_METADATA_HOST;
 use tower_bearer::workload::{Chosen, DefaultChain, ErrorKind};
 use tower_bearer::TokenCache;
 
+use support::metadata::{self, Gcp, Imds};
 use support::oidc_peer::{cc_client, OidcPeer};
+
+const SECOND: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A loopback address nothing listens on.
+async fn closed_port() -> SocketAddr {
+    let (listener, addr) = support::loopback().await;
+    drop(listener);
+    addr
+}
 
 fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + Send + Sync + 'static {
     let vars: HashMap<String, String> = vars
@@ -50,20 +61,34 @@ fn unix_now() -> u64 {
 #[tokio::test]
 async fn with_nothing_configured_the_error_lists_every_source_and_why() {
     // Half of the client credentials: the secret is missing, and its value must not show.
+    // The metadata probes go to a loopback port nothing listens on (off the clouds, the
+    // link-local address usually times out instead).
+    let closed = closed_port().await;
+    let imds_host = format!("http://{closed}");
     let chain = DefaultChain::with_lookup(env(&[
         ("OAUTH_TOKEN_URL", "https://auth.example.com/token"),
         ("OAUTH_CLIENT_ID", "reporting"),
         ("AZURE_CLIENT_ID", "00000000-aaaa"),
+        ("IDENTITY_HEADER", "app-service-secret-value"),
+        ("GCE_METADATA_IP", &closed.to_string()),
+        ("AZURE_POD_IDENTITY_AUTHORITY_HOST", &imds_host),
     ]));
     let err = chain.resolve().await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotConfigured);
     assert_eq!(
         err.to_string(),
-        "the default chain: no workload identity found; tried \
-         client credentials from the environment (OAUTH_CLIENT_SECRET is not set); \
-         Entra workload identity (federated token file) (AZURE_FEDERATED_TOKEN_FILE is not set); \
-         federated token file (OAUTH_FEDERATED_TOKEN_FILE is not set)"
+        format!(
+            "the default chain: no workload identity found; tried \
+             client credentials from the environment (OAUTH_CLIENT_SECRET is not set); \
+             Entra workload identity (federated token file) (AZURE_FEDERATED_TOKEN_FILE is not \
+             set); federated token file (OAUTH_FEDERATED_TOKEN_FILE is not set); \
+             Azure App Service managed identity (IDENTITY_ENDPOINT is not set); \
+             GCP metadata server (GCE_METADATA_HOST is not set, and no metadata server at \
+             {closed}: cannot be reached); \
+             Azure IMDS managed identity (no IMDS at http://{closed}: cannot be reached)"
+        )
     );
+    assert!(!format!("{err:?}").contains("app-service-secret-value"));
     // Through a cache: the same error, as the fetch's cause, retried later (the environment
     // of a long-running process does not change, but a misconfiguration gets fixed).
     let cache = TokenCache::new(chain);
@@ -263,4 +288,123 @@ async fn entra_workload_identity_sends_the_file_as_client_assertion() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Config);
     assert!(err.to_string().contains("needs a scope"), "{err}");
+}
+
+/// The metadata stage: App Service by its variables; then the GCP metadata server (named by
+/// `GCE_METADATA_HOST`, or found by its probe) and Azure IMDS (found by its probe), each against
+/// the fakes of tests/support/metadata.rs, which follow the providers' documents.
+#[tokio::test]
+async fn azure_app_service_is_chosen_by_its_variables() {
+    let fake = metadata::app_service("app-service-secret-value");
+    let endpoint = format!("{}/msi/token", fake.serve().await);
+    let chain = DefaultChain::with_lookup(env(&[
+        ("IDENTITY_ENDPOINT", &endpoint),
+        ("IDENTITY_HEADER", "app-service-secret-value"),
+    ]))
+    .scope("https://vault.azure.net/.default");
+    assert_eq!(chain.resolve().await.unwrap(), Chosen::AzureAppService);
+    let token = TokenCache::new(chain).token().await.unwrap();
+    assert!(token.access_token().secret().contains("fake-appservice"));
+    let asked = fake.requests();
+    assert_eq!(asked.len(), 1);
+    assert_eq!(
+        asked[0].query("resource").as_deref(),
+        Some("https://vault.azure.net"),
+        "the scope's resource"
+    );
+}
+
+#[tokio::test]
+async fn the_gcp_metadata_server_is_named_by_its_variable_or_found_by_its_probe() {
+    let gcp = Gcp::new(3600 * SECOND, 300 * SECOND);
+    let base = gcp.fake.serve().await;
+    let host = base.trim_start_matches("http://").to_owned();
+    let closed = closed_port().await;
+    let imds_host = format!("http://{closed}");
+
+    let named = DefaultChain::with_lookup(env(&[(GCE_METADATA_HOST, &host)]))
+        .scope("https://www.googleapis.com/auth/cloud-platform")
+        .probe_timeout(std::time::Duration::ZERO);
+    assert_eq!(named.resolve().await.unwrap(), Chosen::GcpMetadata);
+    TokenCache::new(named).token().await.unwrap();
+
+    let probed = DefaultChain::with_lookup(env(&[
+        ("GCE_METADATA_IP", &host),
+        ("AZURE_POD_IDENTITY_AUTHORITY_HOST", &imds_host),
+    ]))
+    .scope("https://www.googleapis.com/auth/cloud-platform");
+    assert_eq!(probed.resolve().await.unwrap(), Chosen::GcpMetadata);
+    TokenCache::new(probed).token().await.unwrap();
+    let paths: Vec<String> = gcp
+        .fake
+        .requests()
+        .iter()
+        .map(|r| r.target.clone())
+        .collect();
+    assert_eq!(paths.len(), 3, "two tokens and one probe: {paths:?}");
+    assert!(paths.contains(&"/".to_owned()), "{paths:?}");
+
+    // An IMDS does not pass for a GCP metadata server, nor the reverse.
+    let imds = Imds::new([]);
+    let imds_base = imds.fake.serve().await;
+    let crossed = DefaultChain::with_lookup(env(&[
+        ("GCE_METADATA_IP", imds_base.trim_start_matches("http://")),
+        ("AZURE_POD_IDENTITY_AUTHORITY_HOST", &base),
+    ]))
+    .resource("https://management.azure.com/");
+    let err = crossed.resolve().await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("is not GCP's"), "{text}");
+    assert!(text.contains("is not IMDS"), "{text}");
+}
+
+#[tokio::test]
+async fn azure_imds_is_found_by_its_probe_and_a_silent_address_times_out() {
+    let imds = Imds::new([]);
+    let base = imds.fake.serve().await;
+    let closed = closed_port().await;
+    let chain = DefaultChain::with_lookup(env(&[
+        ("GCE_METADATA_IP", &closed.to_string()),
+        ("AZURE_POD_IDENTITY_AUTHORITY_HOST", &base),
+    ]))
+    .resource("https://management.azure.com/");
+    assert_eq!(chain.resolve().await.unwrap(), Chosen::AzureImds);
+    TokenCache::new(chain).token().await.unwrap();
+
+    // A managed identity needs a resource.
+    let err = DefaultChain::with_lookup(env(&[
+        ("GCE_METADATA_IP", &closed.to_string()),
+        ("AZURE_POD_IDENTITY_AUTHORITY_HOST", &base),
+    ]))
+    .resolve()
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(err.to_string().contains("needs a resource"), "{err}");
+
+    // An address that accepts connections and never answers: the probe gives up in time.
+    let (silent, silent_addr) = support::loopback().await;
+    let _held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            open.push(stream);
+        }
+    });
+    let started = tokio::time::Instant::now();
+    let err = DefaultChain::with_lookup(env(&[
+        ("GCE_METADATA_IP", &silent_addr.to_string()),
+        (
+            "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+            &format!("http://{silent_addr}"),
+        ),
+    ]))
+    .probe_timeout(200 * std::time::Duration::from_millis(1))
+    .resolve()
+    .await
+    .unwrap_err();
+    assert!(
+        started.elapsed() < 5 * SECOND,
+        "the probes run at once, bounded"
+    );
+    assert!(err.to_string().contains("no answer within 200ms"), "{err}");
 }

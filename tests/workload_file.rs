@@ -399,7 +399,11 @@ async fn a_wide_refresh_window_waits_for_the_kubelets_rotation() {
         tokio::time::advance(10 * SECOND).await;
         cache.token().await.unwrap();
     }
-    assert_eq!(reads.load(Ordering::SeqCst), 1, "no read before the rotation");
+    assert_eq!(
+        reads.load(Ordering::SeqCst),
+        1,
+        "no read before the rotation"
+    );
     let second = jwt("system:serviceaccount:apps:reporter", 600 * SECOND);
     volume.rotate(&second);
     tokio::time::advance(10 * SECOND).await;

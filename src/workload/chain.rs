@@ -6,18 +6,37 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::sync::OnceCell;
 use tower::util::BoxCloneSyncService;
 use tower::ServiceExt;
 use tower_service::Service;
 
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+
+use super::azure::{AzureManagedIdentity, IDENTITY_ENDPOINT, IDENTITY_HEADER};
+use super::endpoint::{self, Client};
 use super::error::{Error, ErrorKind};
+use super::gcp::{GcpMetadata, GCE_METADATA_HOST};
 use super::token_file::TokenFile;
 use crate::oauth2::{ClientCredentials, TokenEndpoint};
 use crate::{BoxError, Token, TokenRequest};
 
 const ORIGIN: &str = "the default chain";
+
+/// How long the chain waits for a metadata service to answer its probe, by default: on a
+/// cloud VM the link-local service answers in milliseconds; elsewhere the address is usually
+/// unroutable and the connection attempt hangs.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Where the metadata services listen on every cloud.
+const LINK_LOCAL: &str = "169.254.169.254";
+
+/// The address Google's client libraries probe for the GCP metadata server, overridable.
+const GCE_METADATA_IP: &str = "GCE_METADATA_IP";
 
 /// The Entra ID authority when `AZURE_AUTHORITY_HOST` is not set (the public cloud).
 const ENTRA_AUTHORITY: &str = "https://login.microsoftonline.com/";
@@ -37,6 +56,12 @@ pub enum Chosen {
     /// A federated token file as client assertion: `OAUTH_FEDERATED_TOKEN_FILE`,
     /// `OAUTH_TOKEN_URL`, `OAUTH_CLIENT_ID`.
     FederatedTokenFile,
+    /// Azure App Service or Functions managed identity: `IDENTITY_ENDPOINT`, `IDENTITY_HEADER`.
+    AzureAppService,
+    /// The GCP metadata server: `GCE_METADATA_HOST`, or one answering the probe.
+    GcpMetadata,
+    /// Azure IMDS managed identity: an IMDS answering the probe.
+    AzureImds,
 }
 
 impl Chosen {
@@ -46,6 +71,9 @@ impl Chosen {
             Self::ClientCredentials => "client credentials from the environment",
             Self::EntraWorkloadIdentity => "Entra workload identity (federated token file)",
             Self::FederatedTokenFile => "federated token file",
+            Self::AzureAppService => "Azure App Service managed identity",
+            Self::GcpMetadata => "GCP metadata server",
+            Self::AzureImds => "Azure IMDS managed identity",
         }
     }
 }
@@ -66,6 +94,15 @@ impl fmt::Display for Chosen {
 /// | 1 | client credentials ([`ClientCredentials`]) | `OAUTH_TOKEN_URL`, `OAUTH_CLIENT_ID`, `OAUTH_CLIENT_SECRET` |
 /// | 2 | Entra workload identity: client credentials at `{AZURE_AUTHORITY_HOST}{AZURE_TENANT_ID}/oauth2/v2.0/token` with the [`TokenFile`] as client assertion | `AZURE_FEDERATED_TOKEN_FILE`, `AZURE_CLIENT_ID`, `AZURE_TENANT_ID` |
 /// | 3 | a federated token file as client assertion at any token endpoint | `OAUTH_FEDERATED_TOKEN_FILE`, `OAUTH_TOKEN_URL`, `OAUTH_CLIENT_ID` |
+/// | 4 | Azure App Service / Functions managed identity ([`AzureManagedIdentity`]) | `IDENTITY_ENDPOINT`, `IDENTITY_HEADER` |
+/// | 5 | the GCP metadata server ([`GcpMetadata`]) | `GCE_METADATA_HOST`, or a server answering at `GCE_METADATA_IP` (default `169.254.169.254`) with `Metadata-Flavor: Google` |
+/// | 6 | Azure IMDS managed identity ([`AzureManagedIdentity`]) | an IMDS answering at `AZURE_POD_IDENTITY_AUTHORITY_HOST` (default `http://169.254.169.254`) |
+///
+/// The two probes (5 and 6) run at once, each bounded by
+/// [`probe_timeout`](Self::probe_timeout), and only when no earlier source applies: off the
+/// clouds the chain costs one timeout at its first use. GCP takes [`scope`](Self::scope)s
+/// (an [`audience`](Self::audience) asks for an ID token instead); Azure takes a
+/// [`resource`](Self::resource), or a scope's resource (`{resource}/.default`).
 ///
 /// What the token is for is given once ([`scope`](Self::scope),
 /// [`audience`](Self::audience), [`resource`](Self::resource)) and passed to the chosen source.
@@ -77,6 +114,7 @@ impl fmt::Display for Chosen {
 /// another identity.
 ///
 /// ```
+/// use std::time::Duration;
 /// use tower_bearer::workload::{Chosen, DefaultChain, ErrorKind};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
@@ -90,7 +128,12 @@ impl fmt::Display for Chosen {
 /// let chain = DefaultChain::with_lookup(env).scope("invoices:read");
 /// assert_eq!(chain.resolve().await.unwrap(), Chosen::ClientCredentials);
 ///
-/// let err = DefaultChain::with_lookup(|_| None).resolve().await.unwrap_err();
+/// // Without probing the metadata services (a test should not depend on the machine it runs on).
+/// let err = DefaultChain::with_lookup(|_| None)
+///     .probe_timeout(Duration::ZERO)
+///     .resolve()
+///     .await
+///     .unwrap_err();
 /// assert_eq!(err.kind(), ErrorKind::NotConfigured);
 /// assert!(err.to_string().contains("OAUTH_TOKEN_URL is not set"));
 /// # }
@@ -111,6 +154,7 @@ struct Config {
     scopes: Vec<String>,
     audiences: Vec<String>,
     resources: Vec<String>,
+    probe_timeout: Duration,
 }
 
 impl Default for DefaultChain {
@@ -132,6 +176,7 @@ impl DefaultChain {
             scopes: Vec::new(),
             audiences: Vec::new(),
             resources: Vec::new(),
+            probe_timeout: PROBE_TIMEOUT,
         })
     }
 
@@ -175,6 +220,15 @@ impl DefaultChain {
         self.map_config(|c| c.resources.push(resource))
     }
 
+    /// How long each metadata service probe waits for an answer; zero skips the probes, so
+    /// that only metadata services named by the environment (`GCE_METADATA_HOST`, App Service's
+    /// variables) are used.
+    ///
+    /// Default: 1 s.
+    pub fn probe_timeout(self, timeout: Duration) -> Self {
+        self.map_config(|c| c.probe_timeout = timeout)
+    }
+
     /// Chooses the source now (if not chosen yet) and says which.
     ///
     /// # Errors
@@ -188,7 +242,7 @@ impl DefaultChain {
     async fn chosen(&self) -> Result<&(Chosen, BoxSource), Error> {
         self.inner
             .chosen
-            .get_or_try_init(|| async { choose(&self.inner.config) })
+            .get_or_try_init(|| choose(&self.inner.config))
             .await
     }
 }
@@ -214,13 +268,14 @@ enum Step {
 /// One source's look at the environment.
 type Try = fn(&Config) -> Result<Step, Error>;
 
-fn choose(config: &Config) -> Result<(Chosen, BoxSource), Error> {
-    let steps: [(Chosen, Try); 3] = [
+async fn choose(config: &Config) -> Result<(Chosen, BoxSource), Error> {
+    let steps: [(Chosen, Try); 4] = [
         (Chosen::ClientCredentials, client_credentials),
         (Chosen::EntraWorkloadIdentity, entra),
         (Chosen::FederatedTokenFile, federated_file),
+        (Chosen::AzureAppService, app_service),
     ];
-    let mut skipped = Vec::with_capacity(steps.len());
+    let mut skipped = Vec::with_capacity(steps.len() + 2);
     for (chosen, step) in steps {
         match step(config) {
             Ok(Step::Applies(chosen, source)) => {
@@ -229,6 +284,16 @@ fn choose(config: &Config) -> Result<(Chosen, BoxSource), Error> {
             }
             Ok(Step::Skipped(why)) => skipped.push(format!("{} ({why})", chosen.name())),
             Err(error) => return Err(error),
+        }
+    }
+    let (gcp, imds) = tokio::join!(gcp(config), imds(config));
+    for (chosen, step) in [(Chosen::GcpMetadata, gcp), (Chosen::AzureImds, imds)] {
+        match step? {
+            Step::Applies(chosen, source) => {
+                tracing::debug!(source = chosen.name(), "the default chain chose its source");
+                return Ok((chosen, source));
+            }
+            Step::Skipped(why) => skipped.push(format!("{} ({why})", chosen.name())),
         }
     }
     Err(Error::new(
@@ -270,8 +335,13 @@ fn with_target(mut source: ClientCredentials, config: &Config) -> ClientCredenti
     source
 }
 
-fn boxed(source: ClientCredentials) -> BoxSource {
-    BoxCloneSyncService::new(source.map_err(BoxError::from))
+fn boxed<S>(source: S) -> BoxSource
+where
+    S: Service<TokenRequest, Response = Token> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    BoxCloneSyncService::new(source.map_err(Into::into))
 }
 
 fn client_credentials(config: &Config) -> Result<Step, Error> {
@@ -364,6 +434,129 @@ fn federated_file(config: &Config) -> Result<Step, Error> {
         })?;
     let source = with_target(ClientCredentials::new(endpoint), config);
     Ok(Step::Applies(Chosen::FederatedTokenFile, boxed(source)))
+}
+
+/// The resource Azure's managed identities ask for: the chain's resource, or its scope's
+/// (Entra scopes are `{resource}/.default`).
+fn azure_resource(config: &Config, chosen: Chosen) -> Result<String, Error> {
+    if let Some(resource) = config.resources.first() {
+        return Ok(resource.clone());
+    }
+    match config.scopes.first() {
+        Some(scope) => Ok(scope.strip_suffix("/.default").unwrap_or(scope).to_owned()),
+        None => Err(config_error(
+            chosen,
+            "a managed identity needs a resource: give the chain a resource or a scope",
+        )),
+    }
+}
+
+fn app_service(config: &Config) -> Result<Step, Error> {
+    if let Err(why) = require(config, [IDENTITY_ENDPOINT, IDENTITY_HEADER]) {
+        return Ok(Step::Skipped(why));
+    }
+    let chosen = Chosen::AzureAppService;
+    let source = AzureManagedIdentity::from_lookup(&*config.lookup)
+        .resource(azure_resource(config, chosen)?)
+        .build()
+        .map_err(|e| config_error(chosen, e))?;
+    Ok(Step::Applies(chosen, boxed(source)))
+}
+
+fn gcp_source(config: &Config, base_url: Option<String>) -> Result<Step, Error> {
+    let chosen = Chosen::GcpMetadata;
+    let mut builder = GcpMetadata::from_lookup(&*config.lookup).scopes(config.scopes.clone());
+    if let Some(base_url) = base_url {
+        builder = builder.base_url(base_url);
+    }
+    if let Some(audience) = config.audiences.first() {
+        builder = builder.id_token(audience.clone());
+    }
+    let source = builder.build().map_err(|e| config_error(chosen, e))?;
+    Ok(Step::Applies(chosen, boxed(source)))
+}
+
+/// The GCP metadata server: named by `GCE_METADATA_HOST` (Google's libraries then take it as
+/// there), or answering with `Metadata-Flavor: Google`.
+async fn gcp(config: &Config) -> Result<Step, Error> {
+    if endpoint::var(&*config.lookup, GCE_METADATA_HOST).is_some() {
+        return gcp_source(config, None);
+    }
+    let ip = endpoint::var(&*config.lookup, GCE_METADATA_IP).unwrap_or_else(|| LINK_LOCAL.into());
+    let base = format!("http://{}", ip.trim());
+    let request = Request::get(format!("{base}/"))
+        .header("metadata-flavor", "Google")
+        .body(Full::<Bytes>::default());
+    match probe(config, request).await {
+        Probe::Answered(headers, _) if is_google(&headers) => gcp_source(config, Some(base)),
+        Probe::Answered(..) => Ok(Step::Skipped(format!(
+            "{GCE_METADATA_HOST} is not set, and what answers at {ip} is not GCP's"
+        ))),
+        Probe::Silent(why) => Ok(Step::Skipped(format!(
+            "{GCE_METADATA_HOST} is not set, and no metadata server at {ip}: {why}"
+        ))),
+    }
+}
+
+fn is_google(headers: &http::HeaderMap) -> bool {
+    headers
+        .get("metadata-flavor")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"Google"))
+}
+
+/// Azure IMDS: as the Azure SDKs probe it, a token request without the `Metadata` header,
+/// which IMDS refuses with 400.
+async fn imds(config: &Config) -> Result<Step, Error> {
+    let base = endpoint::var(
+        &*config.lookup,
+        super::azure::AZURE_POD_IDENTITY_AUTHORITY_HOST,
+    )
+    .unwrap_or_else(|| format!("http://{LINK_LOCAL}"));
+    let base = base.trim().trim_end_matches('/').to_owned();
+    let request = Request::get(format!(
+        "{base}/metadata/identity/oauth2/token?api-version=2018-02-01"
+    ))
+    .body(Full::<Bytes>::default());
+    match probe(config, request).await {
+        Probe::Answered(headers, status) if status == 400 && !is_google(&headers) => {
+            let chosen = Chosen::AzureImds;
+            let source = AzureManagedIdentity::from_lookup(&*config.lookup)
+                .resource(azure_resource(config, chosen)?)
+                .build()
+                .map_err(|e| config_error(chosen, e))?;
+            Ok(Step::Applies(chosen, boxed(source)))
+        }
+        Probe::Answered(_, status) => Ok(Step::Skipped(format!(
+            "what answers at {base} is not IMDS (HTTP {status})"
+        ))),
+        Probe::Silent(why) => Ok(Step::Skipped(format!("no IMDS at {base}: {why}"))),
+    }
+}
+
+enum Probe {
+    Answered(http::HeaderMap, u16),
+    /// Why not.
+    Silent(String),
+}
+
+async fn probe(config: &Config, request: Result<Request<Full<Bytes>>, http::Error>) -> Probe {
+    if config.probe_timeout.is_zero() {
+        return Probe::Silent("not probed (probe_timeout is zero)".into());
+    }
+    let Ok(request) = request else {
+        return Probe::Silent("the address is not a valid URL".into());
+    };
+    let transport = match Client::default().build(ORIGIN) {
+        Ok(transport) => transport,
+        Err(error) => return Probe::Silent(error.to_string()),
+    };
+    match endpoint::send(ORIGIN, &transport, config.probe_timeout, request).await {
+        Ok(reply) => Probe::Answered(reply.headers, reply.status.as_u16()),
+        Err(error) if error.kind() == ErrorKind::Timeout => {
+            Probe::Silent(format!("no answer within {:?}", config.probe_timeout))
+        }
+        Err(_) => Probe::Silent("cannot be reached".into()),
+    }
 }
 
 /// A token source: the first call chooses; every call goes to the chosen source. Fails with

@@ -4,10 +4,10 @@
 //! | source | where | follows |
 //! |---|---|---|
 //! | [`TokenFile`] | Kubernetes projected service-account tokens, `AZURE_FEDERATED_TOKEN_FILE`, `AWS_WEB_IDENTITY_TOKEN_FILE` | Kubernetes, "Configure Service Accounts for Pods: Service account token volume projection" (the kubelet rewrites the token at 80 % of its lifetime) |
-//! | [`DefaultChain`] | the first of: client credentials from the environment, Entra workload identity, a federated token file | Microsoft identity platform, "OAuth 2.0 client credentials flow" (federated credential); `azure-identity`'s environment variables |
 //! | [`GcpMetadata`] | GCP VMs, Cloud Run, Cloud Functions, GKE workload identity: access tokens and ID tokens (`GCE_METADATA_HOST`) | Compute Engine "About VM metadata" and "Authenticate workloads to Google Cloud APIs using service accounts"; Cloud Run "Fetching identity and access tokens" |
 //! | [`AzureManagedIdentity`] | Azure VMs, scale sets, AKS nodes (IMDS, `AZURE_POD_IDENTITY_AUTHORITY_HOST`); App Service, Functions, Container Apps (`IDENTITY_ENDPOINT`, `IDENTITY_HEADER`) | Microsoft Entra "How to use managed identities for Azure resources on an Azure VM to acquire an access token" (with its retry guidance); "How to use managed identities for App Service and Azure Functions" |
 //! | [`GitHubActionsOidc`] | GitHub Actions jobs with `id-token: write` (`ACTIONS_ID_TOKEN_REQUEST_URL`, `ACTIONS_ID_TOKEN_REQUEST_TOKEN`) | GitHub "About security hardening with OpenID Connect"; `@actions/core` `getIDToken` |
+//! | [`DefaultChain`] | the first of: client credentials from the environment, Entra workload identity, a federated token file, App Service, the GCP metadata server, Azure IMDS | Microsoft identity platform, "OAuth 2.0 client credentials flow" (federated credential); `azure-identity`'s environment variables and IMDS probe; `google-auth`'s `GCE_METADATA_HOST` / `GCE_METADATA_IP` and metadata-server ping |
 //!
 //! A token file's JWT is also a federated client assertion ([`TokenFile`] and
 //! [`GitHubActionsOidc`] are [`AssertionSource`](crate::oauth2::AssertionSource)s), and a
