@@ -59,8 +59,8 @@ scripts/bench.sh --self-test
 step "demo"
 cargo run --quiet --example demo
 
-step "the examples that run alone on loopback (workload identity)"
-for example in kubernetes; do
+step "the examples of logins and workload identity, each alone on loopback"
+for example in kubernetes gcp azure github_actions device; do
     cargo run --quiet --example "$example"
 done
 
