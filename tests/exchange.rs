@@ -315,3 +315,73 @@ async fn replicas_share_an_exchanged_token_only_when_their_subjects_are_the_same
     let claims = introspect(&http(), &introspection, first.access_token().secret()).await;
     assert_eq!(claims["sub"], "cc-client");
 }
+
+/// The Kubernetes case: a pod's projected service-account token, read from its file, is the
+/// subject; the token service trusts the cluster's issuer (its public keys, given to the
+/// provider as `TRUSTED_SUBJECT_JWKS`) and issues an access token for the API on behalf of the
+/// service account. A JWT from an issuer it does not trust is `invalid_grant`.
+#[tokio::test]
+async fn a_projected_token_file_is_exchanged_for_an_access_token() {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    use tower_bearer::jose::SigningKey;
+    use tower_bearer::workload::TokenFile;
+
+    let cluster = SigningKey::generate_es256().unwrap().with_kid("cluster");
+    let stranger = SigningKey::generate_es256().unwrap().with_kid("cluster");
+    let dir = std::env::temp_dir().join(format!("tower-bearer-exchange-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let jwks = dir.join("cluster-jwks.json");
+    let jwk: serde_json::Value = serde_json::from_str(&cluster.public_jwk()).unwrap();
+    std::fs::write(&jwks, serde_json::json!({ "keys": [jwk] }).to_string()).unwrap();
+    let exchanger = serde_json::json!({
+        "client_id": "exchanger",
+        "client_secret": "exchanger-secret",
+        "grant_types": [TokenExchange::GRANT_TYPE],
+        "response_types": [],
+        "redirect_uris": [],
+    });
+    let api = cc_client("billing-api", serde_json::json!({ "client_secret": "api-secret" }));
+    let peer = OidcPeer::start_with(
+        &serde_json::json!([exchanger, api]),
+        &[("TRUSTED_SUBJECT_JWKS", jwks.as_path())],
+    );
+
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let projected = |key: &SigningKey| {
+        let claims = serde_json::json!({
+            "iss": "https://kubernetes.default.svc.cluster.local",
+            "sub": "system:serviceaccount:shop:orders",
+            "aud": [peer.issuer.clone()],
+            "iat": now,
+            "exp": now + 3600,
+            "kubernetes.io": { "namespace": "shop", "serviceaccount": { "name": "orders" } },
+        });
+        key.sign_jws(r#""typ":"JWT""#, &claims.to_string()).unwrap()
+    };
+    let file = dir.join("token");
+    std::fs::write(&file, projected(&cluster)).unwrap();
+
+    let exchange = TokenExchange::new(
+        endpoint(&peer, "exchanger", "exchanger-secret"),
+        TokenFile::new(&file),
+    )
+    .subject_token_type(TokenExchange::JWT)
+    .audience(BILLING);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let response = ServiceBuilder::new()
+        .layer(BearerAuthLayer::new(exchange.clone()))
+        .service(billing_api(&peer, calls.clone()))
+        .oneshot(get("http://billing.test/invoices"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let claims = json(response).await;
+    assert_eq!(claims["sub"], "system:serviceaccount:shop:orders");
+    assert_eq!(claims["client_id"], "exchanger");
+
+    // The same claims signed by a key the token service does not trust.
+    std::fs::write(&file, projected(&stranger)).unwrap();
+    let err = exchange.request_token().await.unwrap_err();
+    assert_eq!(err.code(), Some(&ErrorCode::InvalidGrant), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

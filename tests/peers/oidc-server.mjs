@@ -16,6 +16,7 @@ import http from 'node:http';
 import https from 'node:https';
 import { URL } from 'node:url';
 
+import { createLocalJWKSet, jwtVerify } from 'jose';
 import Provider, { errors } from 'oidc-provider';
 
 // Keep stdout for the single LISTENING line: route console.* (and the library's warnings,
@@ -231,6 +232,14 @@ if (TLS) {
 // subject token's account, or its client) and the actor (`act.sub`).
 const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
 const ACCESS_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:access_token';
+// A JWT subject of another issuer (a Kubernetes projected service-account token, a CI OIDC
+// token) is taken when TRUSTED_SUBJECT_JWKS names a file holding that issuer's public keys (a
+// JWKS): `jose` checks its signature, its `exp` and that its `aud` is this provider's issuer;
+// its `sub` is the subject. As a cluster's issuer is trusted by a real token service.
+const JWT_TYPE = 'urn:ietf:params:oauth:token-type:jwt';
+const trustedSubjectKeys = process.env.TRUSTED_SUBJECT_JWKS
+  ? createLocalJWKSet(JSON.parse(readFileSync(process.env.TRUSTED_SUBJECT_JWKS, 'utf8')))
+  : undefined;
 // The claims of each exchanged token: the provider computes a token's `extra` when it saves it,
 // through `extraTokenClaims`, and introspection shows them.
 const exchangeClaims = new WeakMap();
@@ -250,12 +259,16 @@ function registerTokenExchange(provider) {
     if (params.actor_token && !params.actor_token_type) {
       throw new errors.InvalidRequest('actor_token_type is required with actor_token');
     }
+    const jwtSubject = params.subject_token_type === JWT_TYPE && trustedSubjectKeys;
     for (const name of ['subject_token_type', 'actor_token_type', 'requested_token_type']) {
-      if (params[name] && params[name] !== ACCESS_TOKEN_TYPE) {
+      if (params[name] && params[name] !== ACCESS_TOKEN_TYPE && !(name === 'subject_token_type' && jwtSubject)) {
         throw new errors.InvalidRequest(`unsupported ${name}`);
       }
     }
-    const subject = await issuedBy(params.subject_token);
+    const subject = jwtSubject
+      ? await jwtVerify(params.subject_token, trustedSubjectKeys, { audience: provider.issuer })
+        .then(({ payload }) => ({ accountId: payload.sub }), () => undefined)
+      : await issuedBy(params.subject_token);
     if (!subject) throw new errors.InvalidGrant('subject_token is invalid or expired');
     const actor = params.actor_token ? await issuedBy(params.actor_token) : undefined;
     if (params.actor_token && !actor) throw new errors.InvalidGrant('actor_token is invalid or expired');
