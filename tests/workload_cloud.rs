@@ -216,6 +216,21 @@ async fn gcp_errors_name_the_server_and_what_went_wrong() {
     assert_eq!(err.kind(), ErrorKind::NotConfigured);
     assert!(err.to_string().contains("Metadata-Flavor: Google"), "{err}");
 
+    // An overloaded server (or a proxy before it) answering 503 without the header: judged by
+    // its status, so the cache retries it.
+    let busy = service_fn(|_: Request<Full<Bytes>>| {
+        let mut response = Response::new(Full::new(Bytes::from_static(b"busy")));
+        *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        ready(Ok::<_, Infallible>(response))
+    });
+    let source = GcpMetadata::builder().transport(busy).build().unwrap();
+    let err = source
+        .request_token_for(&TokenKey::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Http);
+    assert!(err.is_retryable(), "{err}");
+
     // Nothing listening: a transport error naming the server.
     let (listener, addr) = support::loopback().await;
     drop(listener);

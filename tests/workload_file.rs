@@ -415,3 +415,41 @@ async fn a_wide_refresh_window_waits_for_the_kubelets_rotation() {
     assert_eq!(cache.token().await.unwrap().access_token().secret(), second);
     assert_eq!(reads.load(Ordering::SeqCst), 2);
 }
+
+/// Kubernetes' default service-account token has extended expiration: valid for a year, with
+/// `kubernetes.io.warnafter` an hour after issue. The kubelet rotates it before `warnafter`,
+/// and the API server flags a token used after it as stale: the cache re-reads the file before
+/// `warnafter`, not a year later.
+#[tokio::test(start_paused = true)]
+async fn an_extended_token_is_used_until_its_warnafter_only() {
+    let extended = |n: u32| {
+        let now = unix_now();
+        let claims = serde_json::json!({
+            "sub": "system:serviceaccount:kube-system:default",
+            "iat": now,
+            "exp": now + 365 * 24 * 3600,
+            "kubernetes.io": { "namespace": "kube-system", "warnafter": now + 3600 },
+            "jti": n,
+        });
+        format!(
+            "e30.{}.c2ln",
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        )
+    };
+    let first = extended(1);
+    let mut volume = Projected::new(&first);
+    let cache = TokenCache::new(TokenFile::new(volume.path()));
+    assert_eq!(cache.token().await.unwrap().access_token().secret(), first);
+    // The kubelet rotates at 80 % of the hour.
+    tokio::time::advance(2880 * SECOND).await;
+    assert_eq!(cache.token().await.unwrap().access_token().secret(), first);
+    let second = extended(2);
+    volume.rotate(&second);
+    for _ in 0..60 {
+        tokio::time::advance(10 * SECOND).await;
+        cache.token().await.unwrap();
+    }
+    // 3480 s: before `warnafter`, the rotated token is in use.
+    assert_eq!(cache.token().await.unwrap().access_token().secret(), second);
+    assert_eq!(cache.stats().fetches, 2, "{:?}", cache.stats());
+}

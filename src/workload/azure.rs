@@ -189,10 +189,26 @@ impl AzureManagedIdentity {
             .next()
             .map(str::to_owned)
             .or_else(|| {
-                let scope = key.scope()?;
-                scope.strip_suffix("/.default").map(str::to_owned)
-            })
-            .unwrap_or_else(|| inner.resource.clone());
+                // Entra's `{resource}/.default`; a managed identity's token is for one resource.
+                let mut scopes = key.scopes();
+                let scope = scopes.next()?;
+                if scopes.next().is_some() {
+                    return None;
+                }
+                Some(scope.strip_suffix("/.default").unwrap_or(scope).to_owned())
+            });
+        let resource = match resource {
+            Some(resource) => resource,
+            None if key.scopes().next().is_some() => {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    IMDS,
+                    "a managed identity's token is for one resource: the key's scopes must be \
+                     one `{resource}/.default` (or the key must name a resource)",
+                ))
+            }
+            None => inner.resource.clone(),
+        };
         let (origin, mut url, api_version) = match &inner.flavor {
             Flavor::Imds(url) => (IMDS, url.to_string(), IMDS_API_VERSION),
             Flavor::AppService(url, _) => (APP_SERVICE, url.to_string(), APP_SERVICE_API_VERSION),
@@ -219,7 +235,9 @@ impl AzureManagedIdentity {
                 format!("cannot make the URL: {e}"),
             )
         })?;
-        let mut retries = 0;
+        // The 410 schedule (IMDS being updated) and the exponential one count apart, so that
+        // an update's 410s do not use up the retries of a later throttling.
+        let (mut gone, mut other) = (0, 0);
         loop {
             let reply =
                 endpoint::send(origin, &inner.transport, inner.timeout, self.request(&uri)?)
@@ -232,7 +250,13 @@ impl AzureManagedIdentity {
                 Flavor::Imds(_) => &[],
             };
             let error = reply.error(origin, sent);
-            retries += 1;
+            let retries = if reply.status == StatusCode::GONE {
+                gone += 1;
+                gone
+            } else {
+                other += 1;
+                other
+            };
             match self.retry_delay(reply.status, retries, error.retry_after()) {
                 Some(delay) => {
                     tracing::debug!(
@@ -325,7 +349,9 @@ fn parse(origin: &'static str, reply: &Reply) -> Result<Token, Error> {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         let remaining = Duration::from_secs(at).saturating_sub(now);
-        token = token.with_expires_at(Instant::now() + remaining);
+        // Counted from the request: a little early, never late; and a huge value from the
+        // server is capped by the cache rather than overflowing an instant.
+        token = token.with_expires_in(remaining);
     }
     if let Some(serde_json::Value::String(kind)) = fields.get("token_type") {
         token = token.with_token_type(kind.as_str());
@@ -360,7 +386,13 @@ fn parse_date(text: &str) -> Option<u64> {
         _ => return None,
     };
     let (oh, om) = offset.split_once(':')?;
-    let offset = sign * (number(oh)? * 3600 + number(om)? * 60);
+    let (oh, om) = (number(oh)?, number(om)?);
+    // Real offsets are within ±14 h, and years within what a token can mean: anything else
+    // is garbage, and must not overflow the arithmetic below.
+    if !(0..=14).contains(&oh) || !(0..60).contains(&om) || !(1970..=9999).contains(&year) {
+        return None;
+    }
+    let offset = sign * (oh * 3600 + om * 60);
     // Days from 1970-01-01 to the civil date (Howard Hinnant's algorithm).
     let y = if month <= 2 { year - 1 } else { year };
     let era = y.div_euclid(400);

@@ -32,7 +32,8 @@ struct Inner {
     path: Option<PathBuf>,
     status: Option<StatusCode>,
     retry_after: Option<Duration>,
-    source: Option<BoxError>,
+    /// Shared, so that an error changed after it was cloned keeps its cause.
+    source: Option<Arc<dyn StdError + Send + Sync>>,
 }
 
 /// The category of an [`Error`].
@@ -86,7 +87,7 @@ impl Error {
                     path: old.path.clone(),
                     status: old.status,
                     retry_after: old.retry_after,
-                    source: None,
+                    source: old.source.clone(),
                 };
                 f(&mut inner);
                 self.inner = Arc::new(inner);
@@ -113,7 +114,7 @@ impl Error {
 
     /// Records the underlying error.
     pub(crate) fn with_source(self, source: impl Into<BoxError>) -> Self {
-        let source = source.into();
+        let source: Arc<dyn StdError + Send + Sync> = Arc::from(source.into());
         self.with(|inner| inner.source = Some(source))
     }
 

@@ -185,6 +185,11 @@ impl GcpMetadata {
             .headers
             .get(METADATA_FLAVOR)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"Google"));
+        // An error status is judged by its status even without the header (a proxy's 503, a
+        // loaded server's 429 are worth retrying); a success without it is not the server's.
+        if !reply.status.is_success() {
+            return Err(reply.error(ORIGIN, &[]));
+        }
         if !flavored {
             return Err(Error::new(
                 ErrorKind::NotConfigured,
@@ -193,9 +198,6 @@ impl GcpMetadata {
                  a GCP metadata server",
             )
             .with_status(reply.status));
-        }
-        if !reply.status.is_success() {
-            return Err(reply.error(ORIGIN, &[]));
         }
         match inner.audience {
             Some(_) => id_token(&reply),
@@ -236,7 +238,15 @@ fn id_token(reply: &Reply) -> Result<Token, Error> {
             format!("the ID token is not usable: {why}"),
         )
     })?;
-    Ok(Token::new(text).with_expires_at(Instant::now() + times.remaining()))
+    let remaining = times.remaining();
+    if remaining.is_zero() {
+        return Err(Error::new(
+            ErrorKind::InvalidToken,
+            ORIGIN,
+            "the ID token has already expired by this machine's clock (is the clock right?)",
+        ));
+    }
+    Ok(Token::new(text).with_expires_in(remaining))
 }
 
 impl GcpMetadataBuilder {

@@ -164,7 +164,15 @@ impl GitHubActionsOidc {
                 format!("its `value` is not a usable JWT: {why}"),
             )
         })?;
-        Ok(Token::new(value).with_expires_at(Instant::now() + times.remaining()))
+        let remaining = times.remaining();
+        if remaining.is_zero() {
+            return Err(Error::new(
+                ErrorKind::InvalidToken,
+                ORIGIN,
+                "its JWT has already expired by this machine's clock (is the clock right?)",
+            ));
+        }
+        Ok(Token::new(value).with_expires_in(remaining))
     }
 }
 
@@ -181,7 +189,9 @@ impl AssertionSource for GitHubActionsOidc {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner);
                 last.as_ref()
-                    .filter(|(_, expires)| *expires > Instant::now() + REUSE_MARGIN)
+                    .filter(|(_, expires)| {
+                        expires.saturating_duration_since(Instant::now()) > REUSE_MARGIN
+                    })
                     .map(|(token, _)| token.access_token().secret().to_owned())
             };
             if let Some(jwt) = reuse {
@@ -192,9 +202,12 @@ impl AssertionSource for GitHubActionsOidc {
                 .await
                 .map_err(|e| Box::new(e) as BoxError)?;
             let expires = match token.expiry() {
-                Some(crate::Expiry::At(at)) => at,
-                _ => Instant::now(),
-            };
+                Some(crate::Expiry::In(remaining)) => Instant::now().checked_add(remaining),
+                Some(crate::Expiry::At(at)) => Some(at),
+                _ => None,
+            }
+            // A JWT stating an absurd expiry is reused as long as any.
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(24 * 3600));
             let jwt = token.access_token().secret().to_owned();
             *this
                 .inner

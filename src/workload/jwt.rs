@@ -16,6 +16,10 @@ pub(crate) struct Times {
     pub(crate) expires: u64,
     /// `iat`, if stated.
     pub(crate) issued: Option<u64>,
+    /// Kubernetes' `kubernetes.io.warnafter`, if stated: a token with extended expiration
+    /// (valid for a year) is still rotated by the kubelet as if it expired then, and the API
+    /// server flags its use after it as stale.
+    pub(crate) warn_after: Option<u64>,
 }
 
 impl Times {
@@ -25,8 +29,17 @@ impl Times {
     }
 
     pub(crate) fn remaining_at(&self, now: SystemTime) -> Duration {
+        Self::until(self.expires, now)
+    }
+
+    /// How long until `kubernetes.io.warnafter`, if the token states it; zero once passed.
+    pub(crate) fn until_warn_after(&self) -> Option<Duration> {
+        Some(Self::until(self.warn_after?, SystemTime::now()))
+    }
+
+    fn until(at: u64, now: SystemTime) -> Duration {
         let now = now.duration_since(UNIX_EPOCH).unwrap_or_default();
-        Duration::from_secs(self.expires).saturating_sub(now)
+        Duration::from_secs(at).saturating_sub(now)
     }
 
     /// The lifetime the issuer gave the token (`exp - iat`), if it stated `iat`.
@@ -83,7 +96,17 @@ pub(crate) fn times(jwt: &str) -> Result<Times, NotAJwt> {
     };
     let expires = seconds("exp")?.ok_or_else(|| NotAJwt("it states no `exp`".into()))?;
     let issued = seconds("iat")?;
-    Ok(Times { expires, issued })
+    // Read leniently: a claim of another shape is another issuer's business.
+    let warn_after = claims
+        .get("kubernetes.io")
+        .and_then(|k8s| k8s.get("warnafter"))
+        .and_then(serde_json::Value::as_u64)
+        .filter(|&at| at < expires);
+    Ok(Times {
+        expires,
+        issued,
+        warn_after,
+    })
 }
 
 #[cfg(test)]
@@ -110,6 +133,13 @@ mod tests {
         let float = super::times(&jwt(r#"{"exp":1700003600.5}"#)).unwrap();
         assert_eq!(float.expires, 1_700_003_600);
         assert_eq!(float.issued, None);
+        // A Kubernetes token with extended expiration: a year, rotated as if an hour.
+        let extended = super::times(&jwt(
+            r#"{"exp":1731536000,"iat":1700000000,"kubernetes.io":{"warnafter":1700003600}}"#,
+        ))
+        .unwrap();
+        assert_eq!(extended.warn_after, Some(1_700_003_600));
+        assert_eq!(extended.lifetime(), Some(Duration::from_secs(3600)));
     }
 
     #[test]

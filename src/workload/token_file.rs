@@ -23,12 +23,18 @@ const ORIGIN: &str = "the token file";
 /// reading the file again brings the same token.
 const ROTATED_AFTER_PERCENT: u32 = 80;
 
+/// How often a token past its `kubernetes.io.warnafter` is read again while the kubelet has not
+/// rotated it.
+const STALE_REREAD: Duration = Duration::from_secs(60);
+
 /// A token read from a file that the platform keeps current: a Kubernetes projected
 /// service-account token (`/var/run/secrets/tokens/...`), the file named by
 /// `AZURE_FEDERATED_TOKEN_FILE` or `AWS_WEB_IDENTITY_TOKEN_FILE`.
 ///
 /// - The file holds a JWT; its lifetime is read from its `exp` claim, without verifying it
-///   (the platform wrote it; the server it is sent to verifies it).
+///   (the platform wrote it; the server it is sent to verifies it). A Kubernetes token with
+///   extended expiration (valid for a year, with a `kubernetes.io.warnafter` claim) is used
+///   until its `warnafter` only, as the kubelet rotates it before then.
 /// - The file is read again for every token request, following symlinks, so the kubelet's
 ///   rotation (a new token written at 80 % of the old one's lifetime, swapped in through a
 ///   symlink) is picked up by the cache's next refresh, which comes before the old token
@@ -140,10 +146,18 @@ impl TokenFile {
             };
             fail(ErrorKind::File, why).with_source(e)
         })?;
-        let mut text = Zeroizing::new(String::new());
-        file.take(MAX_JWT as u64 + 3)
-            .read_to_string(&mut text)
+        let mut bytes = Zeroizing::new(Vec::new());
+        file.take(MAX_JWT as u64 + 1)
+            .read_to_end(&mut bytes)
             .map_err(|e| fail(ErrorKind::File, format!("cannot be read: {e}")).with_source(e))?;
+        if bytes.len() > MAX_JWT {
+            return Err(fail(
+                ErrorKind::File,
+                format!("is larger than the {MAX_JWT} bytes a token file may have"),
+            ));
+        }
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| fail(ErrorKind::InvalidToken, "is not text (UTF-8)".into()))?;
         let jwt = text.trim();
         if jwt.is_empty() {
             return Err(fail(ErrorKind::File, "is empty".into()));
@@ -198,7 +212,15 @@ impl TokenFile {
 /// The token the cache keeps: the JWT, with its lifetime by this machine's clock, and the
 /// renewal window of Kubernetes' rotation when the JWT states when it was issued.
 fn token(jwt: &str, times: Times) -> Token {
-    let token = Token::new(jwt).with_expires_in(times.remaining());
+    let remaining = match times.until_warn_after() {
+        // A token with extended expiration is used until its `warnafter` only: the kubelet
+        // rotates it before then, and the API server flags later use as stale.
+        Some(until) if !until.is_zero() => until,
+        // Past it, the file is read again every minute until the kubelet rotates it.
+        Some(_) => times.remaining().min(STALE_REREAD),
+        None => times.remaining(),
+    };
+    let token = Token::new(jwt).with_expires_in(remaining);
     match times.lifetime() {
         Some(lifetime) if !lifetime.is_zero() => {
             let window = lifetime * (100 - ROTATED_AFTER_PERCENT) / 100;
