@@ -186,18 +186,11 @@ impl ClientCredentials {
     }
 }
 
-/// Whether the form parameter `name` carries a credential, which a source's identity leaves
-/// out (it may be seen): the `client_*` ones, RFC 7523 assertions, RFC 8693 subject and actor
-/// tokens, a password, a refresh token.
+/// Whether the form parameter `name` carries a credential, which a source's identity and
+/// `Debug` leave out (they may be seen): the `client_*` ones and every parameter the error
+/// redaction treats as a credential (one list, `redact::SECRET_PARAMS`).
 pub(super) fn is_credential(name: &str) -> bool {
-    const SECRET_PARAMS: [&str; 5] = [
-        "assertion",
-        "subject_token",
-        "actor_token",
-        "password",
-        "refresh_token",
-    ];
-    name.starts_with("client_") || SECRET_PARAMS.contains(&name)
+    name.starts_with("client_") || super::redact::SECRET_PARAMS.contains(&name)
 }
 
 /// The token endpoint's URL as an identity names it: without userinfo, should it carry any.

@@ -38,7 +38,7 @@ mod error;
 mod exchange;
 mod loopback;
 mod pkce;
-mod redact;
+pub(crate) mod redact;
 mod refresh;
 pub(crate) mod response;
 pub(crate) mod transport;

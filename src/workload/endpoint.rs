@@ -13,6 +13,7 @@ use tower::ServiceExt;
 use tower_service::Service;
 
 use super::error::{Error, ErrorKind};
+use crate::oauth2::redact::Redactions;
 use crate::oauth2::response::retry_after;
 use crate::oauth2::transport::{default_transport, erase, Transport};
 use crate::BoxError;
@@ -211,7 +212,14 @@ impl Reply {
             }
             _ => raw.into_owned(),
         };
-        let said = redact(said.trim(), sent);
+        // The credentials this request carried, as oauth2's token requests redact theirs: in
+        // the forms they travel and are re-encoded in, and the whole text withheld where one
+        // shows through another encoding.
+        let mut redactions = Redactions::none();
+        for secret in sent {
+            redactions.secret(secret);
+        }
+        let said = redactions.clean(said.trim()).into_owned();
         if said.is_empty() {
             "(an empty body)".to_owned()
         } else {
@@ -237,15 +245,6 @@ impl Reply {
             .with_status(self.status)),
         }
     }
-}
-
-/// `text` with every occurrence of each of `secrets` replaced.
-pub(crate) fn redact(text: &str, secrets: &[&str]) -> String {
-    let mut out = text.to_owned();
-    for secret in secrets.iter().filter(|s| s.len() >= 4) {
-        out = out.replace(secret, "<redacted>");
-    }
-    out
 }
 
 /// The access token in `fields[name]`: a JSON string, not empty, of at most [`MAX_TOKEN`]
@@ -377,6 +376,12 @@ mod tests {
         let text = r.text(&["s3cr3t-h3ad3r"]);
         assert!(!text.contains("s3cr3t"), "{text}");
         assert!(!text.contains('\n') && !text.contains('\u{1b}'), "{text}");
+        // Echoed re-encoded, as a proxy quoting the request would: percent-encoded, or in
+        // upper or lower case hex, or JSON-escaped.
+        for echo in ["header=ab%2Bcd%2Fef0123", "header=ab%2bcd%2fef0123", r"ab+cd\/ef0123"] {
+            let text = reply(echo).text(&["ab+cd/ef0123"]);
+            assert!(!text.contains("cd/ef") && !text.contains("ef0123"), "{echo}: {text}");
+        }
         assert_eq!(reply("  ").text(&[]), "(an empty body)");
         let e = reply("Forbidden").error("the service", &[]);
         assert_eq!(e.status(), Some(StatusCode::BAD_REQUEST));
