@@ -107,6 +107,9 @@ impl fmt::Display for Chosen {
 /// What the token is for is given once ([`scope`](Self::scope),
 /// [`audience`](Self::audience), [`resource`](Self::resource)) and passed to the chosen source.
 ///
+/// The chain and its probes use the crate's default HTTP client (feature `default-client`);
+/// to use another, build the source yourself (each has a `transport` setter).
+///
 /// The choice is made at the first token request (or by [`resolve`](Self::resolve)), reading
 /// the environment then, and kept. If nothing applies, the error lists each source and why it
 /// did not apply, naming variables, never their values. A source that applies but is
@@ -204,7 +207,9 @@ impl DefaultChain {
         self.map_config(|c| c.scopes.push(scope))
     }
 
-    /// Adds an `audience` (Auth0, Okta) for the OAuth 2.0 sources.
+    /// Adds an `audience` (Auth0, Okta) for the OAuth 2.0 sources. On GCP an audience asks the
+    /// metadata server for an ID token for it (what Cloud Run and IAP check) instead of an
+    /// access token; Azure's managed identities ignore it.
     ///
     /// Default: none.
     pub fn audience(self, audience: impl Into<String>) -> Self {

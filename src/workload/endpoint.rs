@@ -118,10 +118,18 @@ impl Client {
             return Ok(transport);
         }
         #[cfg(feature = "default-client")]
-        let built = default_transport(None);
+        let built = default_transport(None)
+            .map_err(|e| Error::new(ErrorKind::Config, origin, e.to_string()));
         #[cfg(not(feature = "default-client"))]
-        let built = default_transport();
-        built.map_err(|e| Error::new(ErrorKind::Config, origin, e.to_string()))
+        let built = default_transport().map_err(|_| {
+            Error::new(
+                ErrorKind::Config,
+                origin,
+                "no HTTP client: enable the `default-client` feature or give the source one with \
+                 its builder's `transport`",
+            )
+        });
+        built
     }
 }
 
