@@ -122,7 +122,7 @@ async fn local() -> Result<(), BoxError> {
         "AZURE_AUTHORITY_HOST" => Some(authority.clone()),
         _ => None,
     };
-    let chain = DefaultChain::with_lookup(env).scope("api://orders/.default");
+    let chain = DefaultChain::from_lookup(env).scope("api://orders/.default");
     println!("the default chain chose: {}", chain.resolve().await?);
     let cache = TokenCache::new(chain);
     let mut client = ServiceBuilder::new()

@@ -65,7 +65,7 @@ async fn with_nothing_configured_the_error_lists_every_source_and_why() {
     // link-local address usually times out instead).
     let closed = closed_port().await;
     let imds_host = format!("http://{closed}");
-    let chain = DefaultChain::with_lookup(env(&[
+    let chain = DefaultChain::from_lookup(env(&[
         ("OAUTH_TOKEN_URL", "https://auth.example.com/token"),
         ("OAUTH_CLIENT_ID", "reporting"),
         ("AZURE_CLIENT_ID", "00000000-aaaa"),
@@ -101,7 +101,7 @@ async fn with_nothing_configured_the_error_lists_every_source_and_why() {
 
 #[tokio::test]
 async fn a_source_that_applies_but_is_misconfigured_ends_the_chain_without_its_secret() {
-    let chain = DefaultChain::with_lookup(env(&[
+    let chain = DefaultChain::from_lookup(env(&[
         ("OAUTH_TOKEN_URL", "http://auth.example.com/token"),
         ("OAUTH_CLIENT_ID", "reporting"),
         ("OAUTH_CLIENT_SECRET", "s3cr3t-value"),
@@ -132,7 +132,7 @@ async fn client_credentials_from_the_environment_come_first() {
         serde_json::json!({ "client_secret": "env-secret-0123456789" }),
     )]));
     let token_url = peer.url("/token");
-    let chain = DefaultChain::with_lookup(env(&[
+    let chain = DefaultChain::from_lookup(env(&[
         ("OAUTH_TOKEN_URL", &token_url),
         ("OAUTH_CLIENT_ID", "env-client"),
         ("OAUTH_CLIENT_SECRET", "env-secret-0123456789"),
@@ -170,7 +170,7 @@ async fn a_federated_token_file_authenticates_at_the_real_server() {
         &key.sign_jws(r#""typ":"JWT""#, &claims.to_string()).unwrap(),
     );
     let token_url = peer.url("/token");
-    let chain = DefaultChain::with_lookup(env(&[
+    let chain = DefaultChain::from_lookup(env(&[
         ("OAUTH_FEDERATED_TOKEN_FILE", file.to_str().unwrap()),
         ("OAUTH_TOKEN_URL", &token_url),
         ("OAUTH_CLIENT_ID", "federated"),
@@ -272,7 +272,7 @@ async fn entra_workload_identity_sends_the_file_as_client_assertion() {
         ("AZURE_AUTHORITY_HOST", authority.as_str()),
     ];
     // A resource gives Entra's `{resource}/.default` scope.
-    let chain = DefaultChain::with_lookup(env(&vars)).resource("api://orders/");
+    let chain = DefaultChain::from_lookup(env(&vars)).resource("api://orders/");
     assert_eq!(
         chain.resolve().await.unwrap(),
         Chosen::EntraWorkloadIdentity
@@ -282,7 +282,7 @@ async fn entra_workload_identity_sends_the_file_as_client_assertion() {
     assert_eq!(*seen.lock().unwrap(), ["/tenant-1/oauth2/v2.0/token"]);
 
     // Without a scope or a resource, Entra cannot be asked: a configuration error.
-    let err = DefaultChain::with_lookup(env(&vars))
+    let err = DefaultChain::from_lookup(env(&vars))
         .resolve()
         .await
         .unwrap_err();
@@ -297,7 +297,7 @@ async fn entra_workload_identity_sends_the_file_as_client_assertion() {
 async fn azure_app_service_is_chosen_by_its_variables() {
     let fake = metadata::app_service("app-service-secret-value");
     let endpoint = format!("{}/msi/token", fake.serve().await);
-    let chain = DefaultChain::with_lookup(env(&[
+    let chain = DefaultChain::from_lookup(env(&[
         ("IDENTITY_ENDPOINT", &endpoint),
         ("IDENTITY_HEADER", "app-service-secret-value"),
     ]))
@@ -322,13 +322,13 @@ async fn the_gcp_metadata_server_is_named_by_its_variable_or_found_by_its_probe(
     let closed = closed_port().await;
     let imds_host = format!("http://{closed}");
 
-    let named = DefaultChain::with_lookup(env(&[(GCE_METADATA_HOST, &host)]))
+    let named = DefaultChain::from_lookup(env(&[(GCE_METADATA_HOST, &host)]))
         .scope("https://www.googleapis.com/auth/cloud-platform")
         .probe_timeout(std::time::Duration::ZERO);
     assert_eq!(named.resolve().await.unwrap(), Chosen::GcpMetadata);
     TokenCache::new(named).token().await.unwrap();
 
-    let probed = DefaultChain::with_lookup(env(&[
+    let probed = DefaultChain::from_lookup(env(&[
         ("GCE_METADATA_IP", &host),
         ("AZURE_POD_IDENTITY_AUTHORITY_HOST", &imds_host),
     ]))
@@ -347,7 +347,7 @@ async fn the_gcp_metadata_server_is_named_by_its_variable_or_found_by_its_probe(
     // An IMDS does not pass for a GCP metadata server, nor the reverse.
     let imds = Imds::new([]);
     let imds_base = imds.fake.serve().await;
-    let crossed = DefaultChain::with_lookup(env(&[
+    let crossed = DefaultChain::from_lookup(env(&[
         ("GCE_METADATA_IP", imds_base.trim_start_matches("http://")),
         ("AZURE_POD_IDENTITY_AUTHORITY_HOST", &base),
     ]))
@@ -363,7 +363,7 @@ async fn azure_imds_is_found_by_its_probe_and_a_silent_address_times_out() {
     let imds = Imds::new([]);
     let base = imds.fake.serve().await;
     let closed = closed_port().await;
-    let chain = DefaultChain::with_lookup(env(&[
+    let chain = DefaultChain::from_lookup(env(&[
         ("GCE_METADATA_IP", &closed.to_string()),
         ("AZURE_POD_IDENTITY_AUTHORITY_HOST", &base),
     ]))
@@ -372,7 +372,7 @@ async fn azure_imds_is_found_by_its_probe_and_a_silent_address_times_out() {
     TokenCache::new(chain).token().await.unwrap();
 
     // A managed identity needs a resource.
-    let err = DefaultChain::with_lookup(env(&[
+    let err = DefaultChain::from_lookup(env(&[
         ("GCE_METADATA_IP", &closed.to_string()),
         ("AZURE_POD_IDENTITY_AUTHORITY_HOST", &base),
     ]))
@@ -391,7 +391,7 @@ async fn azure_imds_is_found_by_its_probe_and_a_silent_address_times_out() {
         }
     });
     let started = tokio::time::Instant::now();
-    let err = DefaultChain::with_lookup(env(&[
+    let err = DefaultChain::from_lookup(env(&[
         ("GCE_METADATA_IP", &silent_addr.to_string()),
         (
             "AZURE_POD_IDENTITY_AUTHORITY_HOST",

@@ -128,11 +128,11 @@ impl fmt::Display for Chosen {
 ///     "OAUTH_CLIENT_SECRET" => Some("s3cr3t".to_owned()),
 ///     _ => None,
 /// };
-/// let chain = DefaultChain::with_lookup(env).scope("invoices:read");
+/// let chain = DefaultChain::from_lookup(env).scope("invoices:read");
 /// assert_eq!(chain.resolve().await.unwrap(), Chosen::ClientCredentials);
 ///
 /// // Without probing the metadata services (a test should not depend on the machine it runs on).
-/// let err = DefaultChain::with_lookup(|_| None)
+/// let err = DefaultChain::from_lookup(|_| None)
 ///     .probe_timeout(Duration::ZERO)
 ///     .resolve()
 ///     .await
@@ -169,11 +169,11 @@ impl Default for DefaultChain {
 impl DefaultChain {
     /// A chain reading the process environment.
     pub fn new() -> Self {
-        Self::with_lookup(|name| std::env::var(name).ok())
+        Self::from_lookup(|name| std::env::var(name).ok())
     }
 
     /// A chain reading variables through `lookup` instead of the process environment.
-    pub fn with_lookup(lookup: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> Self {
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> Self {
         Self::from_config(Config {
             lookup: Arc::new(lookup),
             scopes: Vec::new(),
