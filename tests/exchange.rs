@@ -340,13 +340,19 @@ async fn a_projected_token_file_is_exchanged_for_an_access_token() {
         "response_types": [],
         "redirect_uris": [],
     });
-    let api = cc_client("billing-api", serde_json::json!({ "client_secret": "api-secret" }));
+    let api = cc_client(
+        "billing-api",
+        serde_json::json!({ "client_secret": "api-secret" }),
+    );
     let peer = OidcPeer::start_with(
         &serde_json::json!([exchanger, api]),
         &[("TRUSTED_SUBJECT_JWKS", jwks.as_path())],
     );
 
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let projected = |key: &SigningKey| {
         let claims = serde_json::json!({
             "iss": "https://kubernetes.default.svc.cluster.local",

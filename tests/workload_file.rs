@@ -431,10 +431,7 @@ async fn an_extended_token_is_used_until_its_warnafter_only() {
             "kubernetes.io": { "namespace": "kube-system", "warnafter": now + 3600 },
             "jti": n,
         });
-        format!(
-            "e30.{}.c2ln",
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        )
+        format!("e30.{}.c2ln", URL_SAFE_NO_PAD.encode(claims.to_string()))
     };
     let first = extended(1);
     let mut volume = Projected::new(&first);

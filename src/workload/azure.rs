@@ -13,7 +13,6 @@ use http::header::{HeaderName, HeaderValue, ACCEPT};
 use http::{Request, Response, StatusCode, Uri};
 use http_body::Body;
 use http_body_util::Full;
-use tokio::time::Instant;
 use tower_service::Service;
 use zeroize::Zeroizing;
 
@@ -184,19 +183,15 @@ impl AzureManagedIdentity {
     /// unusable.
     pub async fn request_token_for(&self, key: &TokenKey) -> Result<Token, Error> {
         let inner = &self.inner;
-        let resource = key
-            .resources()
-            .next()
-            .map(str::to_owned)
-            .or_else(|| {
-                // Entra's `{resource}/.default`; a managed identity's token is for one resource.
-                let mut scopes = key.scopes();
-                let scope = scopes.next()?;
-                if scopes.next().is_some() {
-                    return None;
-                }
-                Some(scope.strip_suffix("/.default").unwrap_or(scope).to_owned())
-            });
+        let resource = key.resources().next().map(str::to_owned).or_else(|| {
+            // Entra's `{resource}/.default`; a managed identity's token is for one resource.
+            let mut scopes = key.scopes();
+            let scope = scopes.next()?;
+            if scopes.next().is_some() {
+                return None;
+            }
+            Some(scope.strip_suffix("/.default").unwrap_or(scope).to_owned())
+        });
         let resource = match resource {
             Some(resource) => resource,
             None if key.scopes().next().is_some() => {

@@ -386,9 +386,16 @@ mod tests {
         assert!(!text.contains('\n') && !text.contains('\u{1b}'), "{text}");
         // Echoed re-encoded, as a proxy quoting the request would: percent-encoded, or in
         // upper or lower case hex, or JSON-escaped.
-        for echo in ["header=ab%2Bcd%2Fef0123", "header=ab%2bcd%2fef0123", r"ab+cd\/ef0123"] {
+        for echo in [
+            "header=ab%2Bcd%2Fef0123",
+            "header=ab%2bcd%2fef0123",
+            r"ab+cd\/ef0123",
+        ] {
             let text = reply(echo).text(&["ab+cd/ef0123"]);
-            assert!(!text.contains("cd/ef") && !text.contains("ef0123"), "{echo}: {text}");
+            assert!(
+                !text.contains("cd/ef") && !text.contains("ef0123"),
+                "{echo}: {text}"
+            );
         }
         assert_eq!(reply("  ").text(&[]), "(an empty body)");
         let e = reply("Forbidden").error("the service", &[]);

@@ -13,7 +13,6 @@ use http::header::{HeaderName, HeaderValue};
 use http::{Request, Response, Uri};
 use http_body::Body;
 use http_body_util::Full;
-use tokio::time::Instant;
 use tower_service::Service;
 
 use super::endpoint::{self, check_url, var, Client, Plain, Reply};

@@ -42,10 +42,14 @@ impl Times {
         Duration::from_secs(at).saturating_sub(now)
     }
 
-    /// The lifetime the issuer gave the token (`exp - iat`), if it stated `iat`.
+    /// The lifetime the issuer gave the token (`exp - iat`, or `warnafter - iat` when stated),
+    /// if it stated `iat`.
     pub(crate) fn lifetime(&self) -> Option<Duration> {
         let issued = self.issued?;
-        self.expires.checked_sub(issued).map(Duration::from_secs)
+        self.warn_after
+            .unwrap_or(self.expires)
+            .checked_sub(issued)
+            .map(Duration::from_secs)
     }
 }
 
