@@ -408,3 +408,40 @@ async fn azure_imds_is_found_by_its_probe_and_a_silent_address_times_out() {
     );
     assert!(err.to_string().contains("no answer within 200ms"), "{err}");
 }
+
+/// The chain's HTTP client is the one it is given: for its probes and for the source it
+/// chooses.
+#[tokio::test]
+async fn the_chain_uses_the_http_client_it_is_given() {
+    let gcp = Gcp::new(3600 * SECOND, 300 * SECOND);
+    let host = gcp
+        .fake
+        .serve()
+        .await
+        .trim_start_matches("http://")
+        .to_owned();
+    let closed = closed_port().await;
+    let sent = Arc::new(Mutex::new(Vec::<String>::new()));
+    let client = {
+        let sent = sent.clone();
+        let http = support::oidc_peer::http();
+        tower::ServiceExt::map_request(http, move |req: Request<Full<Bytes>>| {
+            sent.lock().unwrap().push(req.uri().to_string());
+            req
+        })
+    };
+    let chain = DefaultChain::from_lookup(env(&[
+        ("GCE_METADATA_IP", &host),
+        (
+            "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+            &format!("http://{closed}"),
+        ),
+    ]))
+    .scope("https://www.googleapis.com/auth/cloud-platform")
+    .transport(client);
+    assert_eq!(chain.resolve().await.unwrap(), Chosen::GcpMetadata);
+    TokenCache::new(chain).token().await.unwrap();
+    let sent = sent.lock().unwrap().clone();
+    assert_eq!(sent.len(), 3, "two probes and one token request: {sent:?}");
+    assert!(sent.iter().any(|uri| uri.contains("/token")), "{sent:?}");
+}

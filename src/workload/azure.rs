@@ -497,6 +497,12 @@ impl AzureManagedIdentityBuilder {
         self
     }
 
+    /// The HTTP client of a default chain that was given one.
+    pub(crate) fn client(mut self, client: Client) -> Self {
+        self.client = client;
+        self
+    }
+
     /// Checks the configuration and builds the source.
     ///
     /// # Errors

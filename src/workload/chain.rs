@@ -107,8 +107,8 @@ impl fmt::Display for Chosen {
 /// What the token is for is given once ([`scope`](Self::scope),
 /// [`audience`](Self::audience), [`resource`](Self::resource)) and passed to the chosen source.
 ///
-/// The chain and its probes use the crate's default HTTP client (feature `default-client`);
-/// to use another, build the source yourself (each has a `transport` setter).
+/// The chain and its probes use the crate's default HTTP client (feature `default-client`)
+/// unless given another ([`transport`](Self::transport)).
 ///
 /// The choice is made at the first token request (or by [`resolve`](Self::resolve)), reading
 /// the environment then, and kept. If nothing applies, the error lists each source and why it
@@ -158,6 +158,7 @@ struct Config {
     audiences: Vec<String>,
     resources: Vec<String>,
     probe_timeout: Duration,
+    client: Client,
 }
 
 impl Default for DefaultChain {
@@ -180,6 +181,7 @@ impl DefaultChain {
             audiences: Vec::new(),
             resources: Vec::new(),
             probe_timeout: PROBE_TIMEOUT,
+            client: Client::default(),
         })
     }
 
@@ -232,6 +234,26 @@ impl DefaultChain {
     /// Default: 1 s.
     pub fn probe_timeout(self, timeout: Duration) -> Self {
         self.map_config(|c| c.probe_timeout = timeout)
+    }
+
+    /// The HTTP client of the probes and of the source chosen: any tower service taking
+    /// `http::Request<Full<Bytes>>` and answering an `http::Response` with any body.
+    ///
+    /// Default: hyper-util's client with rustls (the `default-client` feature).
+    pub fn transport<S, B>(self, transport: S) -> Self
+    where
+        S: Service<Request<Full<Bytes>>, Response = http::Response<B>>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        self.map_config(|c| c.client.set(transport))
     }
 
     /// Chooses the source now (if not chosen yet) and says which.
@@ -359,6 +381,7 @@ fn client_credentials(config: &Config) -> Result<Step, Error> {
     };
     let endpoint = TokenEndpoint::builder(url, client_id)
         .client_secret(secret)
+        .erased_transport(config.client.given())
         .build()
         .map_err(|e| {
             config_error(
@@ -392,6 +415,7 @@ fn entra(config: &Config) -> Result<Step, Error> {
     );
     let endpoint = TokenEndpoint::builder(url, client_id)
         .client_assertion(TokenFile::new(file))
+        .erased_transport(config.client.given())
         .build()
         .map_err(|e| {
             config_error(
@@ -430,6 +454,7 @@ fn federated_file(config: &Config) -> Result<Step, Error> {
     };
     let endpoint = TokenEndpoint::builder(url, client_id)
         .client_assertion(TokenFile::new(file))
+        .erased_transport(config.client.given())
         .build()
         .map_err(|e| {
             config_error(
@@ -463,6 +488,7 @@ fn app_service(config: &Config) -> Result<Step, Error> {
     let chosen = Chosen::AzureAppService;
     let source = AzureManagedIdentity::from_lookup(&*config.lookup)
         .resource(azure_resource(config, chosen)?)
+        .client(config.client.clone())
         .build()
         .map_err(|e| config_error(chosen, e))?;
     Ok(Step::Applies(chosen, boxed(source)))
@@ -470,7 +496,9 @@ fn app_service(config: &Config) -> Result<Step, Error> {
 
 fn gcp_source(config: &Config, base_url: Option<String>) -> Result<Step, Error> {
     let chosen = Chosen::GcpMetadata;
-    let mut builder = GcpMetadata::from_lookup(&*config.lookup).scopes(config.scopes.clone());
+    let mut builder = GcpMetadata::from_lookup(&*config.lookup)
+        .scopes(config.scopes.clone())
+        .client(config.client.clone());
     if let Some(base_url) = base_url {
         builder = builder.base_url(base_url);
     }
@@ -527,6 +555,7 @@ async fn imds(config: &Config) -> Result<Step, Error> {
             let chosen = Chosen::AzureImds;
             let source = AzureManagedIdentity::from_lookup(&*config.lookup)
                 .resource(azure_resource(config, chosen)?)
+                .client(config.client.clone())
                 .build()
                 .map_err(|e| config_error(chosen, e))?;
             Ok(Step::Applies(chosen, boxed(source)))
@@ -551,7 +580,7 @@ async fn probe(config: &Config, request: Result<Request<Full<Bytes>>, http::Erro
     let Ok(request) = request else {
         return Probe::Silent("the address is not a valid URL".into());
     };
-    let transport = match Client::default().build(ORIGIN) {
+    let transport = match config.client.clone().build(ORIGIN) {
         Ok(transport) => transport,
         Err(error) => return Probe::Silent(error.to_string()),
     };

@@ -101,6 +101,11 @@ pub(crate) struct Client {
 }
 
 impl Client {
+    /// The transport given, if any: for sources built by the default chain.
+    pub(crate) fn given(&self) -> Option<Transport> {
+        self.transport.clone()
+    }
+
     pub(crate) fn set<S, B>(&mut self, transport: S)
     where
         S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + Sync + 'static,

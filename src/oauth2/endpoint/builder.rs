@@ -181,6 +181,14 @@ impl TokenEndpointBuilder {
         self
     }
 
+    /// A transport already erased, for sources the crate builds itself (the default chain).
+    pub(crate) fn erased_transport(mut self, transport: Option<Transport>) -> Self {
+        if transport.is_some() {
+            self.transport = transport;
+        }
+        self
+    }
+
     /// The TLS configuration of the default HTTP client (hyper-util with rustls), for a client
     /// certificate (`ClientConfig::builder()...with_client_auth_cert(chain, key)`) or private
     /// roots. With a client certificate the client can use [`ClientAuth::TlsClientAuth`] or
