@@ -41,6 +41,12 @@ cargo clippy --no-default-features -- -D warnings
 cargo test --no-default-features --lib
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --no-default-features
 
+step "the library alone with the default features, and with oauth2 but no HTTP client"
+# Tests and examples build the library with the dev-dependencies' features too (tokio's
+# `full`): these builds catch a use of a feature the library does not ask for itself.
+cargo build --lib
+cargo check --lib --no-default-features --features oauth2
+
 step "cargo doc (-D warnings)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features
 

@@ -313,7 +313,16 @@ async fn choose(config: &Config) -> Result<(Chosen, BoxSource), Error> {
             Err(error) => return Err(error),
         }
     }
-    let (gcp, imds) = tokio::join!(gcp(config), imds(config));
+    // The two probes at once: one on a task of its own (the crate's tokio features have no
+    // `join!`), bounded by the probe timeout like the other.
+    let imds = {
+        let config = config.clone();
+        tokio::spawn(async move { imds(&config).await })
+    };
+    let gcp = gcp(config).await;
+    let imds = imds
+        .await
+        .unwrap_or_else(|e| Ok(Step::Skipped(format!("the probe failed: {e}"))));
     for (chosen, step) in [(Chosen::GcpMetadata, gcp), (Chosen::AzureImds, imds)] {
         match step? {
             Step::Applies(chosen, source) => {
