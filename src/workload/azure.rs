@@ -2,24 +2,19 @@
 //! identity endpoint of App Service, Functions and Container Apps.
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, ACCEPT};
-use http::{Request, Response, StatusCode, Uri};
-use http_body::Body;
+use http::{Request, StatusCode, Uri};
 use http_body_util::Full;
-use tower_service::Service;
 use zeroize::Zeroizing;
 
 use super::endpoint::{self, check_url, var, Client, Plain, Reply};
 use super::error::{Error, ErrorKind};
 use crate::oauth2::transport::Transport;
-use crate::{BoxError, SourceError, Token, TokenKey, TokenRequest};
+use crate::{Token, TokenKey};
 
 const IMDS: &str = "the Azure instance metadata service";
 const APP_SERVICE: &str = "the Azure App Service identity endpoint";
@@ -456,14 +451,6 @@ impl AzureManagedIdentityBuilder {
         self
     }
 
-    /// How long one request may take.
-    ///
-    /// Default: 10 seconds.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
     /// How many times a `404` (IMDS), `429` or `5xx` is retried; `0` retries nothing, not even
     /// a `410`.
     ///
@@ -481,21 +468,7 @@ impl AzureManagedIdentityBuilder {
         self
     }
 
-    /// The HTTP client: any tower service taking `http::Request<Full<Bytes>>`.
-    ///
-    /// Default: hyper-util's client (the `default-client` feature).
-    pub fn transport<S, B>(mut self, transport: S) -> Self
-    where
-        S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + Sync + 'static,
-        S::Error: Into<BoxError>,
-        S::Future: Send + 'static,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
-    {
-        self.client.set(transport);
-        self
-    }
+    http_client_setters!();
 
     /// The HTTP client of a default chain that was given one.
     pub(crate) fn client(mut self, client: Client) -> Self {
@@ -596,21 +569,7 @@ impl fmt::Debug for AzureManagedIdentityBuilder {
     }
 }
 
-/// A token source: fails with a [`SourceError`] wrapping the [`Error`].
-impl Service<TokenRequest> for AzureManagedIdentity {
-    type Response = Token;
-    type Error = SourceError;
-    type Future = Pin<Box<dyn Future<Output = Result<Token, SourceError>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), SourceError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: TokenRequest) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move { Ok(this.request_token_for(req.key()).await?) })
-    }
-}
+token_source_service!(AzureManagedIdentity);
 
 #[cfg(test)]
 mod tests {

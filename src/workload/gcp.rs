@@ -2,24 +2,18 @@
 //! Run service, a function or a GKE pod (workload identity) runs as.
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
-use http::{Request, Response, Uri};
-use http_body::Body;
+use http::{Request, Uri};
 use http_body_util::Full;
-use tower_service::Service;
 
 use super::endpoint::{self, check_url, var, Client, Plain, Reply};
 use super::error::{Error, ErrorKind};
 use super::jwt;
 use crate::oauth2::transport::Transport;
-use crate::{BoxError, SourceError, Token, TokenKey, TokenRequest};
+use crate::{Token, TokenKey};
 
 const ORIGIN: &str = "the GCP metadata server";
 
@@ -291,14 +285,6 @@ impl GcpMetadataBuilder {
         self
     }
 
-    /// How long one request to the metadata server may take.
-    ///
-    /// Default: 10 seconds.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
     /// How long before its expiry the server starts handing out a new access token; the cache
     /// does not refresh before that ([`Token::with_renewal_window`]).
     ///
@@ -308,21 +294,7 @@ impl GcpMetadataBuilder {
         self
     }
 
-    /// The HTTP client: any tower service taking `http::Request<Full<Bytes>>`.
-    ///
-    /// Default: hyper-util's client (the `default-client` feature).
-    pub fn transport<S, B>(mut self, transport: S) -> Self
-    where
-        S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + Sync + 'static,
-        S::Error: Into<BoxError>,
-        S::Future: Send + 'static,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
-    {
-        self.client.set(transport);
-        self
-    }
+    http_client_setters!();
 
     /// The HTTP client of a default chain that was given one.
     pub(crate) fn client(mut self, client: Client) -> Self {
@@ -392,21 +364,7 @@ impl fmt::Debug for GcpMetadata {
     }
 }
 
-/// A token source: fails with a [`SourceError`] wrapping the [`Error`].
-impl Service<TokenRequest> for GcpMetadata {
-    type Response = Token;
-    type Error = SourceError;
-    type Future = Pin<Box<dyn Future<Output = Result<Token, SourceError>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), SourceError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: TokenRequest) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move { Ok(this.request_token_for(req.key()).await?) })
-    }
-}
+token_source_service!(GcpMetadata);
 
 #[cfg(test)]
 mod tests {

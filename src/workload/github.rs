@@ -1,19 +1,13 @@
 //! GitHub Actions' OIDC tokens: a JWT naming the repository, workflow and job, for an audience.
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::header::{HeaderValue, ACCEPT, AUTHORIZATION};
-use http::{Request, Response, Uri};
-use http_body::Body;
+use http::{Request, Uri};
 use http_body_util::Full;
 use tokio::time::Instant;
-use tower_service::Service;
 use zeroize::Zeroizing;
 
 use super::endpoint::{self, check_url, var, Client, Plain};
@@ -21,7 +15,7 @@ use super::error::{Error, ErrorKind};
 use super::jwt;
 use crate::oauth2::transport::Transport;
 use crate::oauth2::{AssertionFuture, AssertionRequest, AssertionSource};
-use crate::{BoxError, SourceError, Token, TokenKey, TokenRequest};
+use crate::{BoxError, Token, TokenKey};
 
 const ORIGIN: &str = "the GitHub Actions OIDC token service";
 
@@ -247,29 +241,7 @@ impl GitHubActionsOidcBuilder {
         self
     }
 
-    /// How long one request may take.
-    ///
-    /// Default: 10 seconds.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// The HTTP client: any tower service taking `http::Request<Full<Bytes>>`.
-    ///
-    /// Default: hyper-util's client with rustls (the `default-client` feature).
-    pub fn transport<S, B>(mut self, transport: S) -> Self
-    where
-        S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + Sync + 'static,
-        S::Error: Into<BoxError>,
-        S::Future: Send + 'static,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
-    {
-        self.client.set(transport);
-        self
-    }
+    http_client_setters!();
 
     /// Checks the configuration and builds the source.
     ///
@@ -336,21 +308,7 @@ impl fmt::Debug for GitHubActionsOidcBuilder {
     }
 }
 
-/// A token source: fails with a [`SourceError`] wrapping the [`Error`].
-impl Service<TokenRequest> for GitHubActionsOidc {
-    type Response = Token;
-    type Error = SourceError;
-    type Future = Pin<Box<dyn Future<Output = Result<Token, SourceError>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), SourceError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: TokenRequest) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move { Ok(this.request_token_for(req.key()).await?) })
-    }
-}
+token_source_service!(GitHubActionsOidc);
 
 #[cfg(test)]
 mod tests {

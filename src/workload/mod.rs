@@ -17,6 +17,75 @@
 //! with a [`SourceError`](crate::SourceError) wrapping it, so the cache backs off as the
 //! error says.
 
+/// The `tower::Service<TokenRequest>` of a workload source, from its
+/// `request_token_for(&TokenKey) -> Result<Token, Error>`: one definition for every source, as
+/// tower-http defines its inner-service accessors once.
+macro_rules! token_source_service {
+    ($source:ty) => {
+        /// A token source: fails with a [`SourceError`](crate::SourceError) wrapping the
+        /// [`Error`](crate::workload::Error).
+        impl tower_service::Service<crate::TokenRequest> for $source {
+            type Response = crate::Token;
+            type Error = crate::SourceError;
+            type Future = std::pin::Pin<
+                Box<
+                    dyn std::future::Future<Output = Result<crate::Token, crate::SourceError>>
+                        + Send,
+                >,
+            >;
+
+            fn poll_ready(
+                &mut self,
+                _cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<Result<(), crate::SourceError>> {
+                std::task::Poll::Ready(Ok(()))
+            }
+
+            fn call(&mut self, req: crate::TokenRequest) -> Self::Future {
+                let this = self.clone();
+                Box::pin(async move { Ok(this.request_token_for(req.key()).await?) })
+            }
+        }
+    };
+}
+
+/// The `timeout` and `transport` setters every metadata and CI source's builder has, with the
+/// same meaning and defaults.
+macro_rules! http_client_setters {
+    () => {
+        /// How long one request may take.
+        ///
+        /// Default: 10 seconds.
+        pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
+            self.timeout = timeout;
+            self
+        }
+
+        /// The HTTP client: any tower service taking `http::Request<Full<Bytes>>` and answering
+        /// an `http::Response` with any body.
+        ///
+        /// Default: hyper-util's client with rustls (the `default-client` feature).
+        pub fn transport<S, B>(mut self, transport: S) -> Self
+        where
+            S: tower_service::Service<
+                    http::Request<http_body_util::Full<bytes::Bytes>>,
+                    Response = http::Response<B>,
+                > + Clone
+                + Send
+                + Sync
+                + 'static,
+            S::Error: Into<crate::BoxError>,
+            S::Future: Send + 'static,
+            B: http_body::Body + Send + 'static,
+            B::Data: Send,
+            B::Error: Into<crate::BoxError>,
+        {
+            self.client.set(transport);
+            self
+        }
+    };
+}
+
 mod azure;
 mod chain;
 mod endpoint;
