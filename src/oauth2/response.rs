@@ -552,7 +552,10 @@ fn text(value: &Value) -> Option<String> {
 }
 
 /// `expires_in` as a lifetime; `None` if it is not a number.
-fn lifetime(value: &Value) -> Option<Duration> {
+/// A number of seconds as servers send it, leniently (a JSON number, or a string of a decimal
+/// number; negative is zero; capped at a century): `expires_in`, and the workload sources'
+/// `expires_in` and `expires_on`.
+pub(crate) fn lifetime(value: &Value) -> Option<Duration> {
     match value {
         Value::Number(number) => {
             if let Some(seconds) = number.as_u64() {

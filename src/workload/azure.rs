@@ -13,6 +13,7 @@ use zeroize::Zeroizing;
 
 use super::endpoint::{self, check_url, var, Client, Plain, Reply};
 use super::error::{Error, ErrorKind};
+use crate::oauth2::response::lifetime;
 use crate::oauth2::transport::Transport;
 use crate::{Token, TokenKey};
 
@@ -326,11 +327,12 @@ fn parse(origin: &'static str, reply: &Reply) -> Result<Token, Error> {
     let mut token = Token::new(access_token);
     let invalid = |why: &str| Error::new(ErrorKind::InvalidResponse, origin, why.to_owned());
     if let Some(value) = fields.get("expires_in") {
-        let seconds = endpoint::seconds(value)
+        let lifetime = lifetime(value)
             .ok_or_else(|| invalid("its `expires_in` is not a number of seconds"))?;
-        token = token.with_expires_in(Duration::from_secs(seconds));
+        token = token.with_expires_in(lifetime);
     } else if let Some(value) = fields.get("expires_on") {
-        let at = endpoint::seconds(value)
+        let at = lifetime(value)
+            .map(|since_1970| since_1970.as_secs())
             .or_else(|| value.as_str().and_then(parse_date))
             .ok_or_else(|| {
                 invalid("its `expires_on` is neither seconds since 1970 nor a date it can read")

@@ -282,23 +282,6 @@ pub(crate) fn token_field(
     }
 }
 
-/// A number of seconds as services send it: a JSON number, or a string of digits (Azure).
-pub(crate) fn seconds(value: &serde_json::Value) -> Option<u64> {
-    match value {
-        serde_json::Value::Number(n) => n.as_u64().or_else(|| {
-            n.as_f64()
-                .filter(|f| f.is_finite() && *f >= 0.0)
-                .map(|f| f as u64)
-        }),
-        serde_json::Value::String(s) => {
-            let s = s.trim();
-            (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                .then(|| s.parse::<u64>().unwrap_or(u64::MAX))
-        }
-        _ => None,
-    }
-}
-
 /// `url` with `path` appended to its path (without doubling a `/`).
 pub(crate) fn join(base: &Uri, path: &str) -> String {
     let base = base.to_string();
@@ -354,26 +337,6 @@ mod tests {
         assert!(check_url("x", "u", "http://127.0.0.1:9", Plain::Loopback).is_ok());
         let err = check_url("the GCP metadata server", "host", "http://10.1.1.1", GCP).unwrap_err();
         assert!(err.to_string().contains("must use https"), "{err}");
-    }
-
-    #[test]
-    fn seconds_as_numbers_or_strings() {
-        use serde_json::json;
-        assert_eq!(seconds(&json!(3599)), Some(3599));
-        assert_eq!(seconds(&json!("3599")), Some(3599));
-        assert_eq!(seconds(&json!(" 86399 ")), Some(86399));
-        assert_eq!(seconds(&json!(12.5)), Some(12));
-        assert_eq!(seconds(&json!("99999999999999999999999")), Some(u64::MAX));
-        for bad in [
-            json!(-1),
-            json!("-1"),
-            json!("+5"),
-            json!(""),
-            json!(null),
-            json!([1]),
-        ] {
-            assert_eq!(seconds(&bad), None, "{bad}");
-        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ use http_body_util::Full;
 use super::endpoint::{self, check_url, var, Client, Plain, Reply};
 use super::error::{Error, ErrorKind};
 use super::jwt;
+use crate::oauth2::response;
 use crate::oauth2::transport::Transport;
 use crate::{Token, TokenKey};
 
@@ -203,14 +204,14 @@ impl GcpMetadata {
         let access_token = endpoint::token_field(ORIGIN, &fields, "access_token")?;
         let mut token = Token::new(access_token).with_renewal_window(self.inner.renewal_window);
         if let Some(lifetime) = fields.get("expires_in") {
-            let seconds = endpoint::seconds(lifetime).ok_or_else(|| {
+            let lifetime = response::lifetime(lifetime).ok_or_else(|| {
                 Error::new(
                     ErrorKind::InvalidResponse,
                     ORIGIN,
                     "its `expires_in` is not a number of seconds",
                 )
             })?;
-            token = token.with_expires_in(Duration::from_secs(seconds));
+            token = token.with_expires_in(lifetime);
         }
         if let Some(serde_json::Value::String(kind)) = fields.get("token_type") {
             token = token.with_token_type(kind.as_str());
