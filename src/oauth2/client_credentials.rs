@@ -160,30 +160,40 @@ impl ClientCredentials {
     ///
     /// When the token endpoint refuses, cannot be reached or answers something unusable.
     pub async fn request_token_for(&self, key: &TokenKey) -> Result<TokenResponse, Error> {
-        let scope = match key.scope() {
-            Some(scope) => scope,
-            None => self.scopes.join(" "),
-        };
+        let scope = key.scope().unwrap_or_else(|| self.scopes.join(" "));
         let mut params: Vec<(&str, &str)> = vec![("grant_type", &self.grant_type)];
-        if !scope.is_empty() {
-            params.push(("scope", &scope));
-        }
-        let replaced = |name: &str| match name {
-            "audience" => key.audiences().next().is_some(),
-            "resource" => key.resources().next().is_some(),
-            _ => key.params().any(|(other, _)| other == name),
-        };
-        params.extend(
-            self.params
-                .iter()
-                .filter(|(name, _)| !replaced(name))
-                .map(|(k, v)| (k.as_str(), v.as_str())),
-        );
-        params.extend(key.audiences().map(|audience| ("audience", audience)));
-        params.extend(key.resources().map(|resource| ("resource", resource)));
-        params.extend(key.params());
+        push_target(&mut params, key, &scope, &self.params);
         self.endpoint.token_request(&params).await
     }
+}
+
+/// Appends what the token is for: `scope` (if not empty), the configured `params` except those
+/// the key replaces (its audiences replace every `audience`, its resources every `resource`,
+/// each of its parameters those of the same name), then the key's audiences, resources and
+/// parameters. Shared by the grants that take a [`TokenKey`].
+pub(super) fn push_target<'a>(
+    out: &mut Vec<(&'a str, &'a str)>,
+    key: &'a TokenKey,
+    scope: &'a str,
+    params: &'a [(String, String)],
+) {
+    if !scope.is_empty() {
+        out.push(("scope", scope));
+    }
+    let replaced = |name: &str| match name {
+        "audience" => key.audiences().next().is_some(),
+        "resource" => key.resources().next().is_some(),
+        _ => key.params().any(|(other, _)| other == name),
+    };
+    out.extend(
+        params
+            .iter()
+            .filter(|(name, _)| !replaced(name))
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+    );
+    out.extend(key.audiences().map(|audience| ("audience", audience)));
+    out.extend(key.resources().map(|resource| ("resource", resource)));
+    out.extend(key.params());
 }
 
 /// Whether the form parameter `name` carries a credential, which a source's identity and

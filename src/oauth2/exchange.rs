@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use tower::ServiceExt;
 use tower_service::Service;
 
+use super::client_credentials::push_target;
 use super::{Error, TokenEndpoint, TokenResponse};
 use crate::shown::{shown, MAX_SHOWN};
 use crate::source::{BoxSource, RetryHint};
@@ -387,23 +388,7 @@ impl TokenExchange {
         if let Some(requested) = &self.requested_token_type {
             params.push(("requested_token_type", requested));
         }
-        if !scope.is_empty() {
-            params.push(("scope", &scope));
-        }
-        let replaced = |name: &str| match name {
-            "audience" => key.audiences().next().is_some(),
-            "resource" => key.resources().next().is_some(),
-            _ => key.params().any(|(other, _)| other == name),
-        };
-        params.extend(
-            self.params
-                .iter()
-                .filter(|(name, _)| !replaced(name))
-                .map(|(k, v)| (k.as_str(), v.as_str())),
-        );
-        params.extend(key.audiences().map(|audience| ("audience", audience)));
-        params.extend(key.resources().map(|resource| ("resource", resource)));
-        params.extend(key.params());
+        push_target(&mut params, key, &scope, &self.params);
         let response = self.endpoint.token_request(&params).await?;
         self.check_issued_type(&response)?;
         let valid_until = [Some(&subject), actor.as_ref().map(|(_, token)| token)]
