@@ -127,12 +127,8 @@ impl ClientCredentials {
     /// # }
     /// ```
     pub fn identity(&self) -> String {
-        let mut identity = form_urlencoded::Serializer::new(String::new());
-        identity
-            .append_pair("token_url", &url_text(&self.endpoint))
-            .append_pair("client_id", self.endpoint.client_id())
-            .append_pair("grant_type", &self.grant_type)
-            .append_pair("scope", &self.scopes.join(" "));
+        let mut identity = identity_of(&self.endpoint, &self.grant_type);
+        identity.append_pair("scope", &self.scopes.join(" "));
         for (name, value) in self.params.iter() {
             if !is_credential(name) {
                 identity.append_pair(name, value);
@@ -165,6 +161,24 @@ impl ClientCredentials {
         push_target(&mut params, key, &scope, &self.params);
         self.endpoint.token_request(&params).await
     }
+}
+
+/// The start of a source's identity: the token endpoint's URL, the client id, the grant type,
+/// and the thumbprint of the DPoP key its tokens are bound to (a token bound to one replica's
+/// key is useless to a replica with another, so they must not share it).
+pub(super) fn identity_of(
+    endpoint: &TokenEndpoint,
+    grant_type: &str,
+) -> form_urlencoded::Serializer<'static, String> {
+    let mut identity = form_urlencoded::Serializer::new(String::new());
+    identity
+        .append_pair("token_url", &url_text(endpoint))
+        .append_pair("client_id", endpoint.client_id())
+        .append_pair("grant_type", grant_type);
+    if let Some(key) = endpoint.dpop_key() {
+        identity.append_pair("dpop_jkt", key.thumbprint());
+    }
+    identity
 }
 
 /// Appends what the token is for: `scope` (if not empty), the configured `params` except those
@@ -230,5 +244,42 @@ impl Service<TokenRequest> for ClientCredentials {
     fn call(&mut self, req: TokenRequest) -> Self::Future {
         let this = self.clone();
         Box::pin(async move { Ok(this.request_token_for(req.key()).await?.into_token()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dpop::DpopKey;
+
+    /// Replicas whose tokens are bound to different DPoP keys must not share them: a token
+    /// bound to another replica's key is refused at every request.
+    #[test]
+    fn the_identity_names_the_dpop_key_tokens_are_bound_to() {
+        let endpoint = |key: Option<DpopKey>| {
+            let builder = TokenEndpoint::builder("https://as.example.com/token", "fleet")
+                .client_secret("s3cr3t");
+            match key {
+                Some(key) => builder.dpop(key),
+                None => builder,
+            }
+            .build()
+            .unwrap()
+        };
+        let (a, b) = (DpopKey::generate().unwrap(), DpopKey::generate().unwrap());
+        let bearer = ClientCredentials::new(endpoint(None)).identity();
+        let bound_a = ClientCredentials::new(endpoint(Some(a.clone()))).identity();
+        let bound_b = ClientCredentials::new(endpoint(Some(b))).identity();
+        assert!(!bearer.contains("dpop_jkt"), "{bearer}");
+        assert!(
+            bound_a.contains(&format!("dpop_jkt={}", a.thumbprint())),
+            "{bound_a}"
+        );
+        assert_ne!(bound_a, bound_b);
+        assert_eq!(
+            bound_a,
+            ClientCredentials::new(endpoint(Some(a))).identity(),
+            "the same key, the same identity"
+        );
     }
 }

@@ -192,6 +192,11 @@ impl TokenEndpoint {
         &self.inner.token_url
     }
 
+    /// The key the endpoint's tokens are bound to with DPoP, if any.
+    pub(crate) fn dpop_key(&self) -> Option<&DpopKey> {
+        self.inner.dpop.as_ref()
+    }
+
     /// How the client authenticates.
     pub fn auth(&self) -> ClientAuth {
         self.inner.auth

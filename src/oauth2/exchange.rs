@@ -292,14 +292,8 @@ impl TokenExchange {
     /// # }
     /// ```
     pub fn identity_for(&self, subject_token: &str, actor_token: Option<&str>) -> String {
-        let mut identity = form_urlencoded::Serializer::new(String::new());
+        let mut identity = super::client_credentials::identity_of(&self.endpoint, Self::GRANT_TYPE);
         identity
-            .append_pair(
-                "token_url",
-                &super::client_credentials::url_text(&self.endpoint),
-            )
-            .append_pair("client_id", self.endpoint.client_id())
-            .append_pair("grant_type", Self::GRANT_TYPE)
             .append_pair("subject_token_type", &self.subject.token_type)
             .append_pair("subject_sha256", SubjectDigest::of(subject_token).as_str());
         if let Some(actor) = &self.actor {

@@ -487,7 +487,14 @@ impl AzureManagedIdentityBuilder {
     pub fn build(self) -> Result<AzureManagedIdentity, Error> {
         let (origin, flavor) = match self.app_service {
             Some((url, header)) => {
-                let url = check_url(APP_SERVICE, "IDENTITY_ENDPOINT", &url, Plain::Loopback)?;
+                // Windows plans give a loopback endpoint, Linux ones and Container Apps a
+                // link-local one (`http://169.254.255.2:8081/msi/token`).
+                let url = check_url(
+                    APP_SERVICE,
+                    "IDENTITY_ENDPOINT",
+                    &url,
+                    Plain::LinkLocal(&[]),
+                )?;
                 (APP_SERVICE, Flavor::AppService(url, header))
             }
             None => {
@@ -640,8 +647,19 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::Config);
         let err = AzureManagedIdentity::builder().build().unwrap_err();
         assert!(err.to_string().contains("no resource"), "{err}");
+        // Linux App Service and Container Apps: a link-local endpoint is fine.
+        let linux = |name: &str| match name {
+            IDENTITY_ENDPOINT => Some("http://169.254.255.2:8081/msi/token".to_owned()),
+            IDENTITY_HEADER => Some("x".to_owned()),
+            _ => None,
+        };
+        let source = AzureManagedIdentity::from_lookup(linux)
+            .resource("r")
+            .build()
+            .unwrap();
+        assert!(source.is_app_service());
         let app_remote = |name: &str| match name {
-            IDENTITY_ENDPOINT => Some("http://169.254.1.1/token".to_owned()),
+            IDENTITY_ENDPOINT => Some("http://10.1.1.1/token".to_owned()),
             IDENTITY_HEADER => Some("x".to_owned()),
             _ => None,
         };
