@@ -940,3 +940,43 @@ async fn a_refusal_is_shared_so_the_fleet_does_not_ask_in_turn() {
         "seven replicas were answered with the first one's refusal"
     );
 }
+
+/// What the store says is not authenticated: a time to live lengthened by hand (or a value
+/// restored from a backup) does not make a token outlive its sealed expiry, and a failure hold
+/// of hours set by a misconfigured replica or by hand holds the fleet back 5 minutes at most.
+#[tokio::test]
+async fn a_stores_times_are_bounded_by_what_the_token_says() {
+    let redis = RedisServer::start();
+    let calls = Calls::default();
+    let source = calls.lasting(Duration::ZERO, Duration::from_secs(300));
+    TokenCache::new(shared_layer(&redis).await.layer(source.clone()))
+        .token()
+        .await
+        .unwrap();
+    let key = redis.token_keys().remove(0);
+    redis.raw(&[b"PEXPIRE", &key, b"36000000"]);
+    let reader = shared_layer(&redis).await;
+    let token = TokenCache::new(reader.layer(source.clone()))
+        .token()
+        .await
+        .unwrap();
+    assert_eq!(calls.count(), 1, "read from the store");
+    match token.expiry() {
+        Some(tower_bearer::Expiry::In(left)) => {
+            assert!(left <= Duration::from_secs(360), "{left:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+
+    redis.raw(&[b"DEL", &key]);
+    let mut failed = key.clone();
+    failed.extend_from_slice(b":failed");
+    redis.raw(&[b"SET", &failed, b"1", b"PX", b"36000000"]);
+    let err = TokenCache::new(shared_layer(&redis).await.layer(source))
+        .token()
+        .await
+        .unwrap_err();
+    let text = support::chain(&err);
+    assert!(text.contains("the fleet asks again in 300s"), "{text}");
+    assert_eq!(calls.count(), 1, "held back, not fetched");
+}

@@ -311,11 +311,12 @@ impl SharedCacheLayer {
     /// fail at once with that failure (a [`SourceError`](crate::SourceError) saying when to try
     /// again) instead of taking the lease in turn and asking a server that just refused. A
     /// source error with a `Retry-After` ([`SourceError::with_retry_after`](crate::SourceError::with_retry_after))
-    /// holds the fleet that long instead, up to 5 minutes.
+    /// holds the fleet that long instead. Either is capped at 5 minutes, as is a hold read from
+    /// the store.
     ///
     /// Default: 1 s.
     pub fn failure_hold(mut self, hold: Duration) -> Self {
-        self.config.failure_hold = hold;
+        self.config.failure_hold = hold.min(service::MAX_FAILURE_HOLD);
         self
     }
 

@@ -232,11 +232,16 @@ where
             return None;
         }
         // The store's own clock, when it says: replicas' clocks may disagree by more than a
-        // token's skew, and the value's time to live was set from its remaining lifetime.
-        let remaining = stored.ttl.unwrap_or_else(|| {
-            let now = seal::unix_ms_in(Duration::ZERO);
-            Duration::from_millis(opened.expires_at_ms.saturating_sub(now))
-        });
+        // token's skew, and the value's time to live was set from its remaining lifetime. But
+        // never longer than the sealed expiry allows (with room for clocks that disagree): a
+        // time to live is not authenticated, and a value restored from a backup or given a
+        // longer one by hand must not outlive its token.
+        let now = seal::unix_ms_in(Duration::ZERO);
+        let sealed = Duration::from_millis(opened.expires_at_ms.saturating_sub(now));
+        let remaining = match stored.ttl {
+            Some(ttl) => ttl.min(sealed.saturating_add(CLOCK_TOLERANCE)),
+            None => sealed,
+        };
         (remaining >= shared.config.min_remaining).then(|| opened.token.with_expires_in(remaining))
     }
 
@@ -398,8 +403,13 @@ impl Drop for Lease {
     }
 }
 
-/// The longest a `Retry-After` holds the fleet back from a token.
-const MAX_FAILURE_HOLD: Duration = Duration::from_secs(300);
+/// The longest a failure holds the fleet back from a token: a `Retry-After`, a replica's
+/// configured hold, or a hold read from the store.
+pub(super) const MAX_FAILURE_HOLD: Duration = Duration::from_secs(300);
+
+/// How far replicas' clocks may disagree before a stored time to live is cut to the sealed
+/// expiry.
+const CLOCK_TOLERANCE: Duration = Duration::from_secs(60);
 
 /// Another replica failed to get the token moments ago (see
 /// [`SharedCacheLayer::failure_hold`](super::SharedCacheLayer::failure_hold)).
@@ -421,6 +431,8 @@ impl std::error::Error for FailedElsewhere {}
 impl Shared {
     /// The error of a token request that another replica's recorded failure answers.
     fn failed(&self, hold: Duration) -> BoxError {
+        // The store's word, not authenticated: bounded like every hold.
+        let hold = hold.min(MAX_FAILURE_HOLD);
         self.state.failures_shared.fetch_add(1, Ordering::Relaxed);
         SourceError::new(FailedElsewhere(hold))
             .with_retry_after(hold)
