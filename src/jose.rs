@@ -25,6 +25,7 @@ use ring::signature::{
     EcdsaKeyPair, Ed25519KeyPair, KeyPair as _, RsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING,
     RSA_PKCS1_SHA256, RSA_PSS_SHA256,
 };
+use zeroize::Zeroizing;
 
 /// A JWS signature algorithm (RFC 7518 names).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -245,13 +246,15 @@ impl SigningKey {
     pub fn from_jwk(jwk: &str) -> Result<Self, KeyError> {
         let value: serde_json::Value =
             serde_json::from_str(jwk).map_err(|_| KeyError::new("the JWK is not JSON"))?;
-        let member = |name: &str| -> Result<Vec<u8>, KeyError> {
+        // Private key material: zeroed when dropped, like the crate's client secrets.
+        let member = |name: &str| -> Result<Zeroizing<Vec<u8>>, KeyError> {
             let text = value
                 .get(name)
                 .and_then(|v| v.as_str())
                 .ok_or_else(|| KeyError::new(format!("the JWK has no `{name}`")))?;
             URL_SAFE_NO_PAD
                 .decode(text.trim_end_matches('='))
+                .map(Zeroizing::new)
                 .map_err(|_| KeyError::new(format!("the JWK's `{name}` is not base64url")))
         };
         let text = |name: &str| value.get(name).and_then(|v| v.as_str());
@@ -265,8 +268,8 @@ impl SigningKey {
         let (pair, alg) = match (text("kty"), text("crv")) {
             (Some("EC"), Some("P-256")) => {
                 let mut public = vec![4u8];
-                public.extend(member("x")?);
-                public.extend(member("y")?);
+                public.extend_from_slice(&member("x")?);
+                public.extend_from_slice(&member("y")?);
                 let pair = EcdsaKeyPair::from_private_key_and_public_key(
                     &ECDSA_P256_SHA256_FIXED_SIGNING,
                     &member("d")?,
@@ -433,7 +436,9 @@ pub(crate) fn json_string(text: &str) -> String {
 }
 
 /// The DER inside the first PEM block labelled `label`, if there is one.
-fn pem_block(pem: &str, label: &str) -> Result<Option<Vec<u8>>, KeyError> {
+/// The DER of a PEM block, zeroed when dropped (it holds a private key), as is the base64 text
+/// it is decoded from.
+fn pem_block(pem: &str, label: &str) -> Result<Option<Zeroizing<Vec<u8>>>, KeyError> {
     let begin = format!("-----BEGIN {label}-----");
     let end = format!("-----END {label}-----");
     let Some(start) = pem.find(&begin) else {
@@ -443,10 +448,10 @@ fn pem_block(pem: &str, label: &str) -> Result<Option<Vec<u8>>, KeyError> {
     let stop = body
         .find(&end)
         .ok_or_else(|| KeyError::new(format!("PEM block `{label}` has no end")))?;
-    let text: String = body[..stop].split_whitespace().collect();
+    let text: Zeroizing<String> = Zeroizing::new(body[..stop].split_whitespace().collect());
     STANDARD
-        .decode(text)
-        .map(Some)
+        .decode(text.as_bytes())
+        .map(|der| Some(Zeroizing::new(der)))
         .map_err(|_| KeyError::new(format!("PEM block `{label}` is not base64")))
 }
 

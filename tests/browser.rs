@@ -260,7 +260,11 @@ async fn a_person_approves_a_device_on_the_verification_page() {
     // The person opens the verification URI the tool printed and types the code it showed.
     let started = Instant::now();
     let (tokens, page) = tokio::join!(
-        grant.wait(&prompt),
+        within(
+            Duration::from_secs(30),
+            "the tool's polling after the approval",
+            grant.wait(&prompt)
+        ),
         browse(
             "device",
             json!({ "url": prompt.verification_uri(), "userCode": prompt.user_code() }),

@@ -980,3 +980,30 @@ async fn a_stores_times_are_bounded_by_what_the_token_says() {
     assert!(text.contains("the fleet asks again in 300s"), "{text}");
     assert_eq!(calls.count(), 1, "held back, not fetched");
 }
+
+/// At startup a server that is down is not an error: `connect` gives up waiting after a
+/// second (here nothing listens, so at once) and returns a store that connects later; a
+/// replica then fetches its own tokens.
+#[tokio::test]
+async fn connect_to_a_server_that_is_down_is_not_an_error() {
+    let (listener, addr) = loopback().await;
+    drop(listener);
+    let started = Instant::now();
+    let store = within(
+        Duration::from_secs(5),
+        "connect to a closed port",
+        RedisStore::connect(&format!("redis://{addr}/")),
+    )
+    .await
+    .expect("a store that connects later");
+    assert!(started.elapsed() < Duration::from_millis(1500));
+    let calls = Calls::default();
+    let layer = SharedCacheLayer::new(store, SealingKey::new([7; 32]), "down-at-startup");
+    let token =
+        TokenCache::new(layer.layer(calls.lasting(Duration::ZERO, Duration::from_secs(60))))
+            .token()
+            .await
+            .unwrap();
+    assert_eq!(token.access_token().secret(), "tok-1");
+    assert!(layer.stats().store_errors >= 1, "{:?}", layer.stats());
+}
