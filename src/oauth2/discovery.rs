@@ -255,7 +255,10 @@ impl fmt::Debug for Discovery {
 /// An authorization server's metadata, as fetched by [`Discovery`] and checked: its issuer is
 /// the one asked for and its token endpoint an `https` URL (or `http` to loopback). Optional
 /// fields that are missing, or not of the type RFC 8414 gives them, read as absent.
-#[derive(Clone, Debug)]
+///
+/// `Debug` shows what this crate reads from the document, and only how many fields the
+/// document has: it comes from a server, and may be as large as 1 MiB.
+#[derive(Clone)]
 pub struct ServerMetadata {
     issuer: String,
     token_endpoint: String,
@@ -264,6 +267,20 @@ pub struct ServerMetadata {
     mtls_endpoint_aliases: BTreeMap<String, String>,
     certificate_bound_tokens: bool,
     fields: Map<String, Value>,
+}
+
+impl fmt::Debug for ServerMetadata {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerMetadata")
+            .field("issuer", &self.issuer)
+            .field("token_endpoint", &self.token_endpoint)
+            .field("endpoints", &self.endpoints)
+            .field("lists", &self.lists)
+            .field("mtls_endpoint_aliases", &self.mtls_endpoint_aliases)
+            .field("certificate_bound_tokens", &self.certificate_bound_tokens)
+            .field("fields", &self.fields.len())
+            .finish()
+    }
 }
 
 /// The optional endpoints this crate keeps.
@@ -550,6 +567,22 @@ mod tests {
         );
         assert_eq!(m.mtls_endpoint_alias("userinfo_endpoint"), None);
         assert!(!m.tls_client_certificate_bound_access_tokens());
+    }
+
+    #[test]
+    fn debug_does_not_print_the_servers_other_fields() {
+        let doc = format!(
+            r#"{{"issuer":"https://as","token_endpoint":"https://as/t","x_vendor":"{}\u001b[2J"}}"#,
+            "A".repeat(100_000)
+        );
+        let m = parse(doc.as_bytes(), "https://as", false).unwrap();
+        let shown = format!("{m:?}");
+        assert!(shown.len() < 1000, "{} bytes", shown.len());
+        assert!(
+            !shown.contains("AAAA") && !shown.contains("x_vendor"),
+            "{shown}"
+        );
+        assert!(shown.contains("https://as/t"), "{shown}");
     }
 
     #[test]
