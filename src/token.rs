@@ -358,7 +358,9 @@ impl TokenRequest {
     /// The token the new one replaces, if there is one: the cache's current token when it
     /// refreshes ahead of expiry ([`Reason::Expiring`]), after expiry ([`Reason::Expired`]) or
     /// on [`TokenCache::refresh`](crate::TokenCache::refresh) ([`Reason::Forced`]), and the
-    /// token a server refused ([`Reason::Rejected`]). A source that shares tokens with other
+    /// token a server refused ([`Reason::Rejected`]) or that
+    /// [`TokenCache::invalidate`](crate::TokenCache::invalidate) dropped (the next fetch's
+    /// reason is then [`Reason::Initial`]). A source that shares tokens with other
     /// processes (such as `shared::SharedCache`, with the `redis` feature) uses it to never
     /// hand this token back.
     pub fn current(&self) -> Option<&Token> {

@@ -875,6 +875,30 @@ async fn forced_refresh_and_invalidate() {
     );
 }
 
+/// After `invalidate`, the next fetch names the dropped token, so that a source sharing tokens
+/// with other processes (a shared cache level) does not answer with that very token.
+#[tokio::test]
+async fn the_fetch_after_invalidate_names_the_dropped_token() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let source = {
+        let seen = seen.clone();
+        tower_bearer::source_fn(move |req: TokenRequest| {
+            let mut seen = seen.lock().unwrap();
+            seen.push(req.current().map(|t| t.access_token().secret().to_owned()));
+            let token = Token::new(format!("tok-{}", seen.len()));
+            async move { Ok::<_, std::io::Error>(token.with_expires_in(Duration::from_secs(600))) }
+        })
+    };
+    let cache = TokenCache::new(source);
+    cache.token().await.unwrap();
+    cache.invalidate();
+    assert_eq!(
+        cache.token().await.unwrap().access_token().secret(),
+        "tok-2"
+    );
+    assert_eq!(*seen.lock().unwrap(), [None, Some("tok-1".to_owned())]);
+}
+
 #[test]
 fn fetching_outside_a_runtime_is_a_typed_error() {
     let cache = TokenCache::new(StaticToken::new("tok"));

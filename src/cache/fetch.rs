@@ -52,7 +52,7 @@ impl Shared {
                 });
                 let replacing = match &current {
                     Some(entry) => Some(Arc::new(entry.token.clone())),
-                    None => slow.rejected_token.clone(),
+                    None => slow.dropped.clone(),
                 };
                 launch = Some(self.claim_fetch(&mut slow, reason, replacing)?);
             }
@@ -156,7 +156,7 @@ impl Shared {
                 slow.retry_at = None;
                 slow.last_error = None;
                 slow.rejected = false;
-                slow.rejected_token = None;
+                slow.dropped = None;
                 self.current.store(Some(entry.clone()));
                 self.changed();
             }

@@ -127,8 +127,11 @@ struct Slow {
     last_error: Option<Error>,
     /// The last token was dropped because a server rejected it.
     rejected: bool,
-    /// That token, for the next fetch's [`TokenRequest::current`](crate::TokenRequest::current).
-    rejected_token: Option<Arc<Token>>,
+    /// The token last dropped, because a server rejected it or by
+    /// [`invalidate`](TokenCache::invalidate), for the next fetch's
+    /// [`TokenRequest::current`](crate::TokenRequest::current): a shared level must not hand
+    /// it back.
+    dropped: Option<Arc<Token>>,
     /// When a rejection last dropped the current token (which makes the next request fetch).
     last_rejection_drop: Option<Instant>,
     /// Whether the rejections kept since that drop were logged already.
@@ -237,8 +240,11 @@ impl TokenCache {
     pub fn invalidate(&self) {
         let mut slow = self.shared.lock_slow();
         slow.rejected = false;
-        slow.rejected_token = None;
-        self.shared.current.store(None);
+        // Named to the next fetch (its `TokenRequest::current`), so that a shared cache level
+        // does not answer it with the very token dropped here.
+        if let Some(entry) = self.shared.current.swap(None) {
+            slow.dropped = Some(Arc::new(entry.token.clone()));
+        }
         self.shared.changed();
     }
 
@@ -449,7 +455,7 @@ impl Shared {
                 return Rejection::Kept;
             }
         }
-        slow.rejected_token = Some(Arc::new(rejected.token.clone()));
+        slow.dropped = Some(Arc::new(rejected.token.clone()));
         self.current.store(None);
         self.changed();
         slow.rejected = true;
