@@ -3,9 +3,10 @@
 //! the tool polls until the tokens come.
 //!
 //! Without configuration it runs on 127.0.0.1 alone: a small authorization server with a
-//! device endpoint (and `interval` 1 s, to keep the run short), a simulated person who opens the
-//! verification URI and approves the code two seconds after it is shown, and an API that
-//! accepts the resulting token; it exits 0 when the API answered.
+//! device endpoint (and `interval` 1 s, to keep the run short), a simulated person who approves
+//! the code two seconds after it is shown (by posting it to the server, where a real person
+//! would open the verification URI), and an API that accepts the resulting token; it exits 0
+//! when the API answered.
 //!
 //! Against a real server (its device endpoint, token endpoint and a public client id):
 //!
@@ -37,7 +38,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 async fn main() -> ExitCode {
     let result = match (std::env::var("DEVICE_URL"), std::env::var("TOKEN_URL")) {
         (Ok(device), Ok(token)) => real(&device, &token).await,
-        _ => local().await,
+        (Err(_), Err(_)) => local().await,
+        _ => Err("set both DEVICE_URL and TOKEN_URL to use a real server, or neither".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,7 +7,9 @@
 //! kubelet does (a timestamped directory behind a `..data` symlink), starts an Entra-style token
 //! endpoint that accepts only the volume's current token as `client_assertion`, and an API that
 //! accepts only that endpoint's access tokens; then it calls the API, rotates the volume as the
-//! kubelet does at 80 % of the token's lifetime, calls again with a fresh token, and exits 0.
+//! kubelet does (a new directory, the symlink swapped), asks the cache for a new token at once
+//! (in a pod, its refresh ahead of expiry does that, after the kubelet's rotation at 80 % of
+//! the token's lifetime), calls again with it, and exits 0.
 //!
 //! In a pod with Entra workload identity (`AZURE_FEDERATED_TOKEN_FILE`, `AZURE_CLIENT_ID`,
 //! `AZURE_TENANT_ID` set by its webhook), set `API_URL` and `SCOPE` to call a real API:

@@ -78,7 +78,7 @@ pub(crate) fn shown(text: &str, max: usize) -> Shown {
 /// change how text around them is displayed or hide text (bidirectional controls, zero-width
 /// and other format characters, fillers that render as nothing, variation selectors, tag
 /// characters, the byte order mark, interlinear annotations).
-fn must_escape(c: char) -> bool {
+pub(crate) fn must_escape(c: char) -> bool {
     c.is_control()
         || matches!(
             c,

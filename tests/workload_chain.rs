@@ -322,10 +322,27 @@ async fn the_gcp_metadata_server_is_named_by_its_variable_or_found_by_its_probe(
     let closed = closed_port().await;
     let imds_host = format!("http://{closed}");
 
-    let named = DefaultChain::from_lookup(env(&[(GCE_METADATA_HOST, &host)]))
-        .scope("https://www.googleapis.com/auth/cloud-platform")
-        .probe_timeout(std::time::Duration::ZERO);
+    // Named, GCP is chosen without waiting for the IMDS probe, here at an address that never
+    // answers: the probe's 10 s timeout would show.
+    let (silent, silent_addr) = support::loopback().await;
+    let _held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            open.push(stream);
+        }
+    });
+    let named = DefaultChain::from_lookup(env(&[
+        (GCE_METADATA_HOST, &host),
+        (
+            "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+            &format!("http://{silent_addr}"),
+        ),
+    ]))
+    .scope("https://www.googleapis.com/auth/cloud-platform")
+    .probe_timeout(10 * SECOND);
+    let started = tokio::time::Instant::now();
     assert_eq!(named.resolve().await.unwrap(), Chosen::GcpMetadata);
+    assert!(started.elapsed() < 5 * SECOND, "{:?}", started.elapsed());
     TokenCache::new(named).token().await.unwrap();
 
     let probed = DefaultChain::from_lookup(env(&[

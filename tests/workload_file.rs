@@ -253,10 +253,10 @@ fn scratch(name: &str) -> PathBuf {
 
 #[test]
 fn unusable_files_are_clear_errors_that_name_the_path_and_quote_nothing() {
-    let secret = "s3cr3t-not-a-jwt";
+    let opaque = "s3cr3t-not-a-jwt";
     let expired = {
         let now = unix_now();
-        let claims = serde_json::json!({ "exp": now - 60, "iat": now - 660 });
+        let claims = serde_json::json!({ "exp": now - 60, "iat": now - 660, "sub": "s3cr3t" });
         format!("e30.{}.c2ln", URL_SAFE_NO_PAD.encode(claims.to_string()))
     };
     let cases: [(&str, Option<&str>, ErrorKind, &str); 5] = [
@@ -264,7 +264,7 @@ fn unusable_files_are_clear_errors_that_name_the_path_and_quote_nothing() {
         ("empty", Some("\n"), ErrorKind::File, "is empty"),
         (
             "opaque",
-            Some(secret),
+            Some(opaque),
             ErrorKind::InvalidToken,
             "does not hold a usable JWT",
         ),
@@ -292,7 +292,15 @@ fn unusable_files_are_clear_errors_that_name_the_path_and_quote_nothing() {
         assert_eq!(err.kind(), kind, "{name}: {text}");
         assert!(text.contains(why), "{name}: {text}");
         assert!(text.contains(&path.display().to_string()), "{name}: {text}");
-        assert!(!text.contains(secret) && !format!("{err:?}").contains(secret));
+        // Neither the file's text nor its decoded claims (every one holds `s3cr3t`).
+        for shown in [text.clone(), format!("{err:?}")] {
+            assert!(!shown.contains("s3cr3t"), "{name}: {shown}");
+            let content = content.map(str::trim).filter(|c| !c.is_empty());
+            assert!(
+                content.is_none_or(|content| !shown.contains(content)),
+                "{name}: {shown}"
+            );
+        }
         assert!(
             err.is_retryable(),
             "the platform may still write it: {name}"

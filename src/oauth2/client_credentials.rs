@@ -1,5 +1,6 @@
 //! The client credentials grant (RFC 6749 §4.4).
 
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -32,7 +33,7 @@ use crate::{SourceError, Token, TokenKey, TokenRequest};
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ClientCredentials {
     endpoint: TokenEndpoint,
     grant_type: Arc<str>,
@@ -102,8 +103,10 @@ impl ClientCredentials {
     }
 
     /// What makes this source's tokens, as form-encoded text: the token endpoint's URL, the
-    /// client id, the grant type, the configured scopes and the other parameters (except those whose name
-    /// starts with `client_`, such as a `client_assertion`, which are credentials). Two sources
+    /// client id, the grant type, the configured scopes, the other parameters except
+    /// credentials (those whose name starts with `client_`, such as a `client_assertion`, and
+    /// those errors redact, such as `assertion` or `password`), and the thumbprint of the
+    /// endpoint's DPoP key, if it has one (`dpop_jkt`). Two sources
     /// with the same identity get interchangeable tokens, so this is what a shared cache level
     /// (feature `redis`) should be given to key the tokens of this source.
     ///
@@ -215,6 +218,36 @@ pub(super) fn push_target<'a>(
 /// redaction treats as a credential (one list, `redact::SECRET_PARAMS`).
 pub(super) fn is_credential(name: &str) -> bool {
     name.starts_with("client_") || super::redact::SECRET_PARAMS.contains(&name)
+}
+
+/// Debug-prints form parameters, with the values of credentials redacted (see
+/// [`is_credential`]): an assertion or a password given as a parameter must not reach a log.
+pub(super) struct Params<'a>(pub(super) &'a [(String, String)]);
+
+impl fmt::Debug for Params<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(name, value)| {
+                let value = if is_credential(name) {
+                    super::redact::REDACTED
+                } else {
+                    value
+                };
+                (name, value)
+            }))
+            .finish()
+    }
+}
+
+impl fmt::Debug for ClientCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientCredentials")
+            .field("endpoint", &self.endpoint)
+            .field("grant_type", &self.grant_type)
+            .field("params", &Params(&self.params))
+            .field("scopes", &self.scopes)
+            .finish()
+    }
 }
 
 /// The token endpoint's URL as an identity names it: without userinfo, should it carry any.

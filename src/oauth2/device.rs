@@ -9,12 +9,13 @@ use http::StatusCode;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::endpoint::check_url;
+use super::endpoint::{check_url, is_loopback};
 use super::redact::Redactions;
 use super::response::{parse_fields, seconds_field, Fields};
 use super::{
     ClientAuth, Error, ErrorCode, RefreshTokenSource, ServerMetadata, TokenEndpoint, TokenResponse,
 };
+use crate::shown::must_escape;
 use crate::token::{sealed, Secret, SecretKind};
 
 /// The `grant_type` of the token requests (RFC 8628 §3.4).
@@ -72,7 +73,7 @@ const MAX_URL: usize = 2048;
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct DeviceAuthorization {
     token_endpoint: TokenEndpoint,
     device_authorization_endpoint: Arc<str>,
@@ -207,7 +208,13 @@ impl DeviceAuthorization {
             let answer = self.token_endpoint.send(request).await?;
             let body = answer.body?;
             let fields = parse_fields(answer.status, &answer.headers, &body, &sent)?;
-            DevicePrompt::parse(fields, answer.status, &sent, issued_at)
+            DevicePrompt::parse(
+                fields,
+                answer.status,
+                &sent,
+                issued_at,
+                self.allow_insecure_http,
+            )
         };
         answered.await.map_err(Error::at_device_endpoint)
     }
@@ -231,11 +238,14 @@ impl DeviceAuthorization {
     ///   other refusal (`invalid_grant`, `invalid_client`, ...).
     /// - [`ErrorKind::Authorization`](super::ErrorKind::Authorization) with
     ///   [`ErrorCode::ExpiredToken`] when the code's `expires_in` passes first: returned at
-    ///   that moment, with no poll after it.
+    ///   that moment, with no poll after it. If the polls were failing then (a transport
+    ///   error, a timeout, a 5xx), the last failure is its `source()`.
     pub async fn wait(&self, prompt: &DevicePrompt) -> Result<TokenResponse, Error> {
         let deadline = prompt.expires_at();
         let mut interval = prompt.interval;
         let mut failures = 0u32;
+        // The last poll's failure, while polls fail: the expiry's cause, if it comes.
+        let mut failing = None;
         let mut next = prompt.issued_at.checked_add(interval);
         loop {
             // Not before now either: a prompt shown long ago is polled at once, if still valid.
@@ -244,7 +254,7 @@ impl DeviceAuthorization {
                 if let Some(deadline) = deadline {
                     tokio::time::sleep_until(deadline).await;
                 }
-                return Err(Error::device_code_expired(prompt.expires_in));
+                return Err(Error::device_code_expired(prompt.expires_in, failing));
             };
             tokio::time::sleep_until(at).await;
             let params = [
@@ -258,10 +268,12 @@ impl DeviceAuthorization {
             let wait = match error.code() {
                 Some(ErrorCode::AuthorizationPending) => {
                     failures = 0;
+                    failing = None;
                     interval
                 }
                 Some(ErrorCode::SlowDown) => {
                     failures = 0;
+                    failing = None;
                     interval = interval.saturating_add(SLOW_DOWN);
                     tracing::debug!(?interval, "the token endpoint asked to poll more slowly");
                     interval
@@ -277,6 +289,7 @@ impl DeviceAuthorization {
                         ?backoff,
                         "polling the token endpoint failed; backing off"
                     );
+                    failing = Some(error);
                     backoff
                 }
                 _ => return Err(error),
@@ -377,6 +390,7 @@ impl DevicePrompt {
         status: StatusCode,
         sent: &Redactions,
         issued_at: Instant,
+        insecure: bool,
     ) -> Result<Self, Error> {
         let Fields {
             mut values,
@@ -406,8 +420,9 @@ impl DevicePrompt {
         let user_code = text(&["user_code"])
             .map_err(invalid)?
             .ok_or_else(|| invalid("no user_code".into()))?;
-        // Shown to a person, often on a terminal: no escape sequences, no flood.
-        if user_code.len() > MAX_USER_CODE || user_code.chars().any(char::is_control) {
+        // Shown to a person, often on a terminal: no escape sequences, no characters that
+        // reorder or hide the text around them, no flood.
+        if user_code.len() > MAX_USER_CODE || user_code.chars().any(must_escape) {
             return Err(invalid(format!(
                 "user_code is not a short printable text ({} bytes)",
                 user_code.len()
@@ -416,16 +431,18 @@ impl DevicePrompt {
         let verification_uri = text(&["verification_uri", "verification_url"])
             .map_err(invalid)?
             .ok_or_else(|| invalid("no verification_uri".into()))?;
-        if !is_web_url(&verification_uri) {
+        if !is_web_url(&verification_uri, insecure) {
             return Err(invalid(
-                "verification_uri is not an http(s) URL of at most 2048 printable bytes".into(),
+                "verification_uri is not an https URL (http only to loopback, or with \
+                 allow_insecure_http) without user information, of at most 2048 printable bytes"
+                    .into(),
             ));
         }
         // Optional: one that is unusable is dropped, the user can still type the code.
         let verification_uri_complete = text(&["verification_uri_complete"])
             .ok()
             .flatten()
-            .filter(|url| is_web_url(url));
+            .filter(|url| is_web_url(url, insecure));
         let expires_in = seconds_field(&mut values, "expires_in", status, sent)?
             .ok_or_else(|| invalid("no expires_in".into()))?;
         let interval = seconds_field(&mut values, "interval", status, sent)?
@@ -443,13 +460,39 @@ impl DevicePrompt {
     }
 }
 
-/// Whether `url` is an absolute `http` or `https` URL, printable and of sensible length.
-fn is_web_url(url: &str) -> bool {
+/// Whether `url` may be shown to the user as where to go: an absolute `https` URL (`http` as
+/// the endpoints allow it: to loopback, or with `insecure`), of sensible length, with nothing
+/// that reorders or hides text, and without user information, which would put a name the user
+/// trusts before the host the link goes to (RFC 8628 §5.4).
+fn is_web_url(url: &str, insecure: bool) -> bool {
     url.len() <= MAX_URL
-        && !url.chars().any(char::is_control)
+        && !url.chars().any(must_escape)
         && url.parse::<http::Uri>().is_ok_and(|uri| {
-            uri.host().is_some() && matches!(uri.scheme_str(), Some("https" | "http"))
+            let (Some(host), Some(authority)) = (uri.host(), uri.authority()) else {
+                return false;
+            };
+            !authority.as_str().contains('@')
+                && match uri.scheme_str() {
+                    Some("https") => true,
+                    Some("http") => insecure || is_loopback(host),
+                    _ => false,
+                }
         })
+}
+
+impl fmt::Debug for DeviceAuthorization {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeviceAuthorization")
+            .field("token_endpoint", &self.token_endpoint)
+            .field(
+                "device_authorization_endpoint",
+                &self.device_authorization_endpoint,
+            )
+            .field("scopes", &self.scopes)
+            .field("params", &super::client_credentials::Params(&self.params))
+            .field("allow_insecure_http", &self.allow_insecure_http)
+            .finish()
+    }
 }
 
 impl fmt::Debug for DevicePrompt {

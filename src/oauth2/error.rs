@@ -361,14 +361,24 @@ impl Error {
     }
 
     /// The device code expired `after` it was issued, before the user approved (RFC 8628
-    /// §3.5): as the server's `expired_token`, so that one check finds both.
-    pub(crate) fn device_code_expired(after: Duration) -> Self {
+    /// §3.5): as the server's `expired_token`, so that one check finds both. If the polls were
+    /// failing when it expired (an endpoint that cannot be reached), the last failure is the
+    /// source: the user may never have had a chance.
+    pub(crate) fn device_code_expired(after: Duration, failing: Option<Error>) -> Self {
         Self::build(ErrorKind::Authorization, |e| {
             e.code = Some(ErrorCode::ExpiredToken);
-            e.description = Some(Shown::ours(format!(
-                "the device code expired {after:?} after it was issued, before the user \
-                 approved; start again"
-            )));
+            e.description = Some(Shown::ours(match failing {
+                None => format!(
+                    "the device code expired {after:?} after it was issued, before the user \
+                     approved; start again"
+                ),
+                Some(_) => format!(
+                    "the device code expired {after:?} after it was issued while polling the \
+                     token endpoint failed (the last failure is this error's source); start \
+                     again"
+                ),
+            }));
+            e.source = failing.map(|error| Box::new(error) as BoxError);
         })
     }
 

@@ -542,31 +542,10 @@ impl fmt::Debug for TokenExchange {
                 &self.actor.as_ref().map(|actor| &actor.token_type),
             )
             .field("requested_token_type", &self.requested_token_type)
-            .field("params", &Params(&self.params))
+            .field("params", &super::client_credentials::Params(&self.params))
             .field("scopes", &self.scopes)
             .field("within_subject_expiry", &self.within_subject_expiry)
             .finish_non_exhaustive()
-    }
-}
-
-/// Debug-prints form parameters, with the values of credentials redacted.
-struct Params<'a>(&'a [(String, String)]);
-
-impl fmt::Debug for Params<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list()
-            .entries(self.0.iter().map(|(name, value)| {
-                let credential = super::client_credentials::is_credential(name);
-                (
-                    name,
-                    if credential {
-                        super::redact::REDACTED
-                    } else {
-                        value
-                    },
-                )
-            }))
-            .finish()
     }
 }
 

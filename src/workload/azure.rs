@@ -188,21 +188,21 @@ impl AzureManagedIdentity {
             }
             Some(scope.strip_suffix("/.default").unwrap_or(scope).to_owned())
         });
+        let (origin, mut url, api_version) = match &inner.flavor {
+            Flavor::Imds(url) => (IMDS, url.to_string(), IMDS_API_VERSION),
+            Flavor::AppService(url, _) => (APP_SERVICE, url.to_string(), APP_SERVICE_API_VERSION),
+        };
         let resource = match resource {
             Some(resource) => resource,
             None if key.scopes().next().is_some() => {
                 return Err(Error::new(
                     ErrorKind::Config,
-                    IMDS,
+                    origin,
                     "a managed identity's token is for one resource: the key's scopes must be \
                      one `{resource}/.default` (or the key must name a resource)",
                 ))
             }
             None => inner.resource.clone(),
-        };
-        let (origin, mut url, api_version) = match &inner.flavor {
-            Flavor::Imds(url) => (IMDS, url.to_string(), IMDS_API_VERSION),
-            Flavor::AppService(url, _) => (APP_SERVICE, url.to_string(), APP_SERVICE_API_VERSION),
         };
         url.push(if url.contains('?') { '&' } else { '?' });
         url.push_str(&format!(
@@ -444,7 +444,8 @@ impl AzureManagedIdentityBuilder {
     }
 
     /// The App Service / Functions identity endpoint and the secret it expects, rather than
-    /// IMDS. Plain `http` is allowed for loopback only.
+    /// IMDS. Plain `http` is allowed for loopback and link-local addresses only (Linux App
+    /// Service and Container Apps give `http://169.254.255.2:8081/msi/token`).
     ///
     /// Default: `IDENTITY_ENDPOINT` and `IDENTITY_HEADER` when both are set (with
     /// [`from_env`](AzureManagedIdentity::from_env)), else IMDS.

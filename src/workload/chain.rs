@@ -320,9 +320,15 @@ async fn choose(config: &Config) -> Result<(Chosen, BoxSource), Error> {
         tokio::spawn(async move { imds(&config).await })
     };
     let gcp = gcp(config).await;
-    let imds = imds
-        .await
-        .unwrap_or_else(|e| Ok(Step::Skipped(format!("the probe failed: {e}"))));
+    // GCP comes first: once it applies (named by its variable, or answering), or fails, the
+    // IMDS probe's answer is not needed, nor worth waiting up to the probe timeout for.
+    let imds = if matches!(gcp, Ok(Step::Skipped(_))) {
+        imds.await
+            .unwrap_or_else(|e| Ok(Step::Skipped(format!("the probe failed: {e}"))))
+    } else {
+        imds.abort();
+        Ok(Step::Skipped("not probed".into()))
+    };
     for (chosen, step) in [(Chosen::GcpMetadata, gcp), (Chosen::AzureImds, imds)] {
         match step? {
             Step::Applies(chosen, source) => {

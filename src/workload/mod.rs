@@ -15,7 +15,9 @@
 //!
 //! These sources fail with [`Error`], which never holds a token; as token sources they fail
 //! with a [`SourceError`](crate::SourceError) wrapping it, so the cache backs off as the
-//! error says.
+//! error says. [`DefaultChain`] fails with the error of the source it picked (an
+//! [`oauth2::Error`](crate::oauth2::Error) for the OAuth 2.0 ones), or with [`Error`] when no
+//! source applies.
 
 /// The `tower::Service<TokenRequest>` of a workload source, from its
 /// `request_token_for(&TokenKey) -> Result<Token, Error>`: one definition for every source, as

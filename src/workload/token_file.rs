@@ -223,7 +223,8 @@ fn token(jwt: &str, times: Times) -> Token {
     let token = Token::new(jwt).with_expires_in(remaining);
     match times.lifetime() {
         Some(lifetime) if !lifetime.is_zero() => {
-            let window = lifetime * (100 - ROTATED_AFTER_PERCENT) / 100;
+            // Divided first: the file's `exp` is the file's word, up to `u64::MAX` seconds.
+            let window = (lifetime / 100).saturating_mul(100 - ROTATED_AFTER_PERCENT);
             token.with_renewal_window(window.max(Duration::from_secs(1)))
         }
         _ => token,
@@ -260,5 +261,31 @@ impl AssertionSource for TokenFile {
     fn assertion(&self, _request: AssertionRequest) -> AssertionFuture {
         let result = self.assertion_now().map_err(Into::into);
         Box::pin(ready(result))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+
+    use super::*;
+
+    #[test]
+    fn a_lifetime_of_any_size_gives_a_renewal_window() {
+        let claims = format!(r#"{{"iat":0,"exp":{}}}"#, u64::MAX);
+        let jwt = format!(
+            "{}.{}.c2ln",
+            URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256"}"#),
+            URL_SAFE_NO_PAD.encode(claims)
+        );
+        let times = jwt::times(&jwt).unwrap();
+        let token = token(&jwt, times);
+        let fifth = Duration::from_secs(u64::MAX / 100 * 20);
+        assert!(
+            token.renewal_window().is_some_and(|w| w >= fifth),
+            "{:?}",
+            token.renewal_window()
+        );
     }
 }

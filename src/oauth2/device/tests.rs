@@ -237,6 +237,7 @@ async fn the_wait_ends_when_the_device_code_expires_with_no_poll_after() {
         text.starts_with("authorization was not given in time (expired_token): the device code expired 12s after"),
         "{text}"
     );
+    assert!(std::error::Error::source(&error).is_none(), "{error:?}");
 
     // A prompt that expired already: no poll at all.
     let error = grant.wait(&prompt).await.unwrap_err();
@@ -283,6 +284,15 @@ async fn failures_do_not_outlive_the_device_code() {
     assert_eq!(error.code(), Some(&ErrorCode::ExpiredToken));
     assert_eq!(script.polls(), [5, 15]);
     assert_eq!(script.start.elapsed(), secs(30));
+    // The user may never have had a chance: the failing polls are the cause, not the user.
+    let text = error.to_string();
+    assert!(
+        text.contains("while polling the token endpoint failed"),
+        "{text}"
+    );
+    let cause = std::error::Error::source(&error).expect("the last failure");
+    let cause = cause.downcast_ref::<Error>().expect("the poll's error");
+    assert!(cause.is_retryable(), "{cause}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -391,7 +401,30 @@ async fn unusable_device_authorization_responses_are_typed_errors() {
         (
             r#"{"device_code":"dc","user_code":"U","verification_uri":"javascript:alert(1)","expires_in":60}"#
                 .into(),
-            "verification_uri is not an http(s) URL",
+            "verification_uri is not an https URL",
+        ),
+        // A right-to-left override would show the rest of the line reversed.
+        (
+            r#"{"device_code":"dc","user_code":"AB\u202eCD","verification_uri":"https://a/d","expires_in":60}"#
+                .into(),
+            "user_code is not a short printable text",
+        ),
+        (
+            r#"{"device_code":"dc","user_code":"U","verification_uri":"https://a/\u202emoc.elgoog","expires_in":60}"#
+                .into(),
+            "verification_uri is not an https URL",
+        ),
+        // A trusted-looking name before the real host (RFC 8628 §5.4).
+        (
+            r#"{"device_code":"dc","user_code":"U","verification_uri":"https://accounts.example@evil.example/d","expires_in":60}"#
+                .into(),
+            "verification_uri is not an https URL",
+        ),
+        // Plain http to another host, as for the endpoints.
+        (
+            r#"{"device_code":"dc","user_code":"U","verification_uri":"http://as.example/d","expires_in":60}"#
+                .into(),
+            "verification_uri is not an https URL",
         ),
         ("[]".into(), "the body is JSON but not an object"),
     ] {
@@ -407,9 +440,20 @@ async fn unusable_device_authorization_responses_are_typed_errors() {
     }
 
     // An unusable `verification_uri_complete` is dropped: the user can still type the code.
-    let script = Script::new([device(r#","verification_uri_complete":"\u0007bell""#)]);
+    for complete in [r"\u0007bell", "https://as.example@evil.example/d?c=1"] {
+        let field = format!(r#","verification_uri_complete":"{complete}""#);
+        let script = Script::new([device(&field)]);
+        let prompt = script.grant().start().await.unwrap();
+        assert_eq!(prompt.verification_uri_complete(), None, "{complete}");
+    }
+    // Loopback may be plain http, as the endpoints may be.
+    let field = r#","verification_uri_complete":"http://127.0.0.1:8080/d?c=1""#;
+    let script = Script::new([device(field)]);
     let prompt = script.grant().start().await.unwrap();
-    assert_eq!(prompt.verification_uri_complete(), None);
+    assert_eq!(
+        prompt.verification_uri_complete(),
+        Some("http://127.0.0.1:8080/d?c=1")
+    );
 }
 
 #[tokio::test(start_paused = true)]
