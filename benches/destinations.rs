@@ -11,14 +11,22 @@
 //!     hosts in the closure), replay off.
 //!
 //!   Targets: `keyed_no_replay` ≤ 1.15 × `add_authorization`; `bearer_no_replay` ≤ 1.10 × it
-//!   (request_path's target for the single-key layer, in this run).
+//!   (request_path's target for the single-key layer, in this run). Two references, for
+//!   information: `static_100_values`, 100 static header values handed to the requests in turn
+//!   by a counter (what reading 100 distinct tokens costs the inner service, with nothing spent
+//!   on choosing one), and `by_host_by_hand`, a `HashMap` from host to static header value in a
+//!   service written by hand (what the issue says users do today, without any token cache).
 //! - Contention (as `benches/contention.rs`: 2 workers, 256 tasks × 64 requests, each task
-//!   through its own clone of the service): `contention_100_keys`, task `t` sending to origin
-//!   `t % 100`, against `contention_one_key`, every task sending to origin 0 through the same
-//!   keyed layer. Target: throughput ≥ 0.95 × one key's. For information: the single-key layer
-//!   (`contention_single_key`), `AddAuthorization` (`contention_add_authorization`), and each
-//!   task sending to the 100 origins in turn (`contention_100_keys_mixed`: every request is a
-//!   task's first to its key, the worst case of the per-clone view of each key).
+//!   through its own clone of the service; one task on the runtime spawns, awaits and times
+//!   them): `contention_100_keys`, task `t` sending to origin `t % 100` through the origin
+//!   table of 100 keys, against `contention_one_key_100_origins`, the same tasks sending the same
+//!   requests through a table mapping all 100 origins to one key. Target: throughput ≥ 0.95 ×
+//!   one key's. For information: every task sending to origin 0 (`contention_one_key`: one key,
+//!   but also one URI for all requests), the single-key layer on the 100 origins
+//!   (`contention_single_key`) and on origin 0 alone (paired check only), `AddAuthorization`
+//!   (`contention_add_authorization`), and each task sending to the 100 origins in turn
+//!   (`contention_100_keys_mixed`: every request is a task's first to its key, the worst case of
+//!   the per-clone view of each key).
 //! - Storm: 10,000 tasks, 100 per key, let loose together while the tokens of all 100 keys have
 //!   expired; the source answers after 1 ms. It must be called exactly 100 times per storm,
 //!   once per key (the benchmark panics otherwise), and every request must carry its own key's
@@ -42,7 +50,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, SamplingMode, Throughput};
 use http::header;
-use http::{Request, Response, StatusCode, Uri};
+use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::Full;
 use tokio::runtime::Runtime;
 use tokio::sync::watch;
@@ -59,7 +67,7 @@ use tower_http::auth::AddAuthorizationLayer;
 mod common;
 
 use common::paired::Paired;
-use common::{call_now, paired_enabled, report_storm_calls, request, timed_on, Body, TOKEN};
+use common::{call_now, paired_enabled, report_storm_calls, request, Body, TOKEN};
 
 /// Destinations, each an origin with a key of its own.
 const DESTINATIONS: usize = 100;
@@ -112,6 +120,16 @@ impl Table {
             })
     }
 
+    /// Every origin mapped to one key, the first: the same table and lookups as
+    /// [`by_origin`](Self::by_origin), one token.
+    fn all_to_one_key(&self, cache: &KeyedCache) -> Destinations {
+        self.origins
+            .iter()
+            .fold(Destinations::new(cache.clone()), |d, origin| {
+                d.origin(origin.clone(), self.keys[0].clone())
+            })
+    }
+
     /// Every host mapped to its key, by `select`.
     fn by_select(&self, cache: &KeyedCache) -> Destinations {
         let hosts: HashMap<String, TokenKey> = self
@@ -156,6 +174,65 @@ impl<B> Service<Request<B>> for Api {
             *response.status_mut() = StatusCode::UNAUTHORIZED;
         }
         ready(Ok(response))
+    }
+}
+
+/// `Bearer <TOKEN>` as a header value of its own, marked sensitive as the layer's are.
+fn static_value() -> HeaderValue {
+    let mut value = HeaderValue::try_from(format!("Bearer {TOKEN}")).expect("a header value");
+    value.set_sensitive(true);
+    value
+}
+
+/// A reference, not a layer anyone would use: one static header value per destination (100
+/// allocations, as 100 keys hold 100 tokens), given to the requests in turn by a counter, so
+/// choosing one costs nothing. What the inner service pays for reading 100 tokens instead of
+/// one, which any layer serving 100 destinations pays too.
+#[derive(Clone)]
+struct StaticValues {
+    values: Arc<[HeaderValue]>,
+    next: usize,
+}
+
+impl<B> Service<Request<B>> for StaticValues {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Ready<Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let value = self.values[self.next % self.values.len()].clone();
+        self.next += 1;
+        req.headers_mut().insert(header::AUTHORIZATION, value);
+        Api.call(req)
+    }
+}
+
+/// A reference: what the issue says users write today, a map from host to a static header
+/// value in a service of their own (std's `HashMap`, no token cache behind it).
+#[derive(Clone)]
+struct ByHost {
+    values: Arc<HashMap<String, HeaderValue>>,
+}
+
+impl<B> Service<Request<B>> for ByHost {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Ready<Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        if let Some(value) = req.uri().host().and_then(|host| self.values.get(host)) {
+            req.headers_mut()
+                .insert(header::AUTHORIZATION, value.clone());
+        }
+        Api.call(req)
     }
 }
 
@@ -261,6 +338,19 @@ fn cached_path(c: &mut Criterion, table: &Arc<Table>) {
     let keyed = warm_keyed(&rt, table);
     let by_origin = BearerAuthLayer::destinations(table.by_origin(&keyed)).without_replay();
     let by_select = BearerAuthLayer::destinations(table.by_select(&keyed)).without_replay();
+    let static_values = StaticValues {
+        values: (0..DESTINATIONS).map(|_| static_value()).collect(),
+        next: 0,
+    };
+    let by_host = ByHost {
+        values: Arc::new(
+            table
+                .uris
+                .iter()
+                .map(|uri| (uri.host().expect("a host").to_owned(), static_value()))
+                .collect(),
+        ),
+    };
 
     bench_path(
         c,
@@ -297,6 +387,14 @@ fn cached_path(c: &mut Criterion, table: &Arc<Table>) {
         1,
         by_origin.layer(Api),
     );
+    bench_path(
+        c,
+        table,
+        "static_100_values",
+        DESTINATIONS,
+        static_values.clone(),
+    );
+    bench_path(c, table, "by_host_by_hand", DESTINATIONS, by_host.clone());
 
     if paired_enabled() {
         let mut checks = Paired::default();
@@ -324,6 +422,20 @@ fn cached_path(c: &mut Criterion, table: &Arc<Table>) {
             "destinations/keyed_one_destination_no_replay:add_authorization",
             None,
             timed_path(table, 1, by_origin.layer(Api)),
+            timed_path(table, DESTINATIONS, add_authorization.layer(Api)),
+        );
+        // References: 100 static values chosen for free (what reading 100 tokens costs), and a
+        // map from host to static value written by hand.
+        checks.check(
+            "destinations/static_100_values:add_authorization",
+            None,
+            timed_path(table, DESTINATIONS, static_values),
+            timed_path(table, DESTINATIONS, add_authorization.layer(Api)),
+        );
+        checks.check(
+            "destinations/by_host_by_hand:add_authorization",
+            None,
+            timed_path(table, DESTINATIONS, by_host),
             timed_path(table, DESTINATIONS, add_authorization.layer(Api)),
         );
         // The same service on both sides: how far from 1 the paired check strays by itself.
@@ -374,8 +486,34 @@ impl Spread {
     }
 }
 
+/// Times `iters` batches on `rt`: one task on the runtime spawns each batch's tasks, awaits them
+/// and takes the time, so that the benchmark's own thread does not compete with the two workers
+/// for the two cores each time a task ends (as `benches/dpop.rs` does since #16).
+fn time_batches<S>(
+    rt: &Runtime,
+    table: &Arc<Table>,
+    svc: &S,
+    spread: Spread,
+    iters: u64,
+) -> Duration
+where
+    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Debug + Send,
+{
+    let (table, svc) = (table.clone(), svc.clone());
+    rt.block_on(rt.spawn(async move {
+        let start = Instant::now();
+        for _ in 0..iters {
+            batch(&table, svc.clone(), spread).await;
+        }
+        start.elapsed()
+    }))
+    .expect("the timing task")
+}
+
 /// One batch: `TASKS` tasks, each sending `PER_TASK` requests through its own clone of `svc`.
-async fn batch<S>(table: &Arc<Table>, svc: &S, spread: Spread)
+async fn batch<S>(table: &Arc<Table>, svc: S, spread: Spread)
 where
     S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
     S::Future: Send,
@@ -416,15 +554,7 @@ fn bench_contention<S>(
     group.sample_size(20);
     group.throughput(Throughput::Elements((TASKS * PER_TASK) as u64));
     group.bench_function(name, |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    batch(table, &svc, spread).await;
-                }
-                start.elapsed()
-            })
-        })
+        b.iter_custom(|iters| time_batches(rt, table, &svc, spread, iters))
     });
     group.finish();
 }
@@ -441,7 +571,7 @@ where
     S::Future: Send,
     S::Error: Debug + Send,
 {
-    move || timed_on(rt, batch(table, &svc, spread))
+    move || time_batches(rt, table, &svc, spread, 1).as_secs_f64()
 }
 
 fn contention(c: &mut Criterion, table: &Arc<Table>) {
@@ -459,6 +589,17 @@ fn contention(c: &mut Criterion, table: &Arc<Table>) {
         .layer(Api);
 
     let svc = layer.layer(Api);
+    let one_key = BearerAuthLayer::destinations(table.all_to_one_key(&keyed))
+        .without_replay()
+        .layer(Api);
+    bench_contention(
+        c,
+        &rt,
+        table,
+        "contention_one_key_100_origins",
+        one_key.clone(),
+        Spread::TaskPerKey,
+    );
     bench_contention(
         c,
         &rt,
@@ -502,12 +643,30 @@ fn contention(c: &mut Criterion, table: &Arc<Table>) {
 
     if paired_enabled() {
         let mut checks = Paired::default();
-        // Throughput ≥ 0.95 × one key's: batch time ≤ 1 / 0.95 × its.
+        // Throughput ≥ 0.95 × one key's: batch time ≤ 1 / 0.95 × its. The same tasks sending
+        // the same requests through the same origin table, whose 100 origins map to 100 keys on
+        // one side and to one key on the other.
         checks.check(
-            "destinations/contention_100_keys:contention_one_key",
+            "destinations/contention_100_keys:contention_one_key_100_origins",
             Some(1.0 / 0.95),
             timed_contention(&rt, table, svc.clone(), Spread::TaskPerKey),
+            timed_contention(&rt, table, one_key.clone(), Spread::TaskPerKey),
+        );
+        // Before, the target's check: every task sending to one origin (one URI, one key), so
+        // its requests differ too.
+        checks.check(
+            "destinations/contention_100_keys:contention_one_key",
+            None,
+            timed_contention(&rt, table, svc.clone(), Spread::TaskPerKey),
             timed_contention(&rt, table, svc.clone(), Spread::OneKey),
+        );
+        // What sending to one origin instead of 100 changes for the single-key layer, which has
+        // one token either way: the part of the row above that is not about keys.
+        checks.check(
+            "destinations/contention_single_key:contention_single_key_one_origin",
+            None,
+            timed_contention(&rt, table, single.layer(Api), Spread::TaskPerKey),
+            timed_contention(&rt, table, single.layer(Api), Spread::OneKey),
         );
         checks.check(
             "destinations/contention_100_keys:contention_single_key",
