@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 
 use tower_service::Service;
 
+use super::redact::{is_credential, Params};
 use super::{Error, TokenEndpoint, TokenResponse};
 use crate::{SourceError, Token, TokenKey, TokenRequest};
 
@@ -211,32 +212,6 @@ pub(super) fn push_target<'a>(
     out.extend(key.audiences().map(|audience| ("audience", audience)));
     out.extend(key.resources().map(|resource| ("resource", resource)));
     out.extend(key.params());
-}
-
-/// Whether the form parameter `name` carries a credential, which a source's identity and
-/// `Debug` leave out (they may be seen): the `client_*` ones and every parameter the error
-/// redaction treats as a credential (one list, `redact::SECRET_PARAMS`).
-pub(super) fn is_credential(name: &str) -> bool {
-    name.starts_with("client_") || super::redact::SECRET_PARAMS.contains(&name)
-}
-
-/// Debug-prints form parameters, with the values of credentials redacted (see
-/// [`is_credential`]): an assertion or a password given as a parameter must not reach a log.
-pub(super) struct Params<'a>(pub(super) &'a [(String, String)]);
-
-impl fmt::Debug for Params<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list()
-            .entries(self.0.iter().map(|(name, value)| {
-                let value = if is_credential(name) {
-                    super::redact::REDACTED
-                } else {
-                    value
-                };
-                (name, value)
-            }))
-            .finish()
-    }
 }
 
 impl fmt::Debug for ClientCredentials {

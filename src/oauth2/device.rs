@@ -9,7 +9,7 @@ use http::StatusCode;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::endpoint::{check_url, is_loopback};
+use super::endpoint::check_url;
 use super::redact::Redactions;
 use super::response::{parse_fields, seconds_field, Fields};
 use super::{
@@ -460,23 +460,16 @@ impl DevicePrompt {
     }
 }
 
-/// Whether `url` may be shown to the user as where to go: an absolute `https` URL (`http` as
-/// the endpoints allow it: to loopback, or with `insecure`), of sensible length, with nothing
-/// that reorders or hides text, and without user information, which would put a name the user
-/// trusts before the host the link goes to (RFC 8628 §5.4).
+/// Whether `url` may be shown to the user as where to go: a URL the endpoints would accept
+/// ([`check_url`]: `https`, or `http` to loopback or with `insecure`), of sensible length, with
+/// nothing that reorders or hides text, and without user information, which would put a name
+/// the user trusts before the host the link goes to (RFC 8628 §5.4).
 fn is_web_url(url: &str, insecure: bool) -> bool {
     url.len() <= MAX_URL
         && !url.chars().any(must_escape)
-        && url.parse::<http::Uri>().is_ok_and(|uri| {
-            let (Some(host), Some(authority)) = (uri.host(), uri.authority()) else {
-                return false;
-            };
-            !authority.as_str().contains('@')
-                && match uri.scheme_str() {
-                    Some("https") => true,
-                    Some("http") => insecure || is_loopback(host),
-                    _ => false,
-                }
+        && check_url("verification_uri", url, insecure).is_ok_and(|uri| {
+            uri.authority()
+                .is_some_and(|authority| !authority.as_str().contains('@'))
         })
 }
 
@@ -489,7 +482,7 @@ impl fmt::Debug for DeviceAuthorization {
                 &self.device_authorization_endpoint,
             )
             .field("scopes", &self.scopes)
-            .field("params", &super::client_credentials::Params(&self.params))
+            .field("params", &super::redact::Params(&self.params))
             .field("allow_insecure_http", &self.allow_insecure_http)
             .finish()
     }

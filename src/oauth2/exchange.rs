@@ -308,7 +308,7 @@ impl TokenExchange {
         }
         identity.append_pair("scope", &self.scopes.join(" "));
         for (name, value) in self.params.iter() {
-            if !super::client_credentials::is_credential(name) {
+            if !super::redact::is_credential(name) {
                 identity.append_pair(name, value);
             }
         }
@@ -542,7 +542,7 @@ impl fmt::Debug for TokenExchange {
                 &self.actor.as_ref().map(|actor| &actor.token_type),
             )
             .field("requested_token_type", &self.requested_token_type)
-            .field("params", &super::client_credentials::Params(&self.params))
+            .field("params", &super::redact::Params(&self.params))
             .field("scopes", &self.scopes)
             .field("within_subject_expiry", &self.within_subject_expiry)
             .finish_non_exhaustive()

@@ -9,6 +9,7 @@
 //! body); if a credential still shows through any of those, the whole text is withheld.
 
 use std::borrow::Cow;
+use std::fmt;
 
 use zeroize::Zeroizing;
 
@@ -33,6 +34,28 @@ pub(crate) const SECRET_PARAMS: &[&str] = &[
     "subject_token",
     "actor_token",
 ];
+
+/// Whether the form parameter `name` carries a credential, which a source's identity and
+/// `Debug` leave out (they may be seen): the `client_*` ones and every parameter the error
+/// redaction treats as a credential (one list, [`SECRET_PARAMS`]).
+pub(super) fn is_credential(name: &str) -> bool {
+    name.starts_with("client_") || SECRET_PARAMS.contains(&name)
+}
+
+/// Debug-prints form parameters, with the values of credentials redacted (see
+/// [`is_credential`]): an assertion or a password given as a parameter must not reach a log.
+pub(super) struct Params<'a>(pub(super) &'a [(String, String)]);
+
+impl fmt::Debug for Params<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(name, value)| {
+                let value = if is_credential(name) { REDACTED } else { value };
+                (name, value)
+            }))
+            .finish()
+    }
+}
 
 /// The credentials of one token request.
 #[derive(Default)]
